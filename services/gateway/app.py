@@ -1,0 +1,83 @@
+"""Gateway application factory: resources opened in cleanup_ctx, torn down in reverse."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import asyncpg
+from aiohttp import web
+from redis.asyncio import Redis
+
+from services.gateway import admin, ingest, read
+from services.gateway.appender import Appender
+from services.gateway.http import error_middleware, json_response
+from services.gateway.state import APPENDER, PG, REDIS, REGISTRY, SETTINGS
+from shared.config import Settings
+from shared.db import create_pool
+from shared.errors import ConfigError
+from shared.registry import RegistryCache
+
+log = logging.getLogger("ingestd.gateway")
+MAX_BODY = 5 << 20
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    dsn, redis_url = settings.require_servers()
+    redis = Redis.from_url(redis_url)
+    pool = await create_pool(dsn, max_size=10)
+    app[REDIS] = redis
+    app[PG] = pool
+    registry = RegistryCache(pool, redis, settings.registry_poll_ms)
+    await registry.start()
+    app[REGISTRY] = registry
+    appender = Appender(redis, settings.partitions, settings.receipt_ttl)
+    await appender.start()
+    app[APPENDER] = appender
+    yield
+    await appender.stop()
+    await registry.stop()
+    await pool.close()
+    await redis.aclose()
+
+
+async def healthz(request: web.Request) -> web.Response:
+    problems = []
+    try:
+        await request.app[REDIS].ping()
+    except Exception as e:
+        problems.append(f"redis: {e}")
+    try:
+        await request.app[PG].fetchval("SELECT 1")
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        problems.append(f"postgres: {e}")
+    if problems:
+        return json_response({"code": "unhealthy", "message": "; ".join(problems)}, status=503)
+    return json_response({"status": "ok"})
+
+
+def create_app(settings: Settings) -> web.Application:
+    if not settings.admin_token:
+        raise ConfigError("INGESTD_ADMIN_TOKEN must be set for the gateway")
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_resources)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_routes(admin.routes)
+    app.router.add_routes(ingest.routes)
+    app.router.add_routes(read.routes)
+    return app
+
+
+def run(settings: Settings) -> None:
+    app = create_app(settings)
+    log.info("gateway listening on http://%s:%s", settings.http_host, settings.http_port)
+    web.run_app(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        print=None,
+        access_log=None,
+        handle_signals=True,
+    )

@@ -1,0 +1,223 @@
+"""Ingest API: single events, deletes and receipts (ingest-key authenticated)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from services.gateway.http import bearer, json_response, parse_json, read_body
+from services.gateway.state import APPENDER, PG, REDIS, REGISTRY, SETTINGS
+from shared import streams
+from shared.errors import ApiError
+from shared.events import Kind, RawMeta, new_event_id
+from shared.registry import KeyInfo, TableInfo
+
+SINGLE_LIMIT = 1 << 20
+MAX_GROUP_KEY = 100
+MAX_EVENT = 100
+MAX_ACTOR = 1000
+MAX_DELETE_IDS = 10_000
+JSON_TYPES = {"application/json", "text/json"}
+
+routes = web.RouteTableDef()
+
+
+def authenticate(request: web.Request) -> KeyInfo:
+    key = request.headers.get("X-Ingest-Key") or bearer(request)
+    if not key:
+        raise ApiError(
+            "missing_ingest_key",
+            "send the integration's ingest key in the X-Ingest-Key header "
+            "(or Authorization: Bearer)",
+            status=401,
+        )
+    info = request.app[REGISTRY].snapshot.authenticate(key)
+    if info is None:
+        raise ApiError("invalid_ingest_key", "unknown or revoked ingest key", status=401)
+    return info
+
+
+def resolve_table(request: web.Request, key: KeyInfo) -> TableInfo:
+    table = request.match_info["table"]
+    info = request.app[REGISTRY].snapshot.tables.get((key.group_id, table))
+    if info is None:
+        raise ApiError(
+            "table_not_found",
+            f"table {table!r} is not in this integration's schema group",
+            status=404,
+        )
+    return info
+
+
+def _param(request: web.Request, name: str, limit: int) -> str | None:
+    value = request.query.get(name)
+    if value is not None and len(value) > limit:
+        raise ApiError(
+            "invalid_parameter",
+            f"{name} is {len(value)} characters; at most {limit} are allowed",
+            pointer=f"/query/{name}",
+        )
+    return value
+
+
+def common_params(request: web.Request) -> tuple[str, str | None, Any]:
+    group_key = _param(request, "groupKey", MAX_GROUP_KEY) or ""
+    event = _param(request, "event", MAX_EVENT)
+    actor_raw = _param(request, "actor", MAX_ACTOR)
+    actor: Any = None
+    if actor_raw is not None:
+        try:
+            actor = orjson.loads(actor_raw)
+        except orjson.JSONDecodeError as e:
+            raise ApiError(
+                "invalid_parameter",
+                f'actor must be JSON (e.g. {{"name":"alice"}} or "alice"): {e.msg}',
+                pointer="/query/actor",
+            ) from e
+    return group_key, event, actor
+
+
+def check_content_type(request: web.Request, allowed: set[str]) -> str:
+    ctype = request.content_type if request.headers.get("Content-Type") else "application/json"
+    if ctype not in allowed:
+        raise ApiError(
+            "unsupported_media_type",
+            f"Content-Type {ctype!r} is not supported; use one of {sorted(allowed)}",
+            status=415,
+        )
+    return ctype
+
+
+async def enqueue(
+    request: web.Request,
+    key: KeyInfo,
+    table: TableInfo,
+    kind: Kind,
+    body: bytes,
+    ids: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+    params: tuple[str, str | None, Any] | None = None,
+) -> web.Response:
+    group_key, event, actor = params or common_params(request)
+    settings = request.app[SETTINGS]
+    p = streams.partition_of(table.resource_type, group_key, settings.partitions)
+    appender = request.app[APPENDER]
+    if appender.backlog[p] > settings.max_backlog:
+        raise ApiError(
+            "backlog_full",
+            f"partition {p} has {appender.backlog[p]} unprocessed events; retry later",
+            status=429,
+            headers={"Retry-After": "1"},
+        )
+    meta = RawMeta(
+        new_event_id(),
+        kind,
+        key.integration_id,
+        table.table,
+        table.resource_type,
+        group_key,
+        event,
+        actor,
+        int(time.time() * 1000),
+        ids,
+        extra or {},
+    )
+    fields = {streams.F_META: meta.encode(), streams.F_BODY: body}
+    receipt = orjson.dumps({"i": key.integration_id})
+    await appender.append(p, fields, streams.receipt_key(meta.id), receipt)
+    return json_response({"eventId": meta.id}, status=202)
+
+
+@routes.post("/integration/custom-data/event/{table}")
+async def post_event(request: web.Request) -> web.Response:
+    key = authenticate(request)
+    table = resolve_table(request, key)
+    params = common_params(request)
+    check_content_type(request, JSON_TYPES)
+    body = await read_body(request, SINGLE_LIMIT)
+    data = parse_json(body)
+    if not isinstance(data, dict):
+        raise ApiError(
+            "body_not_object", "the body must be one JSON object (a resource)", pointer=""
+        )
+    return await enqueue(request, key, table, "single", body, params=params)
+
+
+@routes.delete("/integration/custom-data/{table}")
+async def delete_resources(request: web.Request) -> web.Response:
+    key = authenticate(request)
+    table = resolve_table(request, key)
+    params = common_params(request)
+    raw = request.query.get("resourceIds")
+    ids = [i for i in (raw or "").split(",") if i]
+    if not ids:
+        raise ApiError(
+            "invalid_parameter",
+            "resourceIds must list at least one id (a,b,c)",
+            pointer="/query/resourceIds",
+        )
+    if len(ids) > MAX_DELETE_IDS:
+        raise ApiError(
+            "invalid_parameter",
+            f"at most {MAX_DELETE_IDS} resourceIds per request",
+            pointer="/query/resourceIds",
+        )
+    return await enqueue(request, key, table, "delete", b"", ids=ids, params=params)
+
+
+RECEIPT_SQL = """
+SELECT event_id, integration_id, status, created, updated, deleted, unchanged, rejected,
+       ignored_ids, issues, issues_total, kind, table_name, group_key, received_at, processed_at
+FROM ingest_events WHERE event_id = $1
+"""
+
+
+def receipt_json(r: Any) -> dict[str, Any]:
+    return {
+        "eventId": r["event_id"],
+        "status": r["status"],
+        "kind": r["kind"],
+        "table": r["table_name"],
+        "groupKey": r["group_key"],
+        "created": r["created"],
+        "updated": r["updated"],
+        "deleted": r["deleted"],
+        "unchanged": r["unchanged"],
+        "rejected": r["rejected"],
+        "ignored": r["ignored_ids"],
+        "issues": r["issues"],
+        "issuesTotal": r["issues_total"],
+        "receivedAt": r["received_at"].isoformat(),
+        "processedAt": r["processed_at"].isoformat(),
+    }
+
+
+@routes.get("/integration/custom-data/events/{eventId}")
+async def get_receipt(request: web.Request) -> web.Response:
+    key = authenticate(request)
+    event_id = request.match_info["eventId"]
+    row = await request.app[PG].fetchrow(RECEIPT_SQL, event_id)
+    if row is not None:
+        if str(row["integration_id"]) != key.integration_id:
+            raise ApiError("event_not_found", f"no event {event_id!r}", status=404)
+        return json_response(receipt_json(row))
+
+    marker = await request.app[REDIS].get(streams.receipt_key(event_id))
+    if marker is None or orjson.loads(marker).get("i") != key.integration_id:
+        raise ApiError("event_not_found", f"no event {event_id!r}", status=404)
+    return json_response(
+        {
+            "eventId": event_id,
+            "status": "pending",
+            "created": 0,
+            "updated": 0,
+            "deleted": 0,
+            "unchanged": 0,
+            "rejected": 0,
+            "ignored": [],
+            "issues": [],
+        }
+    )

@@ -1,0 +1,17 @@
+"""Typed application keys: everything the handlers share, opened in cleanup_ctx."""
+
+from __future__ import annotations
+
+import asyncpg
+from aiohttp import web
+from redis.asyncio import Redis
+
+from services.gateway.appender import Appender
+from shared.config import Settings
+from shared.registry import RegistryCache
+
+SETTINGS = web.AppKey("settings", Settings)
+REDIS = web.AppKey("redis", Redis)
+PG = web.AppKey("pg", asyncpg.Pool)
+REGISTRY = web.AppKey("registry", RegistryCache)
+APPENDER = web.AppKey("appender", Appender)

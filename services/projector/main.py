@@ -1,0 +1,96 @@
+"""Projector process: one task per partition, each draining while it holds the lease."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import asyncpg
+from redis.asyncio import Redis
+
+from services.projector.apply import apply_batch
+from shared import streams
+from shared.config import Settings
+from shared.db import create_pool
+from shared.streamio import Lease, claim_pending, consumer_name, ensure_group
+
+log = logging.getLogger("ingestd.projector")
+
+
+class Projector:
+    def __init__(
+        self, redis: Redis, pool: asyncpg.Pool, partitions: int, batch: int = 1000
+    ) -> None:
+        self.redis = redis
+        self.pool = pool
+        self.partitions = partitions
+        self.batch = batch
+        self.consumer = consumer_name()
+        self.applied = 0
+
+    async def run(self) -> None:
+        await asyncio.gather(*(self._partition(p) for p in range(self.partitions)))
+
+    async def _partition(self, p: int) -> None:
+        while True:
+            lease = Lease(self.redis, streams.project_lock(p))
+            try:
+                if await lease.acquire():
+                    try:
+                        await self._drain(p, lease)
+                    finally:
+                        await lease.release()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+                log.warning("partition %s: %s; retrying", p, e)
+            except Exception:
+                log.exception("partition %s: unexpected error; retrying", p)
+            await asyncio.sleep(1)
+
+    async def _drain(self, p: int, lease: Lease) -> None:
+        stream = streams.changes_stream(p)
+        await ensure_group(self.redis, stream, streams.PROJECTOR_GROUP)
+        await claim_pending(self.redis, stream, streams.PROJECTOR_GROUP, self.consumer)
+        read_id = "0"
+        while True:
+            resp = await self.redis.xreadgroup(
+                streams.PROJECTOR_GROUP,
+                self.consumer,
+                {stream: read_id},
+                count=self.batch,
+                block=None if read_id == "0" else 1000,
+            )
+            rows = resp[0][1] if resp else []
+            if not rows and read_id == "0":
+                read_id = ">"
+            if rows:
+                entries = [(sid, f[streams.F_CHANGE]) for sid, f in rows if f]
+                if not await lease.refresh():
+                    return
+                async with self.pool.acquire() as conn:
+                    self.applied += await apply_batch(conn, p, entries)
+                ids = [sid for sid, _ in rows]
+                pipe = self.redis.pipeline(transaction=True)
+                pipe.xack(stream, streams.PROJECTOR_GROUP, *ids)
+                pipe.xdel(stream, *ids)
+                await pipe.execute()
+            if not await lease.refresh():
+                log.warning("partition %s: projector lease lost", p)
+                return
+
+
+async def serve(settings: Settings) -> None:
+    dsn, redis_url = settings.require_servers()
+    redis = Redis.from_url(redis_url)
+    pool = await create_pool(dsn, max_size=max(4, settings.partitions // 2))
+    projector = Projector(redis, pool, settings.partitions)
+    task = asyncio.create_task(projector.run())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    log.info("projector running on %s partitions", settings.partitions)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await pool.close()
+    await redis.aclose()

@@ -1,0 +1,1 @@
+"""Sources: pulling resources from REST APIs (declarative source specs). Not built yet."""

@@ -1,0 +1,15 @@
+"""Worker: raw events in, domain changes out.
+
+Consumes ``ingest:{p}`` (consumer group ``workers``), one partition at a time
+per holder of the partition's drain lock, in stream order. For each raw event
+it validates, extracts, hashes and compares with the write model (current hash
+and version per resource, per scope, in Redis), and emits one change entry to
+``changes:{p}``.
+
+Guarantees: the change entries, the write-model updates, and the XACK/XDEL of
+the raw events they came from are committed in ONE MULTI/EXEC guarded by
+WATCH on the drain lock, so a crash or a lost lock leaves either all of a
+batch's effects or none, and unacknowledged events are re-read (PEL +
+XAUTOCLAIM) by the next holder. arq schedules and supervises drain jobs; it is
+never the record of an event.
+"""

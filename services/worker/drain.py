@@ -1,0 +1,244 @@
+"""Draining one partition: read a batch, decide (pure), commit atomically."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from redis.asyncio import Redis
+from redis.exceptions import WatchError
+
+from shared import streams
+from shared.events import Change, RawMeta
+from shared.processing import (
+    Prepared,
+    ScopeState,
+    decide_delete,
+    decide_single,
+    prepare_single,
+)
+from shared.registry import RegistryCache
+from shared.streamio import Lease, claim_pending, ensure_group
+
+log = logging.getLogger("ingestd.worker")
+LOAD_CHUNK = 5000
+
+
+@dataclass(slots=True)
+class Entry:
+    sid: bytes
+    meta: RawMeta
+    body: bytes
+    prepared: Prepared | None = None
+
+
+class LostLease(Exception):
+    pass
+
+
+class Drainer:
+    def __init__(
+        self,
+        redis: Redis,
+        pool: asyncpg.Pool,
+        registry: RegistryCache,
+        p: int,
+        batch: int,
+        consumer: str,
+    ) -> None:
+        self.redis = redis
+        self.pool = pool
+        self.registry = registry
+        self.p = p
+        self.batch = batch
+        self.consumer = consumer
+        self.stream = streams.ingest_stream(p)
+        self.lease = Lease(redis, streams.drain_lock(p))
+        self.processed = 0
+
+    async def run(self, slice_s: float) -> bool:
+        """Drain for up to ``slice_s`` seconds. False if another holder has the partition."""
+        if not await self.lease.acquire():
+            return False
+        try:
+            await ensure_group(self.redis, self.stream, streams.INGEST_GROUP)
+            await claim_pending(self.redis, self.stream, streams.INGEST_GROUP, self.consumer)
+            deadline = time.monotonic() + slice_s
+            backlog_id = "0"
+            while time.monotonic() < deadline:
+                block = None if backlog_id == "0" else 1000
+                resp = await self.redis.xreadgroup(
+                    streams.INGEST_GROUP,
+                    self.consumer,
+                    {self.stream: backlog_id},
+                    count=self.batch,
+                    block=block,
+                )
+                rows = resp[0][1] if resp else []
+                if not rows and backlog_id == "0":
+                    backlog_id = ">"
+                if rows:
+                    await self._process(rows)
+                if not await self.lease.refresh():
+                    raise LostLease
+        except LostLease:
+            log.warning("partition %s: lease lost; stopping this drain", self.p)
+        finally:
+            await self.lease.release()
+        return True
+
+    async def _process(self, rows: list[Any]) -> None:
+        entries = []
+        gone = []
+        for sid, fields in rows:
+            if not fields:  # deleted from the stream while pending: nothing to do
+                gone.append(sid)
+                continue
+            entries.append(
+                Entry(sid, RawMeta.decode(fields[streams.F_META]), fields.get(streams.F_BODY, b""))
+            )
+        snapshot = self.registry.snapshot
+        for e in entries:
+            if e.meta.kind == "single":
+                table = snapshot.by_type.get(e.meta.resource_type)
+                if table is None:
+                    await self.registry.refresh(force=True)
+                    snapshot = self.registry.snapshot
+                    table = snapshot.by_type[e.meta.resource_type]
+                e.prepared = prepare_single(e.body, snapshot.compiled(table))
+        states = await self._load_states(entries)
+        changes: list[tuple[Entry, Change]] = []
+        for e in entries:
+            state = states[(e.meta.resource_type, e.meta.group_key)]
+            if e.meta.kind == "single":
+                assert e.prepared is not None
+                changes.append((e, decide_single(e.meta, e.prepared, state)))
+            elif e.meta.kind == "delete":
+                changes.append((e, decide_delete(e.meta, state)))
+            else:
+                raise NotImplementedError(e.meta.kind)
+        await self._commit(changes, states, gone)
+        self.processed += len(entries)
+
+    def _ids(self, e: Entry) -> list[str]:
+        if e.meta.kind == "delete":
+            return e.meta.ids or []
+        if e.prepared is not None and e.prepared.extracted is not None:
+            return [e.prepared.extracted.id]
+        return []
+
+    async def _load_states(self, entries: list[Entry]) -> dict[tuple[str, str], ScopeState]:
+        wanted: dict[tuple[str, str], set[str]] = defaultdict(set)
+        for e in entries:
+            wanted[(e.meta.resource_type, e.meta.group_key)].update(self._ids(e))
+        scopes = list(wanted)
+        pipe = self.redis.pipeline(transaction=False)
+        for scope in scopes:
+            pipe.hmget(
+                streams.state_key(self.p, *scope), [streams.STATE_LOADED_FIELD, *wanted[scope]]
+            )
+        results = await pipe.execute()
+        states: dict[tuple[str, str], ScopeState] = {}
+        for scope, values in zip(scopes, results, strict=True):
+            if values[0] is None:
+                await self._rebuild_scope(*scope)
+                values = await self.redis.hmget(
+                    streams.state_key(self.p, *scope), [streams.STATE_LOADED_FIELD, *wanted[scope]]
+                )
+            st = ScopeState()
+            for rid, raw in zip(wanted[scope], values[1:], strict=True):
+                v = ScopeState.decode(raw)
+                if v is not None:
+                    st.known[rid] = v
+            states[scope] = st
+        return states
+
+    async def _rebuild_scope(self, resource_type: str, group_key: str) -> None:
+        """Write-model state is missing: rebuild it from PostgreSQL once the projector
+        has applied every change this partition emitted (so PostgreSQL is current)."""
+        await self._wait_projector_caught_up()
+        key = streams.state_key(self.p, resource_type, group_key)
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+            batch: dict[str, str] = {}
+            async for r in conn.cursor(
+                "SELECT resource_id, content_hash, version FROM resources"
+                " WHERE resource_type = $1 AND group_key = $2",
+                resource_type,
+                group_key,
+            ):
+                batch[r["resource_id"]] = f"{r['content_hash']}|{r['version']}"
+                if len(batch) >= LOAD_CHUNK:
+                    await self.redis.hset(key, mapping=batch)  # type: ignore[arg-type]
+                    batch = {}
+            async for r in conn.cursor(
+                "SELECT c.resource_id, max(c.version) AS v FROM resource_changes c"
+                " WHERE c.resource_type = $1 AND c.group_key = $2 AND NOT EXISTS ("
+                " SELECT 1 FROM resources r WHERE r.resource_type = c.resource_type"
+                " AND r.group_key = c.group_key AND r.resource_id = c.resource_id)"
+                " GROUP BY c.resource_id",
+                resource_type,
+                group_key,
+            ):
+                batch[r["resource_id"]] = f"|{r['v']}"
+                if len(batch) >= LOAD_CHUNK:
+                    await self.redis.hset(key, mapping=batch)  # type: ignore[arg-type]
+                    batch = {}
+            batch[streams.STATE_LOADED_FIELD] = "1"
+            await self.redis.hset(key, mapping=batch)  # type: ignore[arg-type]
+        log.info(
+            "partition %s: rebuilt write model of %s/%r from PostgreSQL",
+            self.p,
+            resource_type,
+            group_key,
+        )
+
+    async def _wait_projector_caught_up(self) -> None:
+        changes = streams.changes_stream(self.p)
+        while True:
+            last = await self.redis.xrevrange(changes, count=1)
+            if not last:
+                return
+            last_id = streams.stream_id_tuple(last[0][0])
+            row = await self.pool.fetchrow(
+                "SELECT stream_ms, stream_seq FROM projector_positions WHERE partition = $1",
+                self.p,
+            )
+            if row is not None and (row["stream_ms"], row["stream_seq"]) >= last_id:
+                return
+            if not await self.lease.refresh():
+                raise LostLease
+            await asyncio.sleep(0.05)
+
+    async def _commit(
+        self,
+        changes: list[tuple[Entry, Change]],
+        states: dict[tuple[str, str], ScopeState],
+        gone: list[bytes],
+    ) -> None:
+        ids = [e.sid for e, _ in changes] + gone
+        async with self.redis.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(self.lease.key)
+                if await pipe.get(self.lease.key) != self.lease.token.encode():
+                    raise LostLease
+                pipe.multi()
+                for scope, st in states.items():
+                    if st.dirty:
+                        pipe.hset(
+                            streams.state_key(self.p, *scope),
+                            mapping={rid: ScopeState.encode(v) for rid, v in st.dirty.items()},
+                        )
+                changes_stream = streams.changes_stream(self.p)
+                for _, ch in changes:
+                    pipe.xadd(changes_stream, {streams.F_CHANGE: ch.encode()})
+                if ids:
+                    pipe.xack(self.stream, streams.INGEST_GROUP, *ids)
+                    pipe.xdel(self.stream, *ids)
+                await pipe.execute()
+            except WatchError as e:
+                raise LostLease from e

@@ -1,0 +1,1 @@
+"""Code every stage uses: config, stream names, events, schema rules, database."""

@@ -1,0 +1,94 @@
+"""Settings: the only module that reads the environment.
+
+Entry points call :func:`Settings.from_env` once and pass the frozen object down.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from shared.errors import ConfigError
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as e:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from e
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str | None
+    redis_url: str | None
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    admin_token: str | None = None
+    data_dir: Path = Path(".ingestd")
+    partitions: int = 16
+    max_backlog: int = 100_000
+    session_ttl: int = 86_400
+    registry_poll_ms: int = 500
+    receipt_ttl: int = 7 * 86_400
+    drain_batch: int = 500
+    drain_slice_s: int = 30
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        return cls(
+            database_url=env.get("DATABASE_URL") or None,
+            redis_url=env.get("REDIS_URL") or None,
+            http_host=env.get("INGESTD_HTTP_HOST") or "127.0.0.1",
+            http_port=_int(env, "INGESTD_HTTP_PORT", 8080, minimum=0),
+            admin_token=env.get("INGESTD_ADMIN_TOKEN") or None,
+            data_dir=Path(env.get("INGESTD_DATA_DIR") or ".ingestd"),
+            partitions=_int(env, "INGESTD_PARTITIONS", 16),
+            max_backlog=_int(env, "INGESTD_MAX_BACKLOG", 100_000),
+            session_ttl=_int(env, "INGESTD_SESSION_TTL", 86_400),
+            registry_poll_ms=_int(env, "INGESTD_REGISTRY_POLL_MS", 500),
+            drain_batch=_int(env, "INGESTD_DRAIN_BATCH", 500),
+            drain_slice_s=_int(env, "INGESTD_DRAIN_SLICE_S", 30),
+            log_level=(env.get("INGESTD_LOG_LEVEL") or "INFO").upper(),
+        )
+
+    def with_servers(self, database_url: str, redis_url: str) -> Settings:
+        return replace(self, database_url=database_url, redis_url=redis_url)
+
+    def require_servers(self) -> tuple[str, str]:
+        if not self.database_url or not self.redis_url:
+            raise ConfigError("DATABASE_URL and REDIS_URL must be set (or use `ingestd dev`)")
+        return self.database_url, self.redis_url
+
+    def server_env(self) -> dict[str, str]:
+        """Environment for child processes started by `ingestd dev`."""
+        env = {
+            "INGESTD_HTTP_HOST": self.http_host,
+            "INGESTD_HTTP_PORT": str(self.http_port),
+            "INGESTD_DATA_DIR": str(self.data_dir),
+            "INGESTD_PARTITIONS": str(self.partitions),
+            "INGESTD_MAX_BACKLOG": str(self.max_backlog),
+            "INGESTD_SESSION_TTL": str(self.session_ttl),
+            "INGESTD_LOG_LEVEL": self.log_level,
+        }
+        if self.database_url:
+            env["DATABASE_URL"] = self.database_url
+        if self.redis_url:
+            env["REDIS_URL"] = self.redis_url
+        if self.admin_token:
+            env["INGESTD_ADMIN_TOKEN"] = self.admin_token
+        return env
+
+    @staticmethod
+    def process_env() -> dict[str, str]:
+        return dict(os.environ)

@@ -1,0 +1,65 @@
+"""The project's error tree. Every user-facing error has a stable ``code``."""
+
+from __future__ import annotations
+
+
+class IngestdError(Exception):
+    """Base of every error ingestd raises on purpose."""
+
+
+class ConfigError(IngestdError):
+    """The environment does not describe a runnable configuration."""
+
+
+class TransientError(IngestdError):
+    """A dependency is unavailable; retrying later may succeed."""
+
+
+class PersistenceError(IngestdError):
+    """The database refused a write in a way retrying will not fix."""
+
+
+class ApiError(IngestdError):
+    """An error answered to an HTTP client as ``{"code", "message", "pointer"?}``."""
+
+    status = 400
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        status: int | None = None,
+        pointer: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.pointer = pointer
+        self.headers = headers or {}
+        if status is not None:
+            self.status = status
+
+    def body(self) -> dict[str, str]:
+        out = {"code": self.code, "message": self.message}
+        if self.pointer is not None:
+            out["pointer"] = self.pointer
+        return out
+
+
+class SchemaRuleError(ApiError):
+    """A custom schema breaks one of the registry's rules (400)."""
+
+    def __init__(self, code: str, message: str, pointer: str | None = None) -> None:
+        super().__init__(code, message, status=400, pointer=pointer)
+
+
+class ConflictError(ApiError):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(code, message, status=409)
+
+
+class NotFoundError(ApiError):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(code, message, status=404)

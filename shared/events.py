@@ -1,0 +1,149 @@
+"""Event types and their encoding on the streams.
+
+A raw event (``ingest:{p}``) is two fields: ``m`` = JSON metadata written by the
+gateway, ``b`` = the request body exactly as received (parsed again by the
+worker, so the gateway never re-serialises it). A change entry
+(``changes:{p}``) is one JSON document per raw event holding every effect the
+worker decided for it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+Kind = Literal["single", "delete", "bulk"]
+Op = Literal["created", "updated", "deleted"]
+
+
+def new_event_id() -> str:
+    """Time-ordered, unique: 12 hex digits of epoch ms + 16 random hex digits."""
+    return f"ev_{int(time.time() * 1000):012x}{os.urandom(8).hex()}"
+
+
+@dataclass(slots=True)
+class RawMeta:
+    id: str
+    kind: Kind
+    integration: str
+    table: str
+    resource_type: str
+    group_key: str
+    event: str | None
+    actor: Any
+    received_ms: int
+    ids: list[str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        d: dict[str, Any] = {
+            "id": self.id,
+            "k": self.kind,
+            "i": self.integration,
+            "t": self.table,
+            "rt": self.resource_type,
+            "g": self.group_key,
+            "ev": self.event,
+            "a": self.actor,
+            "r": self.received_ms,
+        }
+        if self.ids is not None:
+            d["ids"] = self.ids
+        if self.extra:
+            d["x"] = self.extra
+        return orjson.dumps(d)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> RawMeta:
+        d = orjson.loads(raw)
+        return cls(
+            d["id"],
+            d["k"],
+            d["i"],
+            d["t"],
+            d["rt"],
+            d["g"],
+            d.get("ev"),
+            d.get("a"),
+            d["r"],
+            d.get("ids"),
+            d.get("x") or {},
+        )
+
+
+@dataclass(slots=True)
+class Effect:
+    op: Op
+    resource_id: str
+    version: int
+    content_hash: str | None = None
+    name: str | None = None
+    important: dict[str, Any] | None = None
+    data: dict[str, Any] | None = None
+
+    def as_list(self) -> list[Any]:
+        return [
+            self.op,
+            self.resource_id,
+            self.version,
+            self.content_hash,
+            self.name,
+            self.important,
+            self.data,
+        ]
+
+    @classmethod
+    def from_list(cls, v: list[Any]) -> Effect:
+        return cls(*v)
+
+
+@dataclass(slots=True)
+class Change:
+    """Everything the worker decided for one raw event."""
+
+    meta: RawMeta
+    status: Literal["applied", "rejected"]
+    effects: list[Effect] = field(default_factory=list)
+    unchanged: int = 0
+    rejected: int = 0
+    ignored: list[str] = field(default_factory=list)
+    issues: list[dict[str, Any]] = field(default_factory=list)
+    issues_total: int = 0
+
+    def counts(self) -> dict[str, int]:
+        c = {"created": 0, "updated": 0, "deleted": 0}
+        for e in self.effects:
+            c[e.op] += 1
+        return {**c, "unchanged": self.unchanged, "rejected": self.rejected}
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {
+                "m": self.meta.encode().decode(),
+                "s": self.status,
+                "e": [e.as_list() for e in self.effects],
+                "u": self.unchanged,
+                "rj": self.rejected,
+                "ig": self.ignored,
+                "is": self.issues,
+                "it": self.issues_total,
+            }
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Change:
+        d = orjson.loads(raw)
+        return cls(
+            RawMeta.decode(d["m"].encode()),
+            d["s"],
+            [Effect.from_list(e) for e in d["e"]],
+            d["u"],
+            d["rj"],
+            d["ig"],
+            d["is"],
+            d["it"],
+        )

@@ -1,0 +1,120 @@
+"""The worker's pure step: raw event + current hashes in, a :class:`Change` out.
+
+No I/O here. The caller supplies a :class:`ScopeState` (current content hash
+and version of the ids involved, prefetched from the write model) and applies
+the returned state updates together with the change entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from shared.events import Change, Effect, RawMeta
+from shared.schema_rules import CompiledSchema, Extracted, Issue
+
+MAX_ISSUES = 1000
+
+
+@dataclass(slots=True)
+class ScopeState:
+    """id -> (content hash, version); hash '' marks a deleted id (tombstone keeps the version)."""
+
+    known: dict[str, tuple[str, int]] = field(default_factory=dict)
+    dirty: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+    def get(self, rid: str) -> tuple[str, int] | None:
+        return self.known.get(rid)
+
+    def put(self, rid: str, content_hash: str, version: int) -> None:
+        self.known[rid] = self.dirty[rid] = (content_hash, version)
+
+    @staticmethod
+    def encode(value: tuple[str, int]) -> str:
+        return f"{value[0]}|{value[1]}"
+
+    @staticmethod
+    def decode(raw: bytes | str | None) -> tuple[str, int] | None:
+        if raw is None:
+            return None
+        s = raw.decode() if isinstance(raw, bytes) else raw
+        h, _, v = s.partition("|")
+        return h, int(v)
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A single resource after validation and extraction (the part that needs no state)."""
+
+    data: dict[str, Any]
+    extracted: Extracted | None
+    issues: list[Issue]
+
+
+def prepare_single(body: bytes, schema: CompiledSchema) -> Prepared:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as e:  # the gateway checked; defend anyway
+        return Prepared({}, None, [Issue("invalid_json", str(e), "")])
+    return prepare_item(data, schema)
+
+
+def prepare_item(data: Any, schema: CompiledSchema, index: int | None = None) -> Prepared:
+    issues = schema.validate(data)
+    extracted: Extracted | None = None
+    if isinstance(data, dict):
+        ex = schema.extract(data)
+        if isinstance(ex, Issue):
+            issues.insert(0, ex)
+        else:
+            extracted = ex
+    rid = extracted.id if extracted else None
+    if issues and (rid is not None or index is not None):
+        issues = [Issue(i.code, i.message, i.pointer, rid, index) for i in issues]
+    return Prepared(data if isinstance(data, dict) else {}, extracted, issues)
+
+
+def decide_single(meta: RawMeta, prep: Prepared, state: ScopeState) -> Change:
+    if prep.issues or prep.extracted is None:
+        issues = [i.as_dict() for i in prep.issues[:MAX_ISSUES]]
+        return Change(meta, "rejected", rejected=1, issues=issues, issues_total=len(prep.issues))
+    ex = prep.extracted
+    change = Change(meta, "applied")
+    apply_upsert(change, state, ex, prep.data)
+    return change
+
+
+def apply_upsert(change: Change, state: ScopeState, ex: Extracted, data: dict[str, Any]) -> None:
+    cur = state.get(ex.id)
+    if cur is not None and cur[0] == ex.content_hash:
+        change.unchanged += 1
+        return
+    if cur is None or cur[0] == "":
+        op = "created"
+        version = 1 if cur is None else cur[1] + 1
+    else:
+        op = "updated"
+        version = cur[1] + 1
+    state.put(ex.id, ex.content_hash, version)
+    change.effects.append(
+        Effect(op, ex.id, version, ex.content_hash, ex.name, ex.important, data)  # type: ignore[arg-type]
+    )
+
+
+def apply_delete(change: Change, state: ScopeState, rid: str) -> bool:
+    cur = state.get(rid)
+    if cur is None or cur[0] == "":
+        return False
+    state.put(rid, "", cur[1] + 1)
+    change.effects.append(Effect("deleted", rid, cur[1] + 1))
+    return True
+
+
+def decide_delete(meta: RawMeta, state: ScopeState) -> Change:
+    change = Change(meta, "applied")
+    for rid in dict.fromkeys(meta.ids or []):
+        if not apply_delete(change, state, rid):
+            change.ignored.append(rid)
+    return change

@@ -1,0 +1,265 @@
+"""Custom schema rules (seed 000) and the compiled form the worker validates with.
+
+Pure: values in, values out. :func:`prepare_schema` checks a submitted schema
+and returns the body to store; :class:`CompiledSchema` validates resources and
+extracts id / name / important fields from them.
+
+JSONPath choice: ``resmo.id`` and ``resmo.name`` must be *singular* queries
+(RFC 9535 §2.3.5: only name and index selectors), because one resource has one
+id and one name; a path with wildcards, slices, filters or descendant segments
+is refused. ``importantFields`` may select many nodes; a path that selects
+several is stored as a list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import jsonpath
+import jsonschema_rs
+import orjson
+
+from shared.errors import SchemaRuleError
+
+DRAFT_2020_12 = {
+    "https://json-schema.org/draft/2020-12/schema",
+    "https://json-schema.org/draft/2020-12/schema#",
+    "http://json-schema.org/draft/2020-12/schema",
+    "http://json-schema.org/draft/2020-12/schema#",
+}
+IDENTIFIER = re.compile(r"^_?[a-z][a-z0-9_]{0,30}$")
+MAX_ISSUES_PER_RESOURCE = 20
+
+
+def check_identifier(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not IDENTIFIER.match(value):
+        raise SchemaRuleError(
+            f"invalid_{field}",
+            f"{field} must match {IDENTIFIER.pattern} (lower-case letters, digits and "
+            f"underscores, at most 32 characters), got {value!r}",
+            pointer=f"/{field}",
+        )
+    return value
+
+
+def normalise_path(path: str) -> str:
+    """A bare path such as ``employeeId`` or ``a.b`` means ``$.employeeId`` / ``$.a.b``."""
+    p = path.strip()
+    if p.startswith("$"):
+        return p
+    if p.startswith("["):
+        return "$" + p
+    return "$." + p
+
+
+def compile_path(path: Any, pointer: str, *, singular: bool) -> jsonpath.JSONPath:
+    if not isinstance(path, str) or not path.strip():
+        raise SchemaRuleError(
+            "invalid_resmo_path", "must be a non-empty JSONPath string", pointer=pointer
+        )
+    try:
+        compiled = jsonpath.compile(normalise_path(path))
+    except jsonpath.JSONPathError as e:
+        first = str(e).splitlines()[0]
+        raise SchemaRuleError(
+            "invalid_resmo_path", f"{path!r} is not a valid JSONPath: {first}", pointer=pointer
+        ) from e
+    if not isinstance(compiled, jsonpath.JSONPath):
+        raise SchemaRuleError(
+            "invalid_resmo_path", f"{path!r}: compound JSONPath is not supported", pointer=pointer
+        )
+    if singular and not compiled.singular_query():
+        raise SchemaRuleError(
+            "resmo_path_not_singular",
+            f"{path!r} may select more than one node; id and name must be singular paths "
+            "(names and indexes only, no wildcards, slices, filters or '..')",
+            pointer=pointer,
+        )
+    return compiled
+
+
+@dataclass(frozen=True, slots=True)
+class ResmoSpec:
+    id: str
+    name: str | None
+    important_fields: tuple[str, ...]
+
+
+def check_resmo(schema: dict[str, Any], base: str = "") -> ResmoSpec:
+    resmo = schema.get("resmo")
+    if not isinstance(resmo, dict):
+        raise SchemaRuleError(
+            "missing_resmo",
+            "the schema root must have a 'resmo' object with at least an 'id' JSONPath",
+            pointer=f"{base}/resmo",
+        )
+    unknown = set(resmo) - {"id", "name", "importantFields"}
+    if unknown:
+        raise SchemaRuleError(
+            "invalid_resmo",
+            f"unknown keys in resmo: {sorted(unknown)}; allowed: id, name, importantFields",
+            pointer=f"{base}/resmo",
+        )
+    if "id" not in resmo:
+        raise SchemaRuleError(
+            "missing_resmo_id", "resmo.id is required", pointer=f"{base}/resmo/id"
+        )
+    compile_path(resmo["id"], f"{base}/resmo/id", singular=True)
+    name = resmo.get("name")
+    if name is not None:
+        compile_path(name, f"{base}/resmo/name", singular=True)
+    fields = resmo.get("importantFields", [])
+    if not isinstance(fields, list):
+        raise SchemaRuleError(
+            "invalid_resmo_path",
+            "resmo.importantFields must be a list of JSONPath strings",
+            pointer=f"{base}/resmo/importantFields",
+        )
+    for i, f in enumerate(fields):
+        compile_path(f, f"{base}/resmo/importantFields/{i}", singular=False)
+    return ResmoSpec(id=resmo["id"], name=name, important_fields=tuple(fields))
+
+
+def prepare_schema(schema: Any) -> dict[str, Any]:
+    """Check every rule of seed 000; return the body to store (with unevaluatedProperties)."""
+    if not isinstance(schema, dict) or not schema:
+        raise SchemaRuleError(
+            "schema_not_object", "the schema must be a non-empty JSON object", pointer="/schema"
+        )
+    if schema.get("type") != "object":
+        raise SchemaRuleError(
+            "schema_root_not_object",
+            'the schema root must have "type": "object" (resources are JSON objects)',
+            pointer="/schema/type",
+        )
+    dialect = schema.get("$schema")
+    if dialect is not None and dialect not in DRAFT_2020_12:
+        raise SchemaRuleError(
+            "unsupported_draft",
+            f"only JSON Schema draft 2020-12 is supported, got $schema {dialect!r}",
+            pointer="/schema/$schema",
+        )
+    check_resmo(schema, "/schema")
+    stored = dict(schema)
+    stored["unevaluatedProperties"] = False
+    try:
+        _validator(stored)
+    except (jsonschema_rs.ValidationError, jsonschema_rs.ReferencingError, ValueError) as e:
+        raise SchemaRuleError(
+            "invalid_schema",
+            "not a valid JSON Schema 2020-12: " + str(e).splitlines()[0],
+            pointer="/schema" + _pointer(getattr(e, "instance_path", [])),
+        ) from e
+    return stored
+
+
+def _validator(schema: dict[str, Any]) -> Any:
+    return jsonschema_rs.Draft202012Validator(schema, validate_formats=True)
+
+
+def _pointer(parts: Any) -> str:
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    code: str
+    message: str
+    pointer: str | None = None
+    resource_id: str | None = None
+    index: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"code": self.code, "message": self.message, "pointer": self.pointer}
+        if self.resource_id is not None:
+            d["resourceId"] = self.resource_id
+        if self.index is not None:
+            d["index"] = self.index
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class Extracted:
+    id: str
+    name: str | None
+    important: dict[str, Any]
+    content_hash: str
+
+
+def content_hash(data: Any) -> str:
+    """Canonical content hash: SHA-256 of JSON with sorted keys (orjson)."""
+    return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _scalar_id(value: Any) -> str | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, int):
+        return str(value)
+    return None
+
+
+class CompiledSchema:
+    """A stored schema version, ready to validate and extract resources."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        spec = check_resmo(body)
+        self.body = body
+        self._validator = _validator(body)
+        self._id = compile_path(spec.id, "/resmo/id", singular=True)
+        self._name = compile_path(spec.name, "/resmo/name", singular=True) if spec.name else None
+        self._important = [(p, compile_path(p, "", singular=False)) for p in spec.important_fields]
+
+    def validate(self, data: Any) -> list[Issue]:
+        if not isinstance(data, dict):
+            return [Issue("not_an_object", "a resource must be a JSON object", "")]
+        if self._validator.is_valid(data):
+            return []
+        issues = []
+        for e in self._validator.iter_errors(data):
+            issues.append(_issue_from_error(e))
+            if len(issues) >= MAX_ISSUES_PER_RESOURCE:
+                break
+        return issues
+
+    def extract(self, data: dict[str, Any]) -> Extracted | Issue:
+        match = self._id.match(data)
+        if match is None:
+            return Issue("missing_id", "the resource has no id at the resmo.id path", None)
+        rid = _scalar_id(match.obj)
+        if rid is None:
+            return Issue(
+                "invalid_id",
+                "the id must be a non-empty string or an integer",
+                _pointer(match.parts),
+            )
+        name = None
+        if self._name is not None:
+            m = self._name.match(data)
+            if m is not None and m.obj is not None and not isinstance(m.obj, dict | list):
+                name = m.obj if isinstance(m.obj, str) else orjson.dumps(m.obj).decode()
+        important: dict[str, Any] = {}
+        for raw, path in self._important:
+            values = [m.obj for m in path.finditer(data)]
+            if not values:
+                continue
+            important[raw] = values[0] if path.singular_query() else values
+        return Extracted(rid, name, important, content_hash(data))
+
+
+def _issue_from_error(e: Any) -> Issue:
+    pointer = _pointer(e.instance_path)
+    kind = type(e.kind).__name__
+    if kind == "UnevaluatedProperties":
+        unexpected = list(getattr(e.kind, "unexpected", []) or [])
+        if unexpected:
+            pointer = pointer + _pointer([unexpected[0]])
+        return Issue("unknown_field", e.message, pointer)
+    if kind == "Required":
+        return Issue("missing_field", e.message, pointer)
+    return Issue("schema_violation", e.message, pointer)

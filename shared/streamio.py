@@ -1,0 +1,66 @@
+"""Stream plumbing both consumers use: groups, claiming pending entries, leases.
+
+A lease (SET NX PX with a random token; refreshed and released only by its
+holder) makes one consumer at a time the drainer of a partition.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+_REFRESH = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
+class Lease:
+    def __init__(self, redis: Redis, key: str, ttl_ms: int = 10_000) -> None:
+        self.redis = redis
+        self.key = key
+        self.ttl_ms = ttl_ms
+        self.token = uuid.uuid4().hex
+
+    async def acquire(self) -> bool:
+        return bool(await self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms))
+
+    async def refresh(self) -> bool:
+        return bool(await self.redis.eval(_REFRESH, 1, self.key, self.token, self.ttl_ms))
+
+    async def release(self) -> None:
+        await self.redis.eval(_RELEASE, 1, self.key, self.token)
+
+
+async def ensure_group(redis: Redis, stream: str, group: str) -> None:
+    try:
+        await redis.xgroup_create(stream, group, id="0", mkstream=True)
+    except ResponseError as e:
+        if "BUSYGROUP" not in str(e):
+            raise
+
+
+async def claim_pending(redis: Redis, stream: str, group: str, consumer: str) -> None:
+    """Move every pending entry of the group to ``consumer`` (the caller holds the lease),
+    so entries delivered to a consumer that died are re-read, in stream order."""
+    start: str | bytes = "0-0"
+    while True:
+        res = await redis.xautoclaim(stream, group, consumer, 0, start, count=1000)
+        start = res[0]
+        if start in (b"0-0", "0-0"):
+            return
+
+
+def consumer_name() -> str:
+    return f"{os.uname().nodename}-{os.getpid()}"

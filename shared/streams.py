@@ -1,0 +1,76 @@
+"""Every Redis key, stream, consumer group and arq queue name ingestd uses.
+
+Nothing else in the code base spells these strings. Per-partition keys carry a
+``{pN}`` hash tag so that, on Redis Cluster, a partition's streams, lock and
+write-model state live in one slot and can change in one MULTI/EXEC.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+PREFIX = "ingestd"
+
+INGEST_GROUP = "workers"
+PROJECTOR_GROUP = "projector"
+ARQ_QUEUE = f"{PREFIX}:arq"
+REGISTRY_GEN = f"{PREFIX}:registry:gen"
+
+# field names inside stream entries
+F_META = b"m"
+F_BODY = b"b"
+F_CHANGE = b"c"
+
+STATE_LOADED_FIELD = "\x00loaded"
+
+
+def _tag(p: int) -> str:
+    return f"{PREFIX}:{{p{p}}}"
+
+
+def ingest_stream(p: int) -> str:
+    return f"{_tag(p)}:ingest"
+
+
+def changes_stream(p: int) -> str:
+    return f"{_tag(p)}:changes"
+
+
+def drain_lock(p: int) -> str:
+    return f"{_tag(p)}:lock:drain"
+
+
+def project_lock(p: int) -> str:
+    return f"{_tag(p)}:lock:project"
+
+
+def state_key(p: int, resource_type: str, group_key: str) -> str:
+    """Write-model state of one scope: field = resource id, value = ``hash|version``."""
+    return f"{_tag(p)}:state:{resource_type}\x00{group_key}"
+
+
+def state_pattern() -> str:
+    return f"{PREFIX}:{{p*}}:state:*"
+
+
+def receipt_key(event_id: str) -> str:
+    return f"{PREFIX}:receipt:{event_id}"
+
+
+def session_key(session: str, resource_type: str, group_key: str) -> str:
+    return f"{PREFIX}:session:{resource_type}\x00{group_key}\x00{session}"
+
+
+def partition_of(resource_type: str, group_key: str, partitions: int) -> int:
+    """Partition = hash(resource type, groupKey) mod P (stable across processes)."""
+    return zlib.crc32(f"{resource_type}\x00{group_key}".encode()) % partitions
+
+
+def drain_job_id(p: int, nonce: str) -> str:
+    return f"drain:{p}:{nonce}"
+
+
+def stream_id_tuple(sid: bytes | str) -> tuple[int, int]:
+    s = sid.decode() if isinstance(sid, bytes) else sid
+    ms, _, seq = s.partition("-")
+    return int(ms), int(seq or 0)
