@@ -48,7 +48,18 @@ class Projector:
                 log.exception("partition %s: unexpected error; retrying", p)
             await asyncio.sleep(1)
 
-    async def _drain(self, p: int, lease: Lease) -> None:
+    async def drain_idle(self, p: int) -> bool:
+        """Apply everything pending on partition ``p`` and return (used by tests and tools)."""
+        lease = Lease(self.redis, streams.project_lock(p))
+        if not await lease.acquire():
+            return False
+        try:
+            await self._drain(p, lease, idle_exit=True)
+        finally:
+            await lease.release()
+        return True
+
+    async def _drain(self, p: int, lease: Lease, idle_exit: bool = False) -> None:
         stream = streams.changes_stream(p)
         await ensure_group(self.redis, stream, streams.PROJECTOR_GROUP)
         await claim_pending(self.redis, stream, streams.PROJECTOR_GROUP, self.consumer)
@@ -59,9 +70,11 @@ class Projector:
                 self.consumer,
                 {stream: read_id},
                 count=self.batch,
-                block=None if read_id == "0" else 1000,
+                block=None if read_id == "0" or idle_exit else 1000,
             )
             rows = resp[0][1] if resp else []
+            if not rows and read_id == ">" and idle_exit:
+                return
             if not rows and read_id == "0":
                 read_id = ">"
             if rows:

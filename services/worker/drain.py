@@ -61,8 +61,9 @@ class Drainer:
         self.lease = Lease(redis, streams.drain_lock(p))
         self.processed = 0
 
-    async def run(self, slice_s: float) -> bool:
-        """Drain for up to ``slice_s`` seconds. False if another holder has the partition."""
+    async def run(self, slice_s: float, idle_exit: bool = False) -> bool:
+        """Drain for up to ``slice_s`` seconds (or, with ``idle_exit``, until the stream has
+        nothing new). False if another holder has the partition."""
         if not await self.lease.acquire():
             return False
         try:
@@ -71,7 +72,7 @@ class Drainer:
             deadline = time.monotonic() + slice_s
             backlog_id = "0"
             while time.monotonic() < deadline:
-                block = None if backlog_id == "0" else 1000
+                block = None if backlog_id == "0" or idle_exit else 1000
                 resp = await self.redis.xreadgroup(
                     streams.INGEST_GROUP,
                     self.consumer,
@@ -80,6 +81,8 @@ class Drainer:
                     block=block,
                 )
                 rows = resp[0][1] if resp else []
+                if not rows and backlog_id == ">" and idle_exit:
+                    break
                 if not rows and backlog_id == "0":
                     backlog_id = ">"
                 if rows:

@@ -1,0 +1,203 @@
+"""Test fixtures: real PostgreSQL and Redis, clean state for every test.
+
+``DATABASE_URL`` / ``REDIS_URL`` select the servers (CI sets them to the
+machine's services); unset, embedded servers are started once per session.
+With ``DATABASE_URL`` set, tests use a database named ``ingestd_test`` on that
+server (created when missing), never the one the URL names. Every test that
+uses ``settings`` starts from truncated tables and a flushed Redis database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse, urlunparse
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from redis.asyncio import Redis
+
+from services.gateway.app import create_app
+from services.projector.main import Projector
+from services.worker.drain import Drainer
+from shared.config import Settings
+from shared.db import create_pool, migrate
+from shared.embedded import EmbeddedPostgres, EmbeddedRedis
+from shared.registry import RegistryCache
+
+ADMIN_TOKEN = "test-admin-token"
+TEST_DB = "ingestd_test"
+
+
+async def _ensure_database(url: str) -> str:
+    parsed = urlparse(url)
+    test_url = urlunparse(parsed._replace(path="/" + TEST_DB))
+    conn = await asyncpg.connect(url)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", TEST_DB)
+        if not exists:
+            await conn.execute(f'CREATE DATABASE "{TEST_DB}"')
+    finally:
+        await conn.close()
+    return test_url
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    started: list[Any] = []
+    dsn = os.environ.get("DATABASE_URL")
+    redis_url = os.environ.get("REDIS_URL")
+    base = Path(tmp_path_factory.mktemp("servers"))
+    if dsn:
+        dsn = asyncio.run(_ensure_database(dsn))
+    else:
+        pg = EmbeddedPostgres(base / "pg")
+        dsn = pg.start()
+        started.append(pg)
+    if not redis_url:
+        rd = EmbeddedRedis(base / "redis")
+        redis_url = rd.start()
+        started.append(rd)
+    asyncio.run(migrate(dsn))
+    yield dsn, redis_url
+    for s in reversed(started):
+        s.stop()
+
+
+TABLES = [
+    "resource_changes", "resources", "ingest_events", "sync_issues", "projector_positions",
+    "ingest_keys", "integrations", "schema_versions", "schemas", "schema_groups",
+]
+
+
+async def reset_state(dsn: str, redis_url: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
+    finally:
+        await conn.close()
+    r = Redis.from_url(redis_url)
+    await r.flushdb()
+    await r.aclose()
+
+
+@pytest.fixture
+async def settings(servers: tuple[str, str]) -> Settings:
+    dsn, redis_url = servers
+    await reset_state(dsn, redis_url)
+    return replace(
+        Settings.from_env({}), database_url=dsn, redis_url=redis_url, admin_token=ADMIN_TOKEN,
+        partitions=4, registry_poll_ms=100,
+    )
+
+
+@pytest.fixture
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    assert settings.database_url
+    p = await create_pool(settings.database_url)
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+async def redis(settings: Settings) -> AsyncIterator[Redis]:
+    assert settings.redis_url
+    r = Redis.from_url(settings.redis_url)
+    yield r
+    await r.aclose()
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[TestClient[Any, Any]]:
+    """An in-process gateway (the app factory `ingestd gateway` runs)."""
+    server = TestServer(create_app(settings))
+    async with TestClient(server) as c:
+        yield c
+
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+EMPLOYEE_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "properties": {
+        "employeeId": {"type": "string"},
+        "active": {"type": "boolean"},
+        "employee": {
+            "type": "object",
+            "properties": {
+                "username": {"type": "string"},
+                "email": {"type": "string"},
+                "age": {"type": "integer"},
+            },
+        },
+    },
+    "required": ["employeeId"],
+    "resmo": {
+        "id": "employeeId",
+        "name": "$.employee.username",
+        "importantFields": ["employeeId", "$.employee.email", "active"],
+    },
+}
+
+
+@dataclass
+class Seeded:
+    group_id: str
+    integration_id: str
+    key: str
+    key_id: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"X-Ingest-Key": self.key, "Content-Type": "application/json"}
+
+
+async def seed_directory(c: TestClient[Any, Any], prefix: str = "_directory",
+                         table: str = "employee") -> Seeded:
+    r = await c.post("/admin/v1/schema-groups", json={"name": prefix, "prefix": prefix},
+                     headers=ADMIN)
+    assert r.status == 201, await r.text()
+    gid = (await r.json())["id"]
+    r = await c.post(f"/admin/v1/schema-groups/{gid}/schemas",
+                     json={"table": table, "schema": EMPLOYEE_SCHEMA}, headers=ADMIN)
+    assert r.status == 201, await r.text()
+    r = await c.post("/admin/v1/integrations", json={"name": "HR", "schemaGroup": gid},
+                     headers=ADMIN)
+    assert r.status == 201, await r.text()
+    body = await r.json()
+    return Seeded(gid, body["id"], body["ingestKey"], body["keyId"])
+
+
+@pytest.fixture
+async def seeded(client: TestClient[Any, Any]) -> Seeded:
+    return await seed_directory(client)
+
+
+class InlinePipeline:
+    """Runs the worker's Drainer and the Projector in-process until both streams are idle."""
+
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, redis: Redis) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.redis = redis
+        self.registry = RegistryCache(pool, redis, 100)
+        self.projector = Projector(redis, pool, settings.partitions)
+
+    async def run(self) -> None:
+        await self.registry.refresh(force=True)
+        for p in range(self.settings.partitions):
+            d = Drainer(self.redis, self.pool, self.registry, p, self.settings.drain_batch,
+                        "test-worker")
+            assert await d.run(60, idle_exit=True)
+            assert await self.projector.drain_idle(p)
+
+
+@pytest.fixture
+async def pipeline(settings: Settings, pool: asyncpg.Pool, redis: Redis) -> InlinePipeline:
+    return InlinePipeline(settings, pool, redis)
