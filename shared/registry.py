@@ -13,7 +13,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
 from redis.asyncio import Redis
@@ -139,7 +139,9 @@ class RegistryCache:
 
 
 async def bump_generation(redis: Redis) -> None:
-    await redis.incr(streams.REGISTRY_GEN)
+    # a fresh random token, not INCR: if Redis loses the key, a counter restarts at
+    # values caches have already seen and they would miss those changes
+    await redis.set(streams.REGISTRY_GEN, uuid4().hex)
 
 
 # ---- admin operations -------------------------------------------------------
@@ -218,15 +220,22 @@ async def create_schema(
         group = await get_group(conn, group_id)
         rt = f"{group['prefix']}_{table}"
         try:
-            r = await conn.fetchrow(
-                "INSERT INTO schemas (group_id, table_name, resource_type, title)"
-                " VALUES ($1, $2, $3, $4) RETURNING *",
-                group["id"],
-                table,
-                rt,
-                title,
-            )
+            async with conn.transaction():  # savepoint: the clash is looked up below
+                r = await conn.fetchrow(
+                    "INSERT INTO schemas (group_id, table_name, resource_type, title)"
+                    " VALUES ($1, $2, $3, $4) RETURNING *",
+                    group["id"],
+                    table,
+                    rt,
+                    title,
+                )
         except asyncpg.UniqueViolationError as e:
+            owner = await conn.fetchval("SELECT group_id FROM schemas WHERE resource_type = $1", rt)
+            if owner is not None and owner != group["id"]:
+                raise ConflictError(
+                    "duplicate_resource_type",
+                    f"resource type {rt!r} is already used by a table of another schema group",
+                ) from e
             raise ConflictError(
                 "duplicate_table", f"table {table!r} (resource type {rt!r}) exists already"
             ) from e

@@ -35,7 +35,8 @@ MAX_ISSUES_PER_RESOURCE = 20
 
 
 def check_identifier(value: Any, field: str) -> str:
-    if not isinstance(value, str) or not IDENTIFIER.match(value):
+    # fullmatch: with re.match, "$" would also accept a trailing newline ("employee\n")
+    if not isinstance(value, str) or not IDENTIFIER.fullmatch(value):
         raise SchemaRuleError(
             f"invalid_{field}",
             f"{field} must match {IDENTIFIER.pattern} (lower-case letters, digits and "
@@ -136,7 +137,7 @@ def prepare_schema(schema: Any) -> dict[str, Any]:
             pointer="/schema/type",
         )
     dialect = schema.get("$schema")
-    if dialect is not None and dialect not in DRAFT_2020_12:
+    if dialect is not None and (not isinstance(dialect, str) or dialect not in DRAFT_2020_12):
         raise SchemaRuleError(
             "unsupported_draft",
             f"only JSON Schema draft 2020-12 is supported, got $schema {dialect!r}",
@@ -157,7 +158,9 @@ def prepare_schema(schema: Any) -> dict[str, Any]:
 
 
 def _validator(schema: dict[str, Any]) -> Any:
-    return jsonschema_rs.Draft202012Validator(schema, validate_formats=True)
+    # offline: a remote $ref would make the gateway (and every worker compiling the
+    # schema) fetch an arbitrary URL; only local refs and the bundled meta-schemas resolve
+    return jsonschema_rs.Draft202012Validator(schema, validate_formats=True, offline=True)
 
 
 def _pointer(parts: Any) -> str:

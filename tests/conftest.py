@@ -2,9 +2,12 @@
 
 ``DATABASE_URL`` / ``REDIS_URL`` select the servers (CI sets them to the
 machine's services); unset, embedded servers are started once per session.
-With ``DATABASE_URL`` set, tests use a database named ``ingestd_test`` on that
-server (created when missing), never the one the URL names. Every test that
-uses ``settings`` starts from truncated tables and a flushed Redis database.
+With ``DATABASE_URL`` set, a run uses its own database ``ingestd_test_<pid>`` on
+that server (dropped at the end), never the one the URL names. With
+``REDIS_URL`` set, a run claims a Redis database number from the URL's number
+downwards (a claim key with a TTL), so concurrent runs on one machine do not
+flush each other. Every test that uses ``settings`` starts from truncated
+tables and a flushed Redis database.
 """
 
 from __future__ import annotations
@@ -31,20 +34,49 @@ from shared.embedded import EmbeddedPostgres, EmbeddedRedis
 from shared.registry import RegistryCache
 
 ADMIN_TOKEN = "test-admin-token"
-TEST_DB = "ingestd_test"
+TEST_DB = f"ingestd_test_{os.getpid()}"
+CLAIM_KEY = "ingestd-test-run-claim"
 
 
-async def _ensure_database(url: str) -> str:
+async def _create_database(url: str) -> str:
     parsed = urlparse(url)
     test_url = urlunparse(parsed._replace(path="/" + TEST_DB))
     conn = await asyncpg.connect(url)
     try:
-        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", TEST_DB)
-        if not exists:
-            await conn.execute(f'CREATE DATABASE "{TEST_DB}"')
+        await conn.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{TEST_DB}"')
     finally:
         await conn.close()
     return test_url
+
+
+async def _drop_database(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def _claim_redis_db(url: str) -> str:
+    parsed = urlparse(url)
+    first = int(parsed.path.lstrip("/") or 0)
+    for db in range(first, -1, -1):
+        candidate = urlunparse(parsed._replace(path=f"/{db}"))
+        r = Redis.from_url(candidate)
+        try:
+            mine = await r.set(CLAIM_KEY, str(os.getpid()), nx=True, ex=3600)
+            if mine or await r.get(CLAIM_KEY) == str(os.getpid()).encode():
+                return candidate
+        finally:
+            await r.aclose()
+    raise RuntimeError(f"no free Redis database at or below {first}: concurrent test runs?")
+
+
+async def _release_redis_db(url: str) -> None:
+    r = Redis.from_url(url)
+    await r.flushdb()
+    await r.aclose()
 
 
 @pytest.fixture(scope="session")
@@ -53,18 +85,26 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
     dsn = os.environ.get("DATABASE_URL")
     redis_url = os.environ.get("REDIS_URL")
     base = Path(tmp_path_factory.mktemp("servers"))
+    admin_dsn = dsn
     if dsn:
-        dsn = asyncio.run(_ensure_database(dsn))
+        dsn = asyncio.run(_create_database(dsn))
     else:
         pg = EmbeddedPostgres(base / "pg")
         dsn = pg.start()
         started.append(pg)
-    if not redis_url:
+    claimed = bool(redis_url)
+    if redis_url:
+        redis_url = asyncio.run(_claim_redis_db(redis_url))
+    else:
         rd = EmbeddedRedis(base / "redis")
         redis_url = rd.start()
         started.append(rd)
     asyncio.run(migrate(dsn))
     yield dsn, redis_url
+    if admin_dsn:
+        asyncio.run(_drop_database(admin_dsn))
+    if claimed:
+        asyncio.run(_release_redis_db(redis_url))
     for s in reversed(started):
         s.stop()
 
@@ -83,6 +123,7 @@ async def reset_state(dsn: str, redis_url: str) -> None:
         await conn.close()
     r = Redis.from_url(redis_url)
     await r.flushdb()
+    await r.set(CLAIM_KEY, str(os.getpid()), ex=3600)
     await r.aclose()
 
 

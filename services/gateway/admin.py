@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from services.gateway.http import json_object, json_response, require_admin
 from services.gateway.state import PG, REDIS, REGISTRY, SETTINGS
 from shared import registry
+from shared.errors import ApiError
 
 SCHEMA_LIMIT = 1 << 20
 routes = web.RouteTableDef()
@@ -22,12 +25,42 @@ def admin(request: web.Request) -> None:
     token = request.app[SETTINGS].admin_token
     assert token is not None
     require_admin(request, token)
+    for name, value in request.match_info.items():
+        _no_nul(value, f"/path/{name}")
+
+
+def _no_nul(value: Any, pointer: str) -> None:
+    """PostgreSQL text and jsonb cannot hold U+0000: refuse it here (400), not as a 500.
+
+    Iterative: bodies may nest up to orjson's 1024 levels, deeper than Python's stack.
+    """
+    stack = [(value, pointer)]
+    while stack:
+        v, ptr = stack.pop()
+        if isinstance(v, dict):
+            for k, item in v.items():
+                stack.append((k, ptr))
+                stack.append((item, f"{ptr}/{k.replace('~', '~0').replace('/', '~1')}"))
+        elif isinstance(v, list):
+            stack.extend((item, f"{ptr}/{n}") for n, item in enumerate(v))
+        elif isinstance(v, str) and "\x00" in v:
+            raise ApiError(
+                "invalid_character",
+                "text must not contain the NUL character (U+0000)",
+                pointer=ptr,
+            )
+
+
+async def admin_body(request: web.Request, limit: int = 1 << 20) -> dict[str, Any]:
+    body = await json_object(request, limit)
+    _no_nul(body, "")
+    return body
 
 
 @routes.post(f"{BASE}/schema-groups")
 async def create_group(request: web.Request) -> web.Response:
     admin(request)
-    body = await json_object(request)
+    body = await admin_body(request)
     out = await registry.create_group(request.app[PG], body.get("name"), body.get("prefix"))
     await _changed(request)
     return json_response(out, status=201)
@@ -49,7 +82,7 @@ async def get_group(request: web.Request) -> web.Response:
 @routes.post(f"{BASE}/schema-groups/{{groupId}}/schemas")
 async def create_schema(request: web.Request) -> web.Response:
     admin(request)
-    body = await json_object(request, SCHEMA_LIMIT)
+    body = await admin_body(request, SCHEMA_LIMIT)
     out = await registry.create_schema(
         request.app[PG],
         request.match_info["groupId"],
@@ -78,7 +111,7 @@ async def get_schema(request: web.Request) -> web.Response:
 @routes.put(f"{BASE}/schema-groups/{{groupId}}/schemas/{{table}}")
 async def update_schema(request: web.Request) -> web.Response:
     admin(request)
-    body = await json_object(request, SCHEMA_LIMIT)
+    body = await admin_body(request, SCHEMA_LIMIT)
     m = request.match_info
     out = await registry.update_schema(
         request.app[PG], m["groupId"], m["table"], body.get("schema"), body.get("title")
@@ -98,7 +131,7 @@ async def list_versions(request: web.Request) -> web.Response:
 @routes.post(f"{BASE}/integrations")
 async def create_integration(request: web.Request) -> web.Response:
     admin(request)
-    body = await json_object(request)
+    body = await admin_body(request)
     out = await registry.create_integration(
         request.app[PG], body.get("name"), body.get("schemaGroup")
     )
