@@ -23,13 +23,36 @@ def _limit(request: web.Request, default: int = 100) -> int:
     raw = request.query.get("limit")
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
         raise ApiError(
             "invalid_parameter",
             f"limit must be an integer from 1 to {MAX_LIMIT}",
             pointer="/query/limit",
         )
     return int(raw)
+
+
+def _text(request: web.Request, name: str, default: str | None = None) -> str | None:
+    """A query parameter compared with text columns: PostgreSQL text cannot hold U+0000,
+    and asking it to fails the query, so such a value is refused up front."""
+    value = request.query.get(name, default)
+    if value is not None and "\x00" in value:
+        raise ApiError(
+            "invalid_parameter", f"{name} must not contain U+0000", pointer=f"/query/{name}"
+        )
+    return value
+
+
+def _group_key(request: web.Request) -> str:
+    return _text(request, "groupKey", "") or ""
+
+
+def _resource_id(request: web.Request, rt: str) -> str:
+    rid = request.match_info["id"]
+    if "\x00" in rid:  # cannot be stored, so there is no such resource
+        raise NotFoundError("resource_not_found", f"no {rt} resource {rid!r} in this group")
+    return rid
 
 
 def _resource_type(request: web.Request) -> str:
@@ -62,19 +85,27 @@ def _encode_cursor(rid: str) -> str:
 
 
 def _decode_cursor(raw: str) -> str:
+    """Strict: a cursor with characters outside the URL-safe alphabet (which the lenient
+    decoder would drop, restarting the listing) or one PostgreSQL cannot compare is refused."""
     try:
-        return base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError) as e:
+        padded = (raw + "=" * (-len(raw) % 4)).encode("ascii")
+        rid = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
+    except (binascii.Error, UnicodeError) as e:
         raise ApiError(
             "invalid_cursor", "cursor is not one this API returned", pointer="/query/cursor"
         ) from e
+    if not rid or "\x00" in rid:
+        raise ApiError(
+            "invalid_cursor", "cursor is not one this API returned", pointer="/query/cursor"
+        )
+    return rid
 
 
 @routes.get("/api/v1/resources/{resourceType}")
 async def list_resources(request: web.Request) -> web.Response:
     admin(request)
     rt = _resource_type(request)
-    group_key = request.query.get("groupKey", "")
+    group_key = _group_key(request)
     limit = _limit(request)
     cursor = request.query.get("cursor")
     after = _decode_cursor(cursor) if cursor else None
@@ -96,11 +127,11 @@ async def list_resources(request: web.Request) -> web.Response:
 async def get_resource(request: web.Request) -> web.Response:
     admin(request)
     rt = _resource_type(request)
-    rid = request.match_info["id"]
+    rid = _resource_id(request, rt)
     row = await request.app[PG].fetchrow(
         "SELECT * FROM resources WHERE resource_type = $1 AND group_key = $2 AND resource_id = $3",
         rt,
-        request.query.get("groupKey", ""),
+        _group_key(request),
         rid,
     )
     if row is None:
@@ -116,8 +147,8 @@ async def history(request: web.Request) -> web.Response:
         "SELECT * FROM resource_changes WHERE resource_type = $1 AND group_key = $2"
         " AND resource_id = $3 ORDER BY version",
         rt,
-        request.query.get("groupKey", ""),
-        request.match_info["id"],
+        _group_key(request),
+        _resource_id(request, rt),
     )
     items = [
         {
@@ -170,7 +201,7 @@ async def sync_issues(request: web.Request) -> web.Response:
         " AND ($2::uuid IS NULL OR integration_id = $2)"
         " AND ($3::timestamptz IS NULL OR created_at >= $3)"
         " ORDER BY id DESC LIMIT $4",
-        request.query.get("table"),
+        _text(request, "table"),
         _integration(request),
         _since(request),
         _limit(request),

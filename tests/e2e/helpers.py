@@ -1,0 +1,261 @@
+"""Helpers for the process-level tests: a table to write to, senders, polls and checks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import asyncpg
+from redis.asyncio import Redis
+
+from shared import streams
+from shared.config import Settings
+from tests.conftest import ADMIN
+from tests.e2e.procs import Stage
+
+TABLE = "item"
+PREFIX = "_e2e"
+RT = f"{PREFIX}_{TABLE}"
+COUNT_EVENTS = "SELECT count(*) FROM ingest_events WHERE resource_type = $1"
+SEQ_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "seq": {"type": "integer"},
+        "writer": {"type": "string"},
+        "pad": {"type": "string"},
+    },
+    "required": ["id", "seq"],
+    "resmo": {"id": "id", "importantFields": ["seq"]},
+}
+
+
+async def poll(
+    what: str, check: Callable[[], Awaitable[Any]], within: float, every: float = 0.1
+) -> Any:
+    """Call ``check`` until it returns something truthy; fail with ``what`` at the deadline."""
+    deadline = time.monotonic() + within
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(every)
+    raise AssertionError(f"timed out after {within}s waiting for {what} (last: {last!r})")
+
+
+async def create_table(c: aiohttp.ClientSession) -> str:
+    """Create schema group + table + integration through the admin API; return the key."""
+    r = await c.post(
+        "/admin/v1/schema-groups", json={"name": PREFIX, "prefix": PREFIX}, headers=ADMIN
+    )
+    assert r.status == 201, await r.text()
+    gid = (await r.json())["id"]
+    r = await c.post(
+        f"/admin/v1/schema-groups/{gid}/schemas",
+        json={"table": TABLE, "schema": SEQ_SCHEMA},
+        headers=ADMIN,
+    )
+    assert r.status == 201, await r.text()
+    r = await c.post(
+        "/admin/v1/integrations", json={"name": "e2e", "schemaGroup": gid}, headers=ADMIN
+    )
+    assert r.status == 201, await r.text()
+    return str((await r.json())["ingestKey"])
+
+
+async def wait_key_known(c: aiohttp.ClientSession, key: str, within: float = 10) -> None:
+    """Until this gateway's registry knows ``key`` (probe without enqueuing anything)."""
+
+    async def known() -> bool:
+        r = await c.get("/integration/custom-data/events/ev_probe", headers={"X-Ingest-Key": key})
+        return r.status == 404
+
+    await poll("the gateway to know the ingest key", known, within)
+
+
+@dataclass
+class Sent:
+    """What the test sent and what the gateways accepted."""
+
+    accepted: dict[str, tuple[str, str, int]] = field(default_factory=dict)  # eid -> (g, id, seq)
+    refused: list[tuple[int, str]] = field(default_factory=list)
+    per_resource: dict[tuple[str, str], list[int]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+
+    def record(self, eid: str, g: str, rid: str, seq: int) -> None:
+        self.accepted[eid] = (g, rid, seq)
+        self.per_resource[(g, rid)].append(seq)
+
+
+async def send(
+    c: aiohttp.ClientSession, key: str, sent: Sent, g: str, rid: str, seq: int, **extra: Any
+) -> bool:
+    doc = {"id": rid, "seq": seq, **extra}
+    r = await c.post(
+        f"/integration/custom-data/event/{TABLE}",
+        params={"groupKey": g},
+        json=doc,
+        headers={"X-Ingest-Key": key},
+    )
+    if r.status != 202:
+        sent.refused.append((r.status, await r.text()))
+        return False
+    sent.record((await r.json())["eventId"], g, rid, seq)
+    return True
+
+
+async def send_series(
+    c: aiohttp.ClientSession,
+    key: str,
+    sent: Sent,
+    g: str,
+    rid: str,
+    seqs: range,
+    pace: asyncio.Event | None = None,
+    **extra: Any,
+) -> None:
+    """Sequential: each event is sent only after the previous one was answered."""
+    for seq in seqs:
+        if pace is not None:
+            await pace.wait()
+        try:
+            await send(c, key, sent, g, rid, seq, **extra)
+        except aiohttp.ClientError as e:  # not accepted; the invariant concerns 202s only
+            sent.refused.append((0, repr(e)))
+
+
+async def wait_processed(pool: asyncpg.Pool, n: int, within: float) -> None:
+    async def done() -> bool:
+        return bool(await pool.fetchval(COUNT_EVENTS, RT) >= n)
+
+    try:
+        await poll(f"{n} processed events", done, within, every=0.25)
+    except AssertionError:
+        got = await pool.fetchval(COUNT_EVENTS, RT)
+        raise AssertionError(f"only {got} of {n} accepted events were processed") from None
+
+
+async def streams_drained(redis: Redis, settings: Settings, within: float = 15) -> None:
+    """Every entry has left both streams and nothing is pending: effects are committed."""
+
+    async def empty() -> bool:
+        pipe = redis.pipeline(transaction=False)
+        for p in range(settings.partitions):
+            pipe.xlen(streams.ingest_stream(p))
+            pipe.xlen(streams.changes_stream(p))
+        return not any(await pipe.execute())
+
+    await poll("both streams to be empty", empty, within, every=0.2)
+
+
+async def check_exactly_once(pool: asyncpg.Pool, sent: Sent, ordered: bool = True) -> None:
+    """Every accepted event took effect once: one receipt (applied), one history row, versions
+    contiguous from 1 per resource and, when ``ordered``, in the order each series was sent."""
+    events = await pool.fetch(
+        "SELECT event_id, status, created, updated FROM ingest_events WHERE resource_type = $1",
+        RT,
+    )
+    ids = [r["event_id"] for r in events]
+    assert len(ids) == len(set(ids))
+    assert set(ids) == set(sent.accepted), (
+        f"{len(set(sent.accepted) - set(ids))} accepted events missing, "
+        f"{len(set(ids) - set(sent.accepted))} unexpected"
+    )
+    not_applied = [r for r in events if r["status"] != "applied"]
+    assert not not_applied, not_applied[:5]
+    assert all(r["created"] + r["updated"] == 1 for r in events)
+
+    rows = await pool.fetch(
+        "SELECT group_key, resource_id, version, op, event_id, (after->>'seq')::int AS seq"
+        " FROM resource_changes WHERE resource_type = $1 ORDER BY group_key, resource_id,"
+        " version",
+        RT,
+    )
+    assert len(rows) == len(sent.accepted), (len(rows), len(sent.accepted))
+    assert len({r["event_id"] for r in rows}) == len(rows), "an event has two history rows"
+    history: dict[tuple[str, str], list[asyncpg.Record]] = defaultdict(list)
+    for r in rows:
+        history[(r["group_key"], r["resource_id"])].append(r)
+    assert set(history) == set(sent.per_resource)
+    for key, h in history.items():
+        versions = [r["version"] for r in h]
+        assert versions == list(range(1, len(h) + 1)), (key, versions)
+        assert h[0]["op"] == "created" and all(r["op"] == "updated" for r in h[1:]), key
+        for r in h:
+            assert sent.accepted[r["event_id"]] == (key[0], key[1], r["seq"]), (key, r)
+        if ordered:
+            assert [r["seq"] for r in h] == sent.per_resource[key], key
+    current = await pool.fetch(
+        "SELECT group_key, resource_id, version, (data->>'seq')::int AS seq FROM resources"
+        " WHERE resource_type = $1",
+        RT,
+    )
+    assert len(current) == len(history)
+    for r in current:
+        h = history[(r["group_key"], r["resource_id"])]
+        assert (r["version"], r["seq"]) == (h[-1]["version"], h[-1]["seq"])
+
+
+def consumer_of(stage: Stage) -> str:
+    """The stream consumer name a stage process uses (streamio.consumer_name)."""
+    assert stage.proc is not None
+    return f"{os.uname().nodename}-{stage.proc.pid}"
+
+
+async def pending_by_consumer(redis: Redis, keys: list[str], group: str) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for k in keys:
+        try:
+            info = await redis.xpending(k, group)
+        except Exception:  # stream or group not created yet
+            continue
+        for c in info.get("consumers") or []:
+            name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+            out[name] += int(c["pending"])
+    return out
+
+
+async def kill_mid_batch(
+    redis: Redis, candidates: list[Stage], keys: list[str], group: str, within: float = 5
+) -> tuple[Stage, bool]:
+    """SIGKILL the first candidate seen holding delivered-but-uncommitted entries (so the kill
+    lands inside a batch); after ``within`` seconds kill the first candidate anyway.
+    Returns the killed stage and whether it was caught mid-batch."""
+    by_name = {consumer_of(s): s for s in candidates}
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        pending = await pending_by_consumer(redis, keys, group)
+        for name, n in pending.items():
+            if n and name in by_name:
+                victim = by_name[name]
+                victim.kill9()
+                return victim, True
+        await asyncio.sleep(0.005)
+    candidates[0].kill9()
+    return candidates[0], False
+
+
+def restart(stage: Stage, group: list[Stage]) -> Stage:
+    """Start a new process of the same stage with the same environment (stopped on exit)."""
+    new = Stage(stage.name, stage.env, stage.log_path.parent).start()
+    group.append(new)
+    return new
+
+
+def logs(stages: dict[str, list[Stage]]) -> str:
+    out = []
+    for group in stages.values():
+        for s in group:
+            tail = s.log()[-3000:]
+            if tail.strip():
+                out.append(f"--- {s.name} {s.log_path.name}\n{tail}")
+    return "\n".join(out)

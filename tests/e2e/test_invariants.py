@@ -1,0 +1,289 @@
+"""Invariants of the push pipeline, proven with the stages as separate processes.
+
+`ingestd gateway`, `ingestd worker` x2 and `ingestd projector` run as a user runs them;
+the test is a producer over HTTP and reads PostgreSQL / Redis to check the outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+from redis.asyncio import Redis
+
+from shared import streams
+from shared.config import Settings
+from tests.e2e.helpers import (
+    TABLE,
+    Sent,
+    check_exactly_once,
+    consumer_of,
+    create_table,
+    kill_mid_batch,
+    logs,
+    poll,
+    restart,
+    send,
+    send_series,
+    streams_drained,
+    wait_key_known,
+    wait_processed,
+)
+from tests.e2e.procs import Stage, port, stages
+
+PIPELINE = ("gateway", "worker", "worker", "projector")
+
+
+@asynccontextmanager
+async def session(stage: Stage) -> AsyncIterator[aiohttp.ClientSession]:
+    conn = aiohttp.TCPConnector(limit=200)
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{port(stage)}", connector=conn) as c:
+        yield c
+
+
+async def receipt(c: aiohttp.ClientSession, key: str, eid: str) -> dict[str, object]:
+    r = await c.get(f"/integration/custom-data/events/{eid}", headers={"X-Ingest-Key": key})
+    assert r.status == 200, await r.text()
+    return dict(await r.json())
+
+
+async def applied(c: aiohttp.ClientSession, key: str, eid: str, within: float = 20) -> dict:
+    async def done() -> dict[str, object] | None:
+        body = await receipt(c, key, eid)
+        return body if body["status"] != "pending" else None
+
+    return dict(await poll(f"receipt of {eid}", done, within))
+
+
+# ---- a. order per scope with two workers --------------------------------------------------
+
+
+async def _readers(redis: Redis, settings: Settings) -> dict[int, str]:
+    """Per partition, the consumer that read the ingest stream most recently."""
+    out = {}
+    for p in range(settings.partitions):
+        try:
+            infos = await redis.xinfo_consumers(streams.ingest_stream(p), streams.INGEST_GROUP)
+        except Exception:  # not created yet
+            continue
+        if infos:
+            out[p] = min(infos, key=lambda i: i["idle"])["name"].decode()
+    return out
+
+
+async def test_order_per_scope_with_two_workers(
+    settings: Settings, tmp_path: Path, pool: asyncpg.Pool, redis: Redis
+) -> None:
+    # 1-second drain slices hand partitions back and forth between the two workers
+    with stages(settings, tmp_path, *PIPELINE, INGESTD_DRAIN_SLICE_S="1") as s:
+        workers = {consumer_of(w) for w in s["worker"]}
+
+        async def both_draining() -> bool:
+            return set((await _readers(redis, settings)).values()) == workers
+
+        await poll("both workers to drain partitions", both_draining, 20)
+        async with session(s["gateway"][0]) as c:
+            key = await create_table(c)
+            sent = Sent()
+            scopes = [f"scope-{i}" for i in range(24)]
+            readers: set[tuple[int, str]] = set()
+            done = asyncio.Event()
+
+            async def sample() -> None:
+                while not done.is_set():
+                    readers.update((await _readers(redis, settings)).items())
+                    await asyncio.sleep(0.1)
+
+            async def paced(g: str) -> None:
+                for seq in range(1, 41):  # sequential per scope, ~3 s in all
+                    await send(c, key, sent, g, "r", seq)
+                    await asyncio.sleep(0.05)
+
+            sampler = asyncio.create_task(sample())
+            await asyncio.gather(*(paced(g) for g in scopes))
+            assert not sent.refused, sent.refused[:3]
+            try:
+                await wait_processed(pool, len(sent.accepted), 45)
+            except AssertionError as e:
+                raise AssertionError(f"{e}\n{logs(s)}") from None
+            finally:
+                done.set()
+                await sampler
+            await check_exactly_once(pool, sent)
+            for g in scopes:
+                row = await pool.fetchrow(
+                    "SELECT version, data FROM resources WHERE group_key = $1", g
+                )
+                assert row["version"] == 40 and row["data"]["seq"] == 40
+            # partitions moved between the workers while the stream was running
+            assert {w for _, w in readers} == workers, readers
+            print(f"partition/worker pairs seen while sending: {sorted(readers)}")
+
+
+# ---- b. SIGKILL mid-stream: exactly one effect per accepted event -------------------------
+
+
+async def _kill_mid_stream(
+    settings: Settings, tmp_path: Path, pool: asyncpg.Pool, redis: Redis, victim: str
+) -> None:
+    with stages(settings, tmp_path, *PIPELINE) as s:
+        async with session(s["gateway"][0]) as c:
+            key = await create_table(c)
+            sent = Sent()
+            resources = [(f"g{i}", f"r{j}") for i in range(40) for j in range(2)]
+            per = 50  # 4,000 events
+            senders = asyncio.gather(
+                *(send_series(c, key, sent, g, rid, range(1, per + 1)) for g, rid in resources)
+            )
+
+            async def enough() -> bool:
+                return len(sent.accepted) >= per * len(resources) // 3
+
+            await poll("a third of the events accepted", enough, 30, every=0.01)
+            if victim == "worker":
+                keys = [streams.ingest_stream(p) for p in range(settings.partitions)]
+                killed, mid = await kill_mid_batch(redis, s["worker"], keys, streams.INGEST_GROUP)
+            else:
+                keys = [streams.changes_stream(p) for p in range(settings.partitions)]
+                killed, mid = await kill_mid_batch(
+                    redis, s["projector"], keys, streams.PROJECTOR_GROUP
+                )
+            at_kill = len(sent.accepted)
+            restart(killed, s[victim])
+            await senders
+            assert not sent.refused, sent.refused[:3]
+            assert len(sent.accepted) > at_kill, "the kill came after the stream ended"
+            print(
+                f"killed a {victim} {'inside a batch' if mid else 'between batches'} "
+                f"after {at_kill} of {len(sent.accepted)} accepted events"
+            )
+            try:
+                await wait_processed(pool, len(sent.accepted), 60)
+                await streams_drained(redis, settings)
+            except AssertionError as e:
+                raise AssertionError(f"{e}\n{logs(s)}") from None
+            await check_exactly_once(pool, sent)
+            for eid in list(sent.accepted)[:: len(sent.accepted) // 20]:
+                assert (await receipt(c, key, eid))["status"] == "applied"
+
+
+async def test_sigkill_worker_mid_stream(
+    settings: Settings, tmp_path: Path, pool: asyncpg.Pool, redis: Redis
+) -> None:
+    await _kill_mid_stream(settings, tmp_path, pool, redis, "worker")
+
+
+async def test_sigkill_projector_mid_stream(
+    settings: Settings, tmp_path: Path, pool: asyncpg.Pool, redis: Redis
+) -> None:
+    await _kill_mid_stream(settings, tmp_path, pool, redis, "projector")
+
+
+# ---- c. losing the worker's write-model state ---------------------------------------------
+
+
+async def test_lost_write_model_is_rebuilt_from_postgres(
+    settings: Settings, tmp_path: Path, pool: asyncpg.Pool, redis: Redis
+) -> None:
+    with stages(settings, tmp_path, *PIPELINE) as s:
+        async with session(s["gateway"][0]) as c:
+            key = await create_table(c)
+            h = {"X-Ingest-Key": key}
+            url = f"/integration/custom-data/event/{TABLE}"
+
+            async def post(doc: dict[str, object], g: str = "g") -> str:
+                r = await c.post(url, json=doc, params={"groupKey": g}, headers=h)
+                assert r.status == 202, await r.text()
+                return str((await r.json())["eventId"])
+
+            async def delete(ids: str, g: str = "g") -> str:
+                r = await c.delete(
+                    f"/integration/custom-data/{TABLE}",
+                    params={"resourceIds": ids, "groupKey": g},
+                    headers=h,
+                )
+                assert r.status == 202, await r.text()
+                return str((await r.json())["eventId"])
+
+            # many resources in several scopes, so the rebuild pages through PostgreSQL
+            for i in range(30):
+                await post({"id": f"bulk{i}", "seq": 1}, g=f"s{i % 3}")
+            await post({"id": "same", "seq": 1})
+            await post({"id": "changed", "seq": 1})
+            await post({"id": "gone", "seq": 1})
+            last = await delete("gone")
+            assert (await applied(c, key, last))["deleted"] == 1
+            lost = [k async for k in redis.scan_iter(match=streams.state_pattern())]
+            assert len(lost) == 4  # scopes g, s0, s1, s2
+            await redis.delete(*lost)
+
+            e_same = await post({"id": "same", "seq": 1})
+            e_changed = await post({"id": "changed", "seq": 2})
+            e_gone = await post({"id": "gone", "seq": 1})
+            e_bulk = await post({"id": "bulk0", "seq": 1}, g="s0")
+            e_new = await post({"id": "new", "seq": 1})
+            r = await applied(c, key, e_same)
+            assert (r["unchanged"], r["created"], r["updated"]) == (1, 0, 0), r
+            r = await applied(c, key, e_changed)
+            assert (r["updated"], r["created"]) == (1, 0), r
+            r = await applied(c, key, e_gone)
+            assert r["created"] == 1, r
+            r = await applied(c, key, e_bulk)
+            assert r["unchanged"] == 1, r
+            r = await applied(c, key, e_new)
+            assert r["created"] == 1, r
+
+            async def versions(rid: str) -> list[tuple[int, str]]:
+                rows = await pool.fetch(
+                    "SELECT version, op FROM resource_changes WHERE group_key = 'g'"
+                    " AND resource_id = $1 ORDER BY version",
+                    rid,
+                )
+                return [(r["version"], r["op"]) for r in rows]
+
+            assert await versions("same") == [(1, "created")]
+            assert await versions("changed") == [(1, "created"), (2, "updated")]
+            assert await versions("gone") == [(1, "created"), (2, "deleted"), (3, "created")]
+            assert await versions("new") == [(1, "created")]
+            # the rebuilt state is right for later decisions too
+            e_del = await delete("gone,never")
+            r = await applied(c, key, e_del)
+            assert (r["deleted"], r["ignored"]) == (1, ["never"]), r
+            assert (await versions("gone"))[-1] == (4, "deleted")
+
+
+# ---- d. two gateways appending concurrently -----------------------------------------------
+
+
+async def test_two_gateways_keep_each_clients_order(
+    settings: Settings, tmp_path: Path, pool: asyncpg.Pool
+) -> None:
+    with stages(settings, tmp_path, "gateway", "gateway", *PIPELINE[1:]) as s:
+        gw1, gw2 = s["gateway"]
+        async with session(gw1) as c1, session(gw2) as c2:
+            key = await create_table(c1)
+            await wait_key_known(c2, key)
+            sent = Sent()
+            n = 150
+            # each client its own resource, same scope, concurrently
+            await asyncio.gather(
+                send_series(c1, key, sent, "shared", "via-1", range(1, n + 1), writer="1"),
+                send_series(c2, key, sent, "shared", "via-2", range(1, n + 1), writer="2"),
+            )
+            # both clients alternating on one resource: each waits for its 202 first
+            for seq in range(1, n + 1):
+                c = c1 if seq % 2 else c2
+                assert await send(c, key, sent, "shared", "both", seq, writer=str(2 - seq % 2))
+            assert not sent.refused, sent.refused[:3]
+            await wait_processed(pool, len(sent.accepted), 45)
+            await check_exactly_once(pool, sent)
+            rows = await pool.fetch(
+                "SELECT (after->>'seq')::int AS seq, after->>'writer' AS w FROM resource_changes"
+                " WHERE resource_id = 'both' ORDER BY version"
+            )
+            assert [r["seq"] for r in rows] == list(range(1, n + 1))
+            assert [r["w"] for r in rows] == ["1", "2"] * (n // 2)
