@@ -41,7 +41,10 @@ class Projector:
                     try:
                         await self._drain(p, lease)
                     finally:
-                        await lease.release()
+                        # on cancellation the connection may be mid-read; the lease then
+                        # simply expires, and the CancelledError must keep propagating
+                        with contextlib.suppress(Exception):
+                            await lease.release()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
                 log.warning("partition %s: %s; retrying", p, e)
             except Exception:

@@ -34,9 +34,9 @@ class Stage:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Stage:
-        log = open(self.log_path, "wb")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen([INGESTD, self.name], env=self.env, stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.log_path, "wb") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen([INGESTD, self.name], env=self.env, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
     def kill9(self) -> None:
