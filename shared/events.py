@@ -4,7 +4,9 @@ A raw event (``ingest:{p}``) is two fields: ``m`` = JSON metadata written by the
 gateway, ``b`` = the request body exactly as received (parsed again by the
 worker, so the gateway never re-serialises it). A change entry
 (``changes:{p}``) is one JSON document per raw event holding every effect the
-worker decided for it.
+worker decided for it, except a large bulk snapshot, whose effects are split
+over several consecutive entries: every entry but the last has ``last`` false,
+and only the last carries the snapshot's totals, issues and receipt.
 """
 
 from __future__ import annotations
@@ -103,7 +105,12 @@ class Effect:
 
 @dataclass(slots=True)
 class Change:
-    """Everything the worker decided for one raw event."""
+    """Everything the worker decided for one raw event (or one slice of a bulk snapshot).
+
+    ``last`` is false on every slice of a multi-entry snapshot but its final one;
+    ``totals`` (created/updated/deleted over the whole snapshot) is set on that final
+    entry, whose own ``effects`` may be a subset.
+    """
 
     meta: RawMeta
     status: Literal["applied", "rejected"]
@@ -113,26 +120,34 @@ class Change:
     ignored: list[str] = field(default_factory=list)
     issues: list[dict[str, Any]] = field(default_factory=list)
     issues_total: int = 0
+    last: bool = True
+    totals: dict[str, int] | None = None
 
     def counts(self) -> dict[str, int]:
-        c = {"created": 0, "updated": 0, "deleted": 0}
-        for e in self.effects:
-            c[e.op] += 1
+        if self.totals is not None:
+            c = {op: self.totals.get(op, 0) for op in ("created", "updated", "deleted")}
+        else:
+            c = {"created": 0, "updated": 0, "deleted": 0}
+            for e in self.effects:
+                c[e.op] += 1
         return {**c, "unchanged": self.unchanged, "rejected": self.rejected}
 
     def encode(self) -> bytes:
-        return orjson.dumps(
-            {
-                "m": self.meta.encode().decode(),
-                "s": self.status,
-                "e": [e.as_list() for e in self.effects],
-                "u": self.unchanged,
-                "rj": self.rejected,
-                "ig": self.ignored,
-                "is": self.issues,
-                "it": self.issues_total,
-            }
-        )
+        d: dict[str, Any] = {
+            "m": self.meta.encode().decode(),
+            "s": self.status,
+            "e": [e.as_list() for e in self.effects],
+            "u": self.unchanged,
+            "rj": self.rejected,
+            "ig": self.ignored,
+            "is": self.issues,
+            "it": self.issues_total,
+        }
+        if not self.last:
+            d["l"] = False
+        if self.totals is not None:
+            d["t"] = self.totals
+        return orjson.dumps(d)
 
     @classmethod
     def decode(cls, raw: bytes) -> Change:
@@ -146,4 +161,6 @@ class Change:
             d["ig"],
             d["is"],
             d["it"],
+            d.get("l", True),
+            d.get("t"),
         )

@@ -57,8 +57,26 @@ def receipt_key(event_id: str) -> str:
     return f"{PREFIX}:receipt:{event_id}"
 
 
-def session_key(session: str, resource_type: str, group_key: str) -> str:
-    return f"{PREFIX}:session:{resource_type}\x00{group_key}\x00{session}"
+def session_key(p: int, resource_type: str, group_key: str, session: str) -> str:
+    """A bulk upload session: its parts, their digests and its commit event (a hash).
+
+    Tagged with the scope's partition so the worker can retire it in the same
+    MULTI/EXEC that commits the snapshot."""
+    return f"{_tag(p)}:session:{resource_type}\x00{group_key}\x00{session}"
+
+
+def snapshots_key(p: int, resource_type: str, group_key: str) -> str:
+    """Per-scope snapshot sequence: ``next`` (last number handed to an opening session)
+    and ``committed`` (number of the newest snapshot applied)."""
+    return f"{_tag(p)}:snapshots:{resource_type}\x00{group_key}"
+
+
+def bulk_work_keys(p: int, event_id: str, token: str) -> tuple[str, str]:
+    """The worker's scratch keys while it diffs one snapshot: the snapshot's id index
+    (hash) and its staged change entries (list). Named per lease token, so a worker
+    that lost its lease cannot disturb the next holder's diff."""
+    base = f"{_tag(p)}:bulk:{event_id}:{token}"
+    return f"{base}:index", f"{base}:out"
 
 
 def partition_of(resource_type: str, group_key: str, partitions: int) -> int:

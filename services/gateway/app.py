@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -9,7 +10,7 @@ import asyncpg
 from aiohttp import web
 from redis.asyncio import Redis
 
-from services.gateway import admin, ingest, read
+from services.gateway import admin, bulk, ingest, read
 from services.gateway.appender import Appender
 from services.gateway.http import error_middleware, json_response
 from services.gateway.state import APPENDER, PG, REDIS, REGISTRY, SETTINGS
@@ -66,11 +67,20 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_routes(admin.routes)
     app.router.add_routes(ingest.routes)
+    app.router.add_routes(bulk.routes)
     app.router.add_routes(read.routes)
     return app
 
 
+def event_loop_policy() -> asyncio.AbstractEventLoopPolicy | None:
+    """The event loop the gateway runs on (the bench's bare floor server uses the same)."""
+    return None
+
+
 def run(settings: Settings) -> None:
+    policy = event_loop_policy()
+    if policy is not None:
+        asyncio.set_event_loop_policy(policy)
     app = create_app(settings)
     log.info("gateway listening on http://%s:%s", settings.http_host, settings.http_port)
     web.run_app(

@@ -1,4 +1,9 @@
-"""HTTP plumbing shared by the gateway's handlers: JSON errors, bodies, auth."""
+"""HTTP plumbing shared by the gateway's handlers: JSON (or XML) errors, bodies, auth.
+
+Responses are JSON unless the request's ``Accept`` prefers ``application/xml``
+(or ``text/xml``) over JSON; then :func:`respond` and error bodies use the XML
+mapping of :mod:`shared.xmlcodec`.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from shared import xmlcodec
 from shared.errors import ApiError
 
 log = logging.getLogger("ingestd.gateway")
@@ -19,12 +25,73 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def json_response(
     data: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
+    # a plain header is cheaper than content_type=, which aiohttp parses and rebuilds
+    merged = {"Content-Type": "application/json", **headers} if headers else _JSON_HEADERS
+    return web.Response(body=orjson.dumps(data), status=status, headers=merged)
+
+
+_JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+def _quality(params: list[str]) -> float:
+    for p in params:
+        k, _, v = p.strip().partition("=")
+        if k.strip().lower() == "q":
+            try:
+                return float(v)
+            except ValueError:
+                return 0.0
+    return 1.0
+
+
+def wants_xml(request: web.BaseRequest) -> bool:
+    """True when ``Accept`` ranks an XML type above JSON (JSON wins ties and by default)."""
+    accept = request.headers.get("Accept")
+    if not accept or accept == "*/*":  # the common case, without parsing
+        return False
+    xml_q = json_q = 0.0
+    for part in accept.split(","):
+        media, *params = part.split(";")
+        media = media.strip().lower()
+        q = _quality(params)
+        if media in xmlcodec.XML_TYPES:
+            xml_q = max(xml_q, q)
+        elif media in ("application/json", "application/*", "*/*"):
+            json_q = max(json_q, q)
+    return xml_q > json_q
+
+
+def xml_response(
+    data: dict[str, Any],
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+    root: str = "response",
+) -> web.Response:
     return web.Response(
-        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+        body=xmlcodec.dumps(data, root),
+        status=status,
+        content_type="application/xml",
+        charset="utf-8",
+        headers=headers,
     )
 
 
-def error_response(e: ApiError) -> web.Response:
+def respond(
+    request: web.BaseRequest,
+    data: dict[str, Any],
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+    root: str = "response",
+) -> web.Response:
+    """JSON, or XML when the client's ``Accept`` asks for it."""
+    if wants_xml(request):
+        return xml_response(data, status, headers, root)
+    return json_response(data, status, headers)
+
+
+def error_response(e: ApiError, request: web.BaseRequest | None = None) -> web.Response:
+    if request is not None and wants_xml(request):
+        return xml_response(dict(e.body()), e.status, e.headers or None, root="error")
     return json_response(e.body(), status=e.status, headers=e.headers or None)
 
 
@@ -36,16 +103,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as e:
-        return error_response(e)
+        return error_response(e, request)
     except web.HTTPException as e:
         if e.status < 400:
             raise
         code = _HTTP_CODES.get(e.status, "http_error")
-        return json_response({"code": code, "message": e.reason}, status=e.status)
+        return error_response(ApiError(code, e.reason, status=e.status), request)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return json_response(
-            {"code": "internal_error", "message": "internal server error"}, status=500
+        return error_response(
+            ApiError("internal_error", "internal server error", status=500), request
         )
 
 

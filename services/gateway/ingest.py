@@ -1,16 +1,23 @@
-"""Ingest API: single events, deletes and receipts (ingest-key authenticated)."""
+"""Ingest API: single events, deletes and receipts (ingest-key authenticated).
+
+Bodies are JSON or XML (``Content-Type: application/xml``, mapped to JSON by
+:mod:`shared.xmlcodec` with the table's schema, so the worker only sees JSON);
+responses follow ``Accept`` (JSON by default).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
 
-from services.gateway.http import bearer, json_response, parse_json, read_body
+from services.gateway.http import bearer, parse_json, read_body, respond
 from services.gateway.state import APPENDER, PG, REDIS, REGISTRY, SETTINGS
-from shared import streams
+from shared import streams, xmlcodec
 from shared.errors import ApiError
 from shared.events import Kind, RawMeta, new_event_id
 from shared.registry import KeyInfo, TableInfo
@@ -21,6 +28,8 @@ MAX_EVENT = 100
 MAX_ACTOR = 1000
 MAX_DELETE_IDS = 10_000
 JSON_TYPES = {"application/json", "text/json"}
+BODY_TYPES = JSON_TYPES | xmlcodec.XML_TYPES
+T = TypeVar("T")
 
 routes = web.RouteTableDef()
 
@@ -91,6 +100,35 @@ def check_content_type(request: web.Request, allowed: set[str]) -> str:
     return ctype
 
 
+async def from_xml(
+    convert: Callable[[bytes, dict[str, Any]], T], body: bytes, table: TableInfo
+) -> T:
+    """Map an XML body to JSON values with the table's schema; refuse unsafe or bad XML.
+
+    In a thread: converting a few MiB of XML takes a second or more of pure Python,
+    and the event loop keeps serving other requests meanwhile (it gets the GIL back
+    every switch interval)."""
+    try:
+        return await asyncio.to_thread(convert, body, table.body)
+    except xmlcodec.XmlError as e:
+        raise ApiError(e.code, e.message) from e
+
+
+def partition(request: web.Request, table: TableInfo, group_key: str) -> int:
+    """The scope's partition; 429 while that partition's backlog is over the limit."""
+    settings = request.app[SETTINGS]
+    p = streams.partition_of(table.resource_type, group_key, settings.partitions)
+    backlog = request.app[APPENDER].backlog[p]
+    if backlog > settings.max_backlog:
+        raise ApiError(
+            "backlog_full",
+            f"partition {p} has {backlog} unprocessed events; retry later",
+            status=429,
+            headers={"Retry-After": "1"},
+        )
+    return p
+
+
 async def enqueue(
     request: web.Request,
     key: KeyInfo,
@@ -102,16 +140,8 @@ async def enqueue(
     params: tuple[str, str | None, Any] | None = None,
 ) -> web.Response:
     group_key, event, actor = params or common_params(request)
-    settings = request.app[SETTINGS]
-    p = streams.partition_of(table.resource_type, group_key, settings.partitions)
+    p = partition(request, table, group_key)
     appender = request.app[APPENDER]
-    if appender.backlog[p] > settings.max_backlog:
-        raise ApiError(
-            "backlog_full",
-            f"partition {p} has {appender.backlog[p]} unprocessed events; retry later",
-            status=429,
-            headers={"Retry-After": "1"},
-        )
     meta = RawMeta(
         new_event_id(),
         kind,
@@ -128,7 +158,7 @@ async def enqueue(
     fields = {streams.F_META: meta.encode(), streams.F_BODY: body}
     receipt = orjson.dumps({"i": key.integration_id})
     await appender.append(p, fields, streams.receipt_key(meta.id), receipt)
-    return json_response({"eventId": meta.id}, status=202)
+    return respond(request, {"eventId": meta.id}, status=202)
 
 
 @routes.post("/integration/custom-data/event/{table}")
@@ -136,9 +166,17 @@ async def post_event(request: web.Request) -> web.Response:
     key = authenticate(request)
     table = resolve_table(request, key)
     params = common_params(request)
-    check_content_type(request, JSON_TYPES)
+    ctype = check_content_type(request, BODY_TYPES)
     body = await read_body(request, SINGLE_LIMIT)
-    data = parse_json(body)
+    if ctype in xmlcodec.XML_TYPES:
+        data = await from_xml(xmlcodec.resource_from_xml, body, table)
+        if not isinstance(data, dict):
+            raise ApiError(
+                "body_not_object", "the XML root element must hold the resource's properties"
+            )
+        body = orjson.dumps(data)
+    else:
+        data = parse_json(body)
     if not isinstance(data, dict):
         raise ApiError(
             "body_not_object", "the body must be one JSON object (a resource)", pointer=""
@@ -203,21 +241,26 @@ async def get_receipt(request: web.Request) -> web.Response:
     if row is not None:
         if str(row["integration_id"]) != key.integration_id:
             raise ApiError("event_not_found", f"no event {event_id!r}", status=404)
-        return json_response(receipt_json(row))
+        return respond(request, receipt_json(row), root="receipt")
 
-    marker = await request.app[REDIS].get(streams.receipt_key(event_id))
-    if marker is None or orjson.loads(marker).get("i") != key.integration_id:
+    redis = request.app[REDIS]
+    raw = await redis.get(streams.receipt_key(event_id))
+    marker = orjson.loads(raw) if raw is not None else {}
+    if marker.get("i") != key.integration_id:
         raise ApiError("event_not_found", f"no event {event_id!r}", status=404)
-    return json_response(
-        {
-            "eventId": event_id,
-            "status": "pending",
-            "created": 0,
-            "updated": 0,
-            "deleted": 0,
-            "unchanged": 0,
-            "rejected": 0,
-            "ignored": [],
-            "issues": [],
-        }
-    )
+    receipt: dict[str, Any] = {
+        "eventId": event_id,
+        "status": "pending",
+        "created": 0,
+        "updated": 0,
+        "deleted": 0,
+        "unchanged": 0,
+        "rejected": 0,
+        "ignored": [],
+        "issues": [],
+    }
+    if "s" in marker:  # a bulk upload session: its progress, or why it will not apply
+        from services.gateway.bulk import pending_receipt  # bulk builds on this module
+
+        await pending_receipt(redis, marker["s"], receipt)
+    return respond(request, receipt, root="receipt")

@@ -1,4 +1,10 @@
-"""Applying one batch of change entries to PostgreSQL in one transaction."""
+"""Applying one batch of change entries to PostgreSQL in one transaction.
+
+A bulk snapshot with many effects arrives as consecutive entries of which only
+the last (``Change.last``) writes the ``ingest_events`` row and sync issues: a
+receipt reads ``applied`` only once every slice before it is applied (stream
+order, and slices are committed by the worker all at once or not at all).
+"""
 
 from __future__ import annotations
 
@@ -144,6 +150,8 @@ def build_rows(changes: list[Change], prev: dict[Key, Any], now: datetime) -> Ba
                 out.final[key] = None
             else:
                 out.final[key] = (e.name, e.important or {}, after, e.content_hash, e.version, m.id)
+        if not ch.last:
+            continue
         c = ch.counts()
         integration = UUID(m.integration)
         out.events.append(

@@ -13,6 +13,7 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
+from services.worker.bulk import BulkCommit
 from shared import streams
 from shared.events import Change, RawMeta
 from shared.processing import (
@@ -96,15 +97,27 @@ class Drainer:
         return True
 
     async def _process(self, rows: list[Any]) -> None:
-        entries = []
-        gone = []
+        """Commit runs of single/delete events together; each bulk event alone, in order."""
+        run: list[Entry] = []
+        gone: list[bytes] = []
         for sid, fields in rows:
             if not fields:  # deleted from the stream while pending: nothing to do
                 gone.append(sid)
                 continue
-            entries.append(
-                Entry(sid, RawMeta.decode(fields[streams.F_META]), fields.get(streams.F_BODY, b""))
-            )
+            e = Entry(sid, RawMeta.decode(fields[streams.F_META]), fields.get(streams.F_BODY, b""))
+            if e.meta.kind != "bulk":
+                run.append(e)
+                continue
+            if run:
+                await self._process_run(run, gone)
+                run, gone = [], []
+            await BulkCommit(self, e, gone).run()
+            gone = []
+            self.processed += 1
+        if run or gone:
+            await self._process_run(run, gone)
+
+    async def _process_run(self, entries: list[Entry], gone: list[bytes]) -> None:
         snapshot = self.registry.snapshot
         for e in entries:
             if e.meta.kind == "single":

