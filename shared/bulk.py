@@ -28,7 +28,6 @@ same decision for a snapshot held in memory (the reference the tests compare wit
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,10 +44,10 @@ from shared.schema_rules import (
     check_resmo,
     content_hash,
     normalise_path,
+    storable_hash,
 )
 
 Step = tuple[bool, Any]  # (is_index, name or index)
-_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")  # an escaped NUL, not an escaped backslash
 _MISSING = object()
 
 # a single-request bulk is stored as a one-part session named IMPLICIT + its event id
@@ -192,26 +191,13 @@ def scan_item(data: Any, index: int, fx: FastExtractor) -> Scanned:
             issues.insert(0, ex)
     digest = None
     if not issues:
-        digest, unstorable = _storable_hash(data)
-        if unstorable is not None:
-            issues.append(unstorable)
+        stored = storable_hash(data)
+        if isinstance(stored, Issue):
+            issues.append(stored)
+        else:
+            digest = stored
     issues = [Issue(i.code, i.message, i.pointer, rid, index) for i in issues]
     return Scanned(index, rid, None if issues else digest, issues)
-
-
-def _storable_hash(data: Any) -> tuple[str | None, Issue | None]:
-    """The content hash, or why the item could never be stored: one such item must be
-    rejected here, or it would fail every later step (and wedge the partition)."""
-    try:
-        digest = content_hash(data)
-    except orjson.JSONEncodeError:
-        return None, Issue("too_deep", "the resource nests too deeply to be stored", "")
-    raw = orjson.dumps(data)
-    if b"\\u0000" in raw and _NUL.search(raw):
-        return None, Issue(
-            "invalid_character", "U+0000 (NUL) cannot be stored (PostgreSQL text refuses it)", ""
-        )
-    return digest, None
 
 
 def classify(state_raw: bytes | str | None, content_hash_: str) -> str:

@@ -167,6 +167,10 @@ def _pointer(parts: Any) -> str:
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
 
 
+def _printable(text: str) -> str:
+    return text.replace("\x00", "\\u0000") if "\x00" in text else text
+
+
 @dataclass(frozen=True, slots=True)
 class Issue:
     code: str
@@ -176,9 +180,14 @@ class Issue:
     index: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"code": self.code, "message": self.message, "pointer": self.pointer}
+        # messages echo input; U+0000 in them would fail the sync_issues insert
+        d: dict[str, Any] = {
+            "code": self.code,
+            "message": _printable(self.message),
+            "pointer": None if self.pointer is None else _printable(self.pointer),
+        }
         if self.resource_id is not None:
-            d["resourceId"] = self.resource_id
+            d["resourceId"] = _printable(self.resource_id)
         if self.index is not None:
             d["index"] = self.index
         return d
@@ -195,6 +204,23 @@ class Extracted:
 def content_hash(data: Any) -> str:
     """Canonical content hash: SHA-256 of JSON with sorted keys (orjson)."""
     return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")  # an escaped NUL, not an escaped backslash
+
+
+def storable_hash(data: Any) -> str | Issue:
+    """The content hash, or why the resource could never be stored. Such a resource must
+    be rejected by the worker: it would fail every later step and wedge its partition."""
+    try:
+        raw = orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        return Issue("too_deep", "the resource nests too deeply to be stored", "")
+    if b"\\u0000" in raw and _NUL.search(raw):
+        return Issue(
+            "invalid_character", "U+0000 (NUL) cannot be stored (PostgreSQL text refuses it)", ""
+        )
+    return hashlib.sha256(raw).hexdigest()
 
 
 def _scalar_id(value: Any) -> str | None:
@@ -252,7 +278,10 @@ class CompiledSchema:
             if not values:
                 continue
             important[raw] = values[0] if path.singular_query() else values
-        return Extracted(rid, name, important, content_hash(data))
+        digest = storable_hash(data)
+        if isinstance(digest, Issue):
+            return digest
+        return Extracted(rid, name, important, digest)
 
 
 def _issue_from_error(e: Any) -> Issue:

@@ -18,6 +18,16 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+_GUARDED_HSET = """
+if redis.call('get', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('pexpire', KEYS[1], ARGV[2])
+for i = 3, #ARGV, 2 do
+  redis.call('hset', KEYS[2], ARGV[i], ARGV[i + 1])
+end
+return 1
+"""
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('del', KEYS[1])
@@ -41,6 +51,14 @@ class Lease:
 
     async def release(self) -> None:
         await self.redis.eval(_RELEASE, 1, self.key, self.token)
+
+    async def hset_if_held(self, key: str, mapping: dict[str, str]) -> bool:
+        """HSET ``mapping`` into ``key`` and refresh the lease, atomically, only while this
+        lease is held: a holder that lost its lease can never overwrite newer state."""
+        args: list[str | int] = [self.token, self.ttl_ms]
+        for field, value in mapping.items():
+            args += [field, value]
+        return bool(await self.redis.eval(_GUARDED_HSET, 2, self.key, key, *args))
 
 
 async def ensure_group(redis: Redis, stream: str, group: str) -> None:

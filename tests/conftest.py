@@ -235,8 +235,20 @@ class InlinePipeline:
         for p in range(self.settings.partitions):
             d = Drainer(self.redis, self.pool, self.registry, p, self.settings.drain_batch,
                         "test-worker")
-            assert await d.run(60, idle_exit=True)
+            # project alongside: a worker rebuilding a scope waits for the projector
+            done = asyncio.Event()
+            projecting = asyncio.create_task(self._project_until(p, done))
+            try:
+                assert await d.run(60, idle_exit=True)
+            finally:
+                done.set()
+                await projecting
             assert await self.projector.drain_idle(p)
+
+    async def _project_until(self, p: int, done: asyncio.Event) -> None:
+        while not done.is_set():
+            await self.projector.drain_idle(p)
+            await asyncio.sleep(0.005)
 
 
 @pytest.fixture

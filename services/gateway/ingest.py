@@ -21,6 +21,7 @@ from shared import streams, xmlcodec
 from shared.errors import ApiError
 from shared.events import Kind, RawMeta, new_event_id
 from shared.registry import KeyInfo, TableInfo
+from shared.schema_rules import Issue, storable_hash
 
 SINGLE_LIMIT = 1 << 20
 MAX_GROUP_KEY = 100
@@ -72,10 +73,21 @@ def _param(request: web.Request, name: str, limit: int) -> str | None:
     return value
 
 
+def _no_nul(value: str | None, name: str) -> None:
+    if value is not None and "\x00" in value:
+        raise ApiError(
+            "invalid_character",
+            f"{name} must not contain the NUL character (U+0000): PostgreSQL cannot store it",
+            pointer=f"/query/{name}",
+        )
+
+
 def common_params(request: web.Request) -> tuple[str, str | None, Any]:
     group_key = _param(request, "groupKey", MAX_GROUP_KEY) or ""
     event = _param(request, "event", MAX_EVENT)
     actor_raw = _param(request, "actor", MAX_ACTOR)
+    for name, value in (("groupKey", group_key), ("event", event), ("actor", actor_raw)):
+        _no_nul(value, name)
     actor: Any = None
     if actor_raw is not None:
         try:
@@ -86,6 +98,12 @@ def common_params(request: web.Request) -> tuple[str, str | None, Any]:
                 f'actor must be JSON (e.g. {{"name":"alice"}} or "alice"): {e.msg}',
                 pointer="/query/actor",
             ) from e
+        if isinstance(storable_hash(actor), Issue):
+            raise ApiError(
+                "invalid_parameter",
+                "actor must not contain U+0000 nor nest deeper than 254 levels",
+                pointer="/query/actor",
+            )
     return group_key, event, actor
 
 
@@ -190,6 +208,7 @@ async def delete_resources(request: web.Request) -> web.Response:
     table = resolve_table(request, key)
     params = common_params(request)
     raw = request.query.get("resourceIds")
+    _no_nul(raw, "resourceIds")
     ids = [i for i in (raw or "").split(",") if i]
     if not ids:
         raise ApiError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -24,10 +25,22 @@ from shared.processing import (
     prepare_single,
 )
 from shared.registry import RegistryCache
+from shared.schema_rules import Issue
 from shared.streamio import Lease, claim_pending, ensure_group
 
 log = logging.getLogger("ingestd.worker")
-LOAD_CHUNK = 5000
+LOAD_CHUNK = 2000
+REBUILD_LIVE_SQL = (
+    "SELECT resource_id, content_hash, version FROM resources"
+    " WHERE resource_type = $1 AND group_key = $2"
+)
+REBUILD_TOMBSTONES_SQL = (
+    "SELECT c.resource_id, max(c.version) AS v FROM resource_changes c"
+    " WHERE c.resource_type = $1 AND c.group_key = $2 AND NOT EXISTS ("
+    " SELECT 1 FROM resources r WHERE r.resource_type = c.resource_type"
+    " AND r.group_key = c.group_key AND r.resource_id = c.resource_id)"
+    " GROUP BY c.resource_id"
+)
 
 
 @dataclass(slots=True)
@@ -93,7 +106,9 @@ class Drainer:
         except LostLease:
             log.warning("partition %s: lease lost; stopping this drain", self.p)
         finally:
-            await self.lease.release()
+            # cancelled mid-read, the connection may be unusable: the lease then expires
+            with contextlib.suppress(Exception):
+                await self.lease.release()
         return True
 
     async def _process(self, rows: list[Any]) -> None:
@@ -118,15 +133,9 @@ class Drainer:
             await self._process_run(run, gone)
 
     async def _process_run(self, entries: list[Entry], gone: list[bytes]) -> None:
-        snapshot = self.registry.snapshot
         for e in entries:
             if e.meta.kind == "single":
-                table = snapshot.by_type.get(e.meta.resource_type)
-                if table is None:
-                    await self.registry.refresh(force=True)
-                    snapshot = self.registry.snapshot
-                    table = snapshot.by_type[e.meta.resource_type]
-                e.prepared = prepare_single(e.body, snapshot.compiled(table))
+                e.prepared = await self._prepare(e)
         states = await self._load_states(entries)
         changes: list[tuple[Entry, Change]] = []
         for e in entries:
@@ -140,6 +149,23 @@ class Drainer:
                 raise NotImplementedError(e.meta.kind)
         await self._commit(changes, states, gone)
         self.processed += len(entries)
+
+    async def _prepare(self, e: Entry) -> Prepared:
+        """The pure step, fenced: an entry it cannot handle is rejected with a sync issue
+        (a dead letter with its position), never retried forever."""
+        table = self.registry.snapshot.by_type.get(e.meta.resource_type)
+        if table is None:
+            await self.registry.refresh(force=True)
+            table = self.registry.snapshot.by_type.get(e.meta.resource_type)
+        if table is None:
+            issue = Issue("table_not_found", f"no table {e.meta.resource_type!r} anymore", None)
+            return Prepared({}, None, [issue])
+        try:
+            return prepare_single(e.body, self.registry.snapshot.compiled(table))
+        except Exception as exc:
+            log.exception("partition %s: entry %r could not be processed", self.p, e.sid)
+            issue = Issue("unprocessable", f"the worker could not process this event: {exc}")
+            return Prepared({}, None, [issue])
 
     def _ids(self, e: Entry) -> list[str]:
         if e.meta.kind == "delete":
@@ -176,36 +202,30 @@ class Drainer:
 
     async def _rebuild_scope(self, resource_type: str, group_key: str) -> None:
         """Write-model state is missing: rebuild it from PostgreSQL once the projector
-        has applied every change this partition emitted (so PostgreSQL is current)."""
+        has applied every change this partition emitted (so PostgreSQL is current).
+        Every chunk is written only while the lease is held (and refreshes it)."""
         await self._wait_projector_caught_up()
         key = streams.state_key(self.p, resource_type, group_key)
+        batch: dict[str, str] = {}
+
+        async def flush(final: bool = False) -> None:
+            nonlocal batch
+            if final:
+                batch[streams.STATE_LOADED_FIELD] = "1"
+            if batch and not await self.lease.hset_if_held(key, batch):
+                raise LostLease
+            batch = {}
+
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
-            batch: dict[str, str] = {}
-            async for r in conn.cursor(
-                "SELECT resource_id, content_hash, version FROM resources"
-                " WHERE resource_type = $1 AND group_key = $2",
-                resource_type,
-                group_key,
-            ):
+            async for r in conn.cursor(REBUILD_LIVE_SQL, resource_type, group_key):
                 batch[r["resource_id"]] = f"{r['content_hash']}|{r['version']}"
                 if len(batch) >= LOAD_CHUNK:
-                    await self.redis.hset(key, mapping=batch)  # type: ignore[arg-type]
-                    batch = {}
-            async for r in conn.cursor(
-                "SELECT c.resource_id, max(c.version) AS v FROM resource_changes c"
-                " WHERE c.resource_type = $1 AND c.group_key = $2 AND NOT EXISTS ("
-                " SELECT 1 FROM resources r WHERE r.resource_type = c.resource_type"
-                " AND r.group_key = c.group_key AND r.resource_id = c.resource_id)"
-                " GROUP BY c.resource_id",
-                resource_type,
-                group_key,
-            ):
+                    await flush()
+            async for r in conn.cursor(REBUILD_TOMBSTONES_SQL, resource_type, group_key):
                 batch[r["resource_id"]] = f"|{r['v']}"
                 if len(batch) >= LOAD_CHUNK:
-                    await self.redis.hset(key, mapping=batch)  # type: ignore[arg-type]
-                    batch = {}
-            batch[streams.STATE_LOADED_FIELD] = "1"
-            await self.redis.hset(key, mapping=batch)  # type: ignore[arg-type]
+                    await flush()
+            await flush(final=True)
         log.info(
             "partition %s: rebuilt write model of %s/%r from PostgreSQL",
             self.p,
