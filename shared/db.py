@@ -33,11 +33,17 @@ def _decode_jsonb(data: bytes) -> Any:
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # binary format: works for parameters, results and binary COPY alike
     await conn.set_type_codec(
-        "jsonb", encoder=_encode_jsonb, decoder=_decode_jsonb, schema="pg_catalog",
+        "jsonb",
+        encoder=_encode_jsonb,
+        decoder=_decode_jsonb,
+        schema="pg_catalog",
         format="binary",
     )
     await conn.set_type_codec(
-        "json", encoder=orjson.dumps, decoder=orjson.loads, schema="pg_catalog",
+        "json",
+        encoder=orjson.dumps,
+        decoder=orjson.loads,
+        schema="pg_catalog",
         format="binary",
     )
 

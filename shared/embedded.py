@@ -28,10 +28,10 @@ class EmbeddedPostgres:
         self._server: object | None = None
 
     def start(self) -> str:
-        import pgserver
+        from pgserver import postgres_server
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        server = pgserver.get_server(self.folder, cleanup_mode="stop")
+        server = postgres_server.get_server(self.folder, cleanup_mode="stop")
         self._server = server
         uri: str = server.get_uri()
         return uri

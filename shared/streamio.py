@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Awaitable
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -46,19 +48,23 @@ class Lease:
     async def acquire(self) -> bool:
         return bool(await self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms))
 
+    async def _eval(self, script: str, keys: list[str], args: list[str]) -> Any:
+        # redis-py types commands as "Awaitable[T] | T" (sync and async share stubs)
+        return await cast(Awaitable[Any], self.redis.eval(script, len(keys), *keys, *args))
+
     async def refresh(self) -> bool:
-        return bool(await self.redis.eval(_REFRESH, 1, self.key, self.token, self.ttl_ms))
+        return bool(await self._eval(_REFRESH, [self.key], [self.token, str(self.ttl_ms)]))
 
     async def release(self) -> None:
-        await self.redis.eval(_RELEASE, 1, self.key, self.token)
+        await self._eval(_RELEASE, [self.key], [self.token])
 
     async def hset_if_held(self, key: str, mapping: dict[str, str]) -> bool:
         """HSET ``mapping`` into ``key`` and refresh the lease, atomically, only while this
         lease is held: a holder that lost its lease can never overwrite newer state."""
-        args: list[str | int] = [self.token, self.ttl_ms]
+        args = [self.token, str(self.ttl_ms)]
         for field, value in mapping.items():
             args += [field, value]
-        return bool(await self.redis.eval(_GUARDED_HSET, 2, self.key, key, *args))
+        return bool(await self._eval(_GUARDED_HSET, [self.key, key], args))
 
 
 async def ensure_group(redis: Redis, stream: str, group: str) -> None:

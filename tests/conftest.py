@@ -110,8 +110,16 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
 
 
 TABLES = [
-    "resource_changes", "resources", "ingest_events", "sync_issues", "projector_positions",
-    "ingest_keys", "integrations", "schema_versions", "schemas", "schema_groups",
+    "resource_changes",
+    "resources",
+    "ingest_events",
+    "sync_issues",
+    "projector_positions",
+    "ingest_keys",
+    "integrations",
+    "schema_versions",
+    "schemas",
+    "schema_groups",
 ]
 
 
@@ -132,8 +140,12 @@ async def settings(servers: tuple[str, str]) -> Settings:
     dsn, redis_url = servers
     await reset_state(dsn, redis_url)
     return replace(
-        Settings.from_env({}), database_url=dsn, redis_url=redis_url, admin_token=ADMIN_TOKEN,
-        partitions=4, registry_poll_ms=100,
+        Settings.from_env({}),
+        database_url=dsn,
+        redis_url=redis_url,
+        admin_token=ADMIN_TOKEN,
+        partitions=4,
+        registry_poll_ms=100,
     )
 
 
@@ -199,17 +211,23 @@ class Seeded:
         return {"X-Ingest-Key": self.key, "Content-Type": "application/json"}
 
 
-async def seed_directory(c: TestClient[Any, Any], prefix: str = "_directory",
-                         table: str = "employee") -> Seeded:
-    r = await c.post("/admin/v1/schema-groups", json={"name": prefix, "prefix": prefix},
-                     headers=ADMIN)
+async def seed_directory(
+    c: TestClient[Any, Any], prefix: str = "_directory", table: str = "employee"
+) -> Seeded:
+    r = await c.post(
+        "/admin/v1/schema-groups", json={"name": prefix, "prefix": prefix}, headers=ADMIN
+    )
     assert r.status == 201, await r.text()
     gid = (await r.json())["id"]
-    r = await c.post(f"/admin/v1/schema-groups/{gid}/schemas",
-                     json={"table": table, "schema": EMPLOYEE_SCHEMA}, headers=ADMIN)
+    r = await c.post(
+        f"/admin/v1/schema-groups/{gid}/schemas",
+        json={"table": table, "schema": EMPLOYEE_SCHEMA},
+        headers=ADMIN,
+    )
     assert r.status == 201, await r.text()
-    r = await c.post("/admin/v1/integrations", json={"name": "HR", "schemaGroup": gid},
-                     headers=ADMIN)
+    r = await c.post(
+        "/admin/v1/integrations", json={"name": "HR", "schemaGroup": gid}, headers=ADMIN
+    )
     assert r.status == 201, await r.text()
     body = await r.json()
     return Seeded(gid, body["id"], body["ingestKey"], body["keyId"])
@@ -233,8 +251,9 @@ class InlinePipeline:
     async def run(self) -> None:
         await self.registry.refresh(force=True)
         for p in range(self.settings.partitions):
-            d = Drainer(self.redis, self.pool, self.registry, p, self.settings.drain_batch,
-                        "test-worker")
+            d = Drainer(
+                self.redis, self.pool, self.registry, p, self.settings.drain_batch, "test-worker"
+            )
             # project alongside: a worker rebuilding a scope waits for the projector
             done = asyncio.Event()
             projecting = asyncio.create_task(self._project_until(p, done))

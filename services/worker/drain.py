@@ -7,8 +7,9 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 from redis.asyncio import Redis
@@ -189,8 +190,12 @@ class Drainer:
         for scope, values in zip(scopes, results, strict=True):
             if values[0] is None:
                 await self._rebuild_scope(*scope)
-                values = await self.redis.hmget(
-                    streams.state_key(self.p, *scope), [streams.STATE_LOADED_FIELD, *wanted[scope]]
+                values = await cast(
+                    Awaitable[list[Any]],
+                    self.redis.hmget(
+                        streams.state_key(self.p, *scope),
+                        [streams.STATE_LOADED_FIELD, *wanted[scope]],
+                    ),
                 )
             st = ScopeState()
             for rid, raw in zip(wanted[scope], values[1:], strict=True):
@@ -262,7 +267,7 @@ class Drainer:
                 await pipe.watch(self.lease.key)
                 if await pipe.get(self.lease.key) != self.lease.token.encode():
                     raise LostLease
-                pipe.multi()
+                pipe.multi()  # type: ignore[no-untyped-call]
                 for scope, st in states.items():
                     if st.dirty:
                         pipe.hset(

@@ -35,8 +35,13 @@ class Stage:
 
     def start(self) -> Stage:
         with open(self.log_path, "wb") as log:  # the child keeps its own descriptor
-            self.proc = subprocess.Popen([INGESTD, self.name], env=self.env, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [INGESTD, self.name],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         return self
 
     def kill9(self) -> None:
@@ -73,8 +78,9 @@ def wait_healthy(port: int, timeout: float = 30.0) -> None:
 
 
 @contextmanager
-def stages(settings: Settings, log_dir: Path, *names: str,
-           **extra_env: str) -> Iterator[dict[str, list[Stage]]]:
+def stages(
+    settings: Settings, log_dir: Path, *names: str, **extra_env: str
+) -> Iterator[dict[str, list[Stage]]]:
     """Start the named stages (e.g. "gateway", "worker", "worker", "projector").
 
     Each gateway gets its own free port (``stage.env["INGESTD_HTTP_PORT"]``); the

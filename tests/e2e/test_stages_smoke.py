@@ -14,23 +14,32 @@ async def test_separate_processes_apply_an_event(settings: Settings, tmp_path: P
     with stages(settings, tmp_path, "gateway", "worker", "projector") as s:
         base = f"http://127.0.0.1:{port(s['gateway'][0])}"
         async with aiohttp.ClientSession(base) as c:
-            r = await c.post("/admin/v1/schema-groups", json={"name": "d", "prefix": "_d"},
-                             headers=ADMIN)
+            r = await c.post(
+                "/admin/v1/schema-groups", json={"name": "d", "prefix": "_d"}, headers=ADMIN
+            )
             gid = (await r.json())["id"]
-            r = await c.post(f"/admin/v1/schema-groups/{gid}/schemas",
-                             json={"table": "employee", "schema": EMPLOYEE_SCHEMA}, headers=ADMIN)
+            r = await c.post(
+                f"/admin/v1/schema-groups/{gid}/schemas",
+                json={"table": "employee", "schema": EMPLOYEE_SCHEMA},
+                headers=ADMIN,
+            )
             assert r.status == 201
-            r = await c.post("/admin/v1/integrations", json={"name": "i", "schemaGroup": gid},
-                             headers=ADMIN)
+            r = await c.post(
+                "/admin/v1/integrations", json={"name": "i", "schemaGroup": gid}, headers=ADMIN
+            )
             key = (await r.json())["ingestKey"]
             await asyncio.sleep(0.3)  # worker's registry poll
-            r = await c.post("/integration/custom-data/event/employee",
-                             json={"employeeId": "x"}, headers={"X-Ingest-Key": key})
+            r = await c.post(
+                "/integration/custom-data/event/employee",
+                json={"employeeId": "x"},
+                headers={"X-Ingest-Key": key},
+            )
             assert r.status == 202
             eid = (await r.json())["eventId"]
             for _ in range(100):
-                r = await c.get(f"/integration/custom-data/events/{eid}",
-                                headers={"X-Ingest-Key": key})
+                r = await c.get(
+                    f"/integration/custom-data/events/{eid}", headers={"X-Ingest-Key": key}
+                )
                 if (await r.json())["status"] != "pending":
                     break
                 await asyncio.sleep(0.1)

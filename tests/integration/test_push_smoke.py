@@ -5,10 +5,10 @@ from typing import Any
 from tests.conftest import ADMIN, InlinePipeline, Seeded
 
 
-async def test_single_event_created_then_unchanged(client: Any, seeded: Seeded,
-                                                   pipeline: InlinePipeline) -> None:
-    doc = {"employeeId": "e1", "active": True,
-           "employee": {"username": "jdoe", "email": "j@x.io"}}
+async def test_single_event_created_then_unchanged(
+    client: Any, seeded: Seeded, pipeline: InlinePipeline
+) -> None:
+    doc = {"employeeId": "e1", "active": True, "employee": {"username": "jdoe", "email": "j@x.io"}}
     url = "/integration/custom-data/event/employee?groupKey=acme&event=hired&actor=%22hr%22"
     r = await client.post(url, json=doc, headers=seeded.headers)
     assert r.status == 202
