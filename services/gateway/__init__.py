@@ -1,8 +1,11 @@
 """Gateway: HTTP in, raw events out.
 
 Consumes: HTTP requests (ingest API with ingest keys; admin and read APIs with
-the admin token). Produces: one raw event per accepted request on
-``ingest:{p}`` plus a pending receipt marker. Guarantees: a request is answered
-``202 {"eventId"}`` only after its event is appended to Redis (group-committed
-with concurrent requests); refused requests append nothing.
+the admin token). Produces: one raw event per accepted single, delete or
+one-request bulk on ``ingest:{p}`` plus a pending receipt marker; for a
+multi-part snapshot session, the parts are stored in Redis and the request
+that completes the set appends the snapshot's one raw event. Guarantees: a
+request is answered ``202 {"eventId"}`` only after its event (or part) is in
+Redis (group-committed with concurrent requests); a refused request appends
+nothing.
 """
