@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any
 
-import asyncpg
 from aiohttp import web
 from redis.asyncio import Redis
 
@@ -43,16 +43,25 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     await redis.aclose()
 
 
+HEALTH_TIMEOUT_S = 2.0
+
+
+async def _probe(name: str, check: Awaitable[Any]) -> str | None:
+    try:
+        await asyncio.wait_for(check, HEALTH_TIMEOUT_S)
+    except TimeoutError:
+        return f"{name}: no answer within {HEALTH_TIMEOUT_S:g} s"
+    except Exception as e:  # any failure to answer is the reason we report
+        return f"{name}: {e}"
+    return None
+
+
 async def healthz(request: web.Request) -> web.Response:
-    problems = []
-    try:
-        await request.app[REDIS].ping()
-    except Exception as e:
-        problems.append(f"redis: {e}")
-    try:
-        await request.app[PG].fetchval("SELECT 1")
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
-        problems.append(f"postgres: {e}")
+    results = await asyncio.gather(
+        _probe("redis", request.app[REDIS].ping()),
+        _probe("postgres", request.app[PG].fetchval("SELECT 1")),
+    )
+    problems = [p for p in results if p]
     if problems:
         return json_response({"code": "unhealthy", "message": "; ".join(problems)}, status=503)
     return json_response({"status": "ok"})
