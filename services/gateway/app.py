@@ -81,15 +81,7 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
-def event_loop_policy() -> asyncio.AbstractEventLoopPolicy | None:
-    """The event loop the gateway runs on (the bench's bare floor server uses the same)."""
-    return None
-
-
 def run(settings: Settings) -> None:
-    policy = event_loop_policy()
-    if policy is not None:
-        asyncio.set_event_loop_policy(policy)
     app = create_app(settings)
     log.info("gateway listening on http://%s:%s", settings.http_host, settings.http_port)
     web.run_app(

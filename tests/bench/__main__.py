@@ -1,6 +1,7 @@
 """``make bench`` / ``python -m tests.bench``: every figure beside its floor, same run.
 
-Prints a table and writes every figure (absolute numbers, floor, ratio and the
+Figures 1 and 2 alternate floor and system runs and take the median of the per-round
+ratios. Prints a table and writes every figure (absolute numbers, floor, ratio and the
 raw runs) to ``bench-results.json``. ``--quick`` is a smoke run with small
 sizes; ``--only 1,3`` picks figures; ``--profile DIR`` adds a pass of the
 figure-3 workload with worker and projector under ``py-spy record`` and prints
@@ -133,7 +134,11 @@ async def main_async(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
         bench.figures[n] = await run_figure(bench, n)
     result: dict[str, Any] = {"figures": [bench.figures[n].as_json() for n in sorted(order)]}
     if bench.profile_dir is not None:
-        result["profile"] = await profile_pass(bench)
+        try:
+            result["profile"] = await profile_pass(bench)
+        except Exception as e:
+            traceback.print_exc()
+            result["profile"] = {"error": str(e)}
     return result
 
 
@@ -188,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print()
     print(table(figs))
+    print()
+    for f in figs:
+        if f.status == "measured" and f.note:
+            print(f"({f.id}) {f.note}")
     print(
         f"\n{cpus()} CPUs: the load generator, the measured processes, PostgreSQL and Redis "
         "all share them, so every figure is a ratio to a floor measured in this run."

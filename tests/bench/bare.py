@@ -2,7 +2,7 @@
 
 ``python -m tests.bench.bare --port N`` is the bare aiohttp handler the gateway
 is divided by: it reads the whole body and answers 202 with a small JSON body,
-on the same aiohttp and event loop policy as ``ingestd gateway``.
+on the same aiohttp and (default asyncio) event loop as ``ingestd gateway``.
 ``--canned`` is a raw asyncio protocol that answers every request with a fixed
 202 without any framework; the load generator's rate against it is the
 generator's own ceiling on this machine.
@@ -14,8 +14,6 @@ import argparse
 import asyncio
 
 from aiohttp import web
-
-from services.gateway.app import event_loop_policy
 
 REPLY = b'{"eventId":"ev_000000000000000000000000000"}'
 
@@ -81,9 +79,6 @@ def main() -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--canned", action="store_true")
     args = ap.parse_args()
-    policy = event_loop_policy()
-    if policy is not None:
-        asyncio.set_event_loop_policy(policy)
     if args.canned:
         asyncio.run(serve_canned(args.port))
     else:

@@ -26,8 +26,8 @@ class Sizes:
 
 
 FULL = Sizes(
-    rounds=3,
-    duration=6,
+    rounds=5,
+    duration=4,
     warmup=1,
     backlog=20_000,
     latency_duration=10,
