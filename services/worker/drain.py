@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import asyncpg
 from redis.asyncio import Redis
-from redis.exceptions import WatchError
+from redis.exceptions import RedisError, WatchError
 
 from services.worker.bulk import BulkCommit
 from shared import streams
@@ -127,11 +127,27 @@ class Drainer:
             if run:
                 await self._process_run(run, gone)
                 run, gone = [], []
-            await BulkCommit(self, e, gone).run()
+            await self._bulk(e, gone)
             gone = []
             self.processed += 1
         if run or gone:
             await self._process_run(run, gone)
+
+    async def _bulk(self, e: Entry, gone: list[bytes]) -> None:
+        """A snapshot, fenced like the pure step: an I/O failure or a lost lease is retried
+        (the entry stays pending); any other failure is a defect that would recur on every
+        retry, so the snapshot is rejected with a sync issue (its dead letter) instead."""
+        try:
+            await BulkCommit(self, e, gone).run()
+        except (LostLease, OSError, RedisError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            raise
+        except Exception as exc:
+            log.exception("partition %s: snapshot %r could not be processed", self.p, e.sid)
+            issue = Issue("unprocessable", f"the worker could not process this snapshot: {exc}")
+            change = Change(
+                e.meta, "rejected", rejected=1, issues=[issue.as_dict()], issues_total=1
+            )
+            await self._commit([(e, change)], {}, gone)
 
     async def _process_run(self, entries: list[Entry], gone: list[bytes]) -> None:
         for e in entries:
