@@ -132,7 +132,7 @@ class Change:
                 c[e.op] += 1
         return {**c, "unchanged": self.unchanged, "rejected": self.rejected}
 
-    def encode(self) -> bytes:
+    def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
             "m": self.meta.encode().decode(),
             "s": self.status,
@@ -147,11 +147,18 @@ class Change:
             d["l"] = False
         if self.totals is not None:
             d["t"] = self.totals
-        return orjson.dumps(d)
+        return d
+
+    def encode(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    @staticmethod
+    def encode_many(changes: list[Change]) -> bytes:
+        """One stream entry for a whole batch: one XADD instead of one per raw event."""
+        return orjson.dumps([c.to_dict() for c in changes])
 
     @classmethod
-    def decode(cls, raw: bytes) -> Change:
-        d = orjson.loads(raw)
+    def from_dict(cls, d: dict[str, Any]) -> Change:
         return cls(
             RawMeta.decode(d["m"].encode()),
             d["s"],
@@ -164,3 +171,13 @@ class Change:
             d.get("l", True),
             d.get("t"),
         )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Change:
+        return cls.from_dict(orjson.loads(raw))
+
+    @classmethod
+    def decode_many(cls, raw: bytes) -> list[Change]:
+        """A change entry holds one change (an object) or a batch of them (an array)."""
+        d = orjson.loads(raw)
+        return [cls.from_dict(x) for x in d] if isinstance(d, list) else [cls.from_dict(d)]

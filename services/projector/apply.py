@@ -232,7 +232,7 @@ async def apply_batch(conn: asyncpg.Connection, p: int, entries: list[tuple[byte
         ]
         if not fresh:
             return 0
-        changes = [Change.decode(raw) for _, raw in fresh]
+        changes = [c for _, raw in fresh for c in Change.decode_many(raw)]
         keys = list(_keys(changes))
         prev: dict[Key, Any] = {}
         if keys:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
@@ -17,6 +18,25 @@ from shared.db import create_pool
 from shared.streamio import Lease, claim_pending, consumer_name, ensure_group
 
 log = logging.getLogger("ingestd.projector")
+
+
+TXN_BYTES = 2 << 20
+
+
+def transactions(rows: list[Any]) -> list[list[Any]]:
+    """Cut a read into consecutive runs of at most ~2 MiB of change entries (at least one
+    entry each): an entry may hold a whole worker batch, so the entry count alone does
+    not bound a transaction."""
+    out: list[list[Any]] = []
+    size = 0
+    for row in rows:
+        n = sum(len(v) for v in row[1].values()) if row[1] else 0
+        if not out or (size + n > TXN_BYTES and out[-1]):
+            out.append([])
+            size = 0
+        out[-1].append(row)
+        size += n
+    return out
 
 
 class Projector:
@@ -80,13 +100,13 @@ class Projector:
                 return
             if not rows and read_id == "0":
                 read_id = ">"
-            if rows:
-                entries = [(sid, f[streams.F_CHANGE]) for sid, f in rows if f]
+            for chunk in transactions(rows):
                 if not await lease.refresh():
                     return
+                entries = [(sid, f[streams.F_CHANGE]) for sid, f in chunk if f]
                 async with self.pool.acquire() as conn:
                     self.applied += await apply_batch(conn, p, entries)
-                ids = [sid for sid, _ in rows]
+                ids = [sid for sid, _ in chunk]
                 pipe = self.redis.pipeline(transaction=True)
                 pipe.xack(stream, streams.PROJECTOR_GROUP, *ids)
                 pipe.xdel(stream, *ids)

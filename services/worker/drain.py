@@ -290,9 +290,9 @@ class Drainer:
                             streams.state_key(self.p, *scope),
                             mapping={rid: ScopeState.encode(v) for rid, v in st.dirty.items()},
                         )
-                changes_stream = streams.changes_stream(self.p)
-                for _, ch in changes:
-                    pipe.xadd(changes_stream, {streams.F_CHANGE: ch.encode()})
+                if changes:
+                    batch = Change.encode_many([ch for _, ch in changes])
+                    pipe.xadd(streams.changes_stream(self.p), {streams.F_CHANGE: batch})
                 if ids:
                     pipe.xack(self.stream, streams.INGEST_GROUP, *ids)
                     pipe.xdel(self.stream, *ids)

@@ -27,3 +27,14 @@ def test_patch_turns_before_into_after(before: dict[str, Any], after: dict[str, 
 def test_create_patch_escapes_pointer_tokens() -> None:
     paths = {op["path"] for op in json_patch({}, DOC)}
     assert paths == {"/id", "/a~1b", "/t~0x", "/n"}
+
+
+def test_projector_cuts_reads_into_bounded_transactions() -> None:
+    from services.projector.main import TXN_BYTES, transactions
+
+    big = {b"c": b"x" * (TXN_BYTES // 2 + 1)}
+    rows = [(b"1-0", big), (b"2-0", big), (b"3-0", {b"c": b"y"}), (b"4-0", {})]
+    chunks = transactions(rows)
+    assert [[sid for sid, _ in c] for c in chunks] == [[b"1-0"], [b"2-0", b"3-0", b"4-0"]]
+    huge = [(b"5-0", {b"c": b"z" * (TXN_BYTES * 2)})]
+    assert transactions(huge) == [huge]  # one entry is never split
