@@ -45,36 +45,12 @@ from shared.embedded import EmbeddedPostgres, EmbeddedRedis
 from shared.events import RawMeta, new_event_id
 from shared.registry import RegistryCache
 from shared.schema_rules import content_hash
+from tests.conftest import EMPLOYEE_SCHEMA, TABLES
 
 DB_NAME = "ingestd_bench_bulk"
 REDIS_DB = 12
 PARTITIONS = 16
 GROUP_KEY = "bench"
-TABLES = [
-    "resource_changes", "resources", "ingest_events", "sync_issues", "projector_positions",
-    "ingest_keys", "integrations", "schema_versions", "schemas", "schema_groups",
-]  # fmt: skip
-SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "employeeId": {"type": "string"},
-        "active": {"type": "boolean"},
-        "employee": {
-            "type": "object",
-            "properties": {
-                "username": {"type": "string"},
-                "email": {"type": "string"},
-                "age": {"type": "integer"},
-            },
-        },
-    },
-    "required": ["employeeId"],
-    "resmo": {
-        "id": "employeeId",
-        "name": "$.employee.username",
-        "importantFields": ["employeeId", "$.employee.email", "active"],
-    },
-}
 
 
 def doc(i: int, rev: int = 0) -> dict[str, Any]:
@@ -142,7 +118,7 @@ async def setup(dsn: str, redis_url: str, n: int, changed: float) -> dict[str, A
         await pool.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
         await redis.flushdb()
         group = await registry.create_group(pool, "bench", "_bench")
-        table = await registry.create_schema(pool, group["id"], "employee", SCHEMA, None)
+        table = await registry.create_schema(pool, group["id"], "employee", EMPLOYEE_SCHEMA, None)
         integ = await registry.create_integration(pool, "bench", group["id"])
         rt = table["resourceType"]
         p = streams.partition_of(rt, GROUP_KEY, PARTITIONS)

@@ -35,7 +35,7 @@ from shared.config import Settings
 from shared.db import create_pool, migrate
 from shared.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from tests.conftest import EMPLOYEE_SCHEMA, TABLES
-from tests.e2e.procs import INGESTD, stage_env, wait_healthy
+from tests.e2e.procs import INGESTD, Stage, stage_env, wait_healthy
 
 BENCH_DB = "ingestd_bench"
 BENCH_REDIS_DB = 14
@@ -181,43 +181,18 @@ class Spy:
             self.proc.wait(5)
 
 
-class Proc:
-    """A child process in its own session."""
+class Proc(Stage):
+    """A child process in its own session (any command, not only an ingestd stage)."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
-        self.name = name
-        self.argv = argv
-        self.env = env
-        self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(name, env, log_dir, argv)
 
     def start(self) -> Proc:
-        log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        super().start()
         return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
 
     def target(self) -> psutil.Process:
         return psutil.Process(self.pid)
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
 
 class Procs:

@@ -27,16 +27,24 @@ def stage_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 class Stage:
-    def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(
+        self, name: str, env: dict[str, str], log_dir: Path, argv: list[str] | None = None
+    ) -> None:
         self.name = name
         self.env = env
+        self.argv = argv or [INGESTD, name]
         self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
 
     def start(self) -> Stage:
         with open(self.log_path, "wb") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
-                [INGESTD, self.name],
+                self.argv,
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
