@@ -12,6 +12,7 @@ and only the last carries the snapshot's totals, issues and receipt.
 from __future__ import annotations
 
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -22,9 +23,12 @@ Kind = Literal["single", "delete", "bulk"]
 Op = Literal["created", "updated", "deleted"]
 
 
+_ids = random.Random(os.urandom(32))  # unique, not secret: no syscall per id
+
+
 def new_event_id() -> str:
     """Time-ordered, unique: 12 hex digits of epoch ms + 16 random hex digits."""
-    return f"ev_{int(time.time() * 1000):012x}{os.urandom(8).hex()}"
+    return f"ev_{int(time.time() * 1000):012x}{_ids.getrandbits(64):016x}"
 
 
 @dataclass(slots=True)

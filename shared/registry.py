@@ -50,14 +50,22 @@ class RegistrySnapshot:
     by_type: dict[str, TableInfo] = field(default_factory=dict)
     keys: dict[str, KeyInfo] = field(default_factory=dict)
     _compiled: dict[tuple[str, int], CompiledSchema] = field(default_factory=dict)
+    _verified: dict[str, KeyInfo] = field(default_factory=dict)
 
     def authenticate(self, plaintext: str) -> KeyInfo | None:
+        """The key's integration, or None. Verified keys are remembered for the life of
+        this snapshot (any registry change, a revocation included, replaces it), so the
+        hot path skips the SHA-256; unknown keys are never remembered."""
+        hit = self._verified.get(plaintext)
+        if hit is not None:
+            return hit
         parts = keys.split_key(plaintext)
         if parts is None:
             return None
         info = self.keys.get(parts[0])
         if info is None or not keys.matches(parts[1], info.secret_sha256):
             return None
+        self._verified[plaintext] = info
         return info
 
     def compiled(self, t: TableInfo) -> CompiledSchema:

@@ -83,6 +83,8 @@ def _no_nul(value: str | None, name: str) -> None:
 
 
 def common_params(request: web.Request) -> tuple[str, str | None, Any]:
+    if not request.query_string:
+        return "", None, None
     group_key = _param(request, "groupKey", MAX_GROUP_KEY) or ""
     event = _param(request, "event", MAX_EVENT)
     actor_raw = _param(request, "actor", MAX_ACTOR)
@@ -108,7 +110,10 @@ def common_params(request: web.Request) -> tuple[str, str | None, Any]:
 
 
 def check_content_type(request: web.Request, allowed: set[str]) -> str:
-    ctype = request.content_type if request.headers.get("Content-Type") else "application/json"
+    raw = request.headers.get("Content-Type")
+    if raw is None or raw == "application/json":  # the common case, without parsing
+        return "application/json"
+    ctype = request.content_type
     if ctype not in allowed:
         raise ApiError(
             "unsupported_media_type",
