@@ -212,8 +212,13 @@ class Seeded:
 
 
 async def seed_directory(
-    c: TestClient[Any, Any], prefix: str = "_directory", table: str = "employee"
+    c: Any,
+    prefix: str = "_directory",
+    table: str = "employee",
+    schema: dict[str, Any] | None = None,
 ) -> Seeded:
+    """Schema group + table + integration through the admin API. ``c`` is an in-process
+    TestClient or an aiohttp ClientSession with a base URL (a gateway process)."""
     r = await c.post(
         "/admin/v1/schema-groups", json={"name": prefix, "prefix": prefix}, headers=ADMIN
     )
@@ -221,7 +226,7 @@ async def seed_directory(
     gid = (await r.json())["id"]
     r = await c.post(
         f"/admin/v1/schema-groups/{gid}/schemas",
-        json={"table": table, "schema": EMPLOYEE_SCHEMA},
+        json={"table": table, "schema": schema or EMPLOYEE_SCHEMA},
         headers=ADMIN,
     )
     assert r.status == 201, await r.text()

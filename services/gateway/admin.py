@@ -6,10 +6,9 @@ from typing import Any
 
 from aiohttp import web
 
-from services.gateway.http import json_object, json_response, require_admin
+from services.gateway.http import json_object, json_response, refuse_nul, require_admin
 from services.gateway.state import PG, REDIS, REGISTRY, SETTINGS
 from shared import registry
-from shared.errors import ApiError
 
 SCHEMA_LIMIT = 1 << 20
 routes = web.RouteTableDef()
@@ -26,34 +25,12 @@ def admin(request: web.Request) -> None:
     assert token is not None
     require_admin(request, token)
     for name, value in request.match_info.items():
-        _no_nul(value, f"/path/{name}")
-
-
-def _no_nul(value: Any, pointer: str) -> None:
-    """PostgreSQL text and jsonb cannot hold U+0000: refuse it here (400), not as a 500.
-
-    Iterative: bodies may nest up to orjson's 1024 levels, deeper than Python's stack.
-    """
-    stack = [(value, pointer)]
-    while stack:
-        v, ptr = stack.pop()
-        if isinstance(v, dict):
-            for k, item in v.items():
-                stack.append((k, ptr))
-                stack.append((item, f"{ptr}/{k.replace('~', '~0').replace('/', '~1')}"))
-        elif isinstance(v, list):
-            stack.extend((item, f"{ptr}/{n}") for n, item in enumerate(v))
-        elif isinstance(v, str) and "\x00" in v:
-            raise ApiError(
-                "invalid_character",
-                "text must not contain the NUL character (U+0000)",
-                pointer=ptr,
-            )
+        refuse_nul(value, f"/path/{name}")
 
 
 async def admin_body(request: web.Request, limit: int = 1 << 20) -> dict[str, Any]:
     body = await json_object(request, limit)
-    _no_nul(body, "")
+    refuse_nul(body, "")
     return body
 
 

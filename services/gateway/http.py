@@ -179,3 +179,25 @@ def require_admin(request: web.Request, admin_token: str) -> None:
             status=401,
             headers={"WWW-Authenticate": "Bearer"},
         )
+
+
+def refuse_nul(value: Any, pointer: str) -> None:
+    """PostgreSQL text and jsonb cannot hold U+0000: refuse it here (400), not as a 500.
+
+    Iterative: bodies may nest up to orjson's 1024 levels, deeper than Python's stack.
+    """
+    stack = [(value, pointer)]
+    while stack:
+        v, ptr = stack.pop()
+        if isinstance(v, dict):
+            for k, item in v.items():
+                stack.append((k, ptr))
+                stack.append((item, f"{ptr}/{k.replace('~', '~0').replace('/', '~1')}"))
+        elif isinstance(v, list):
+            stack.extend((item, f"{ptr}/{n}") for n, item in enumerate(v))
+        elif isinstance(v, str) and "\x00" in v:
+            raise ApiError(
+                "invalid_character",
+                "text must not contain the NUL character (U+0000): PostgreSQL cannot store it",
+                pointer=ptr,
+            )

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import orjson
 from aiohttp import web
 
-from services.gateway.http import bearer, parse_json, read_body, respond
+from services.gateway.http import bearer, parse_json, read_body, refuse_nul, respond
 from services.gateway.state import APPENDER, PG, REDIS, REGISTRY, SETTINGS
 from shared import streams, xmlcodec
 from shared.errors import ApiError
@@ -73,15 +73,6 @@ def _param(request: web.Request, name: str, limit: int) -> str | None:
     return value
 
 
-def _no_nul(value: str | None, name: str) -> None:
-    if value is not None and "\x00" in value:
-        raise ApiError(
-            "invalid_character",
-            f"{name} must not contain the NUL character (U+0000): PostgreSQL cannot store it",
-            pointer=f"/query/{name}",
-        )
-
-
 def common_params(request: web.Request) -> tuple[str, str | None, Any]:
     if not request.query_string:
         return "", None, None
@@ -89,7 +80,7 @@ def common_params(request: web.Request) -> tuple[str, str | None, Any]:
     event = _param(request, "event", MAX_EVENT)
     actor_raw = _param(request, "actor", MAX_ACTOR)
     for name, value in (("groupKey", group_key), ("event", event), ("actor", actor_raw)):
-        _no_nul(value, name)
+        refuse_nul(value, f"/query/{name}")
     actor: Any = None
     if actor_raw is not None:
         try:
@@ -213,7 +204,7 @@ async def delete_resources(request: web.Request) -> web.Response:
     table = resolve_table(request, key)
     params = common_params(request)
     raw = request.query.get("resourceIds")
-    _no_nul(raw, "resourceIds")
+    refuse_nul(raw, "/query/resourceIds")
     ids = [i for i in (raw or "").split(",") if i]
     if not ids:
         raise ApiError(

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from shared import streams
 from shared.config import Settings
-from tests.conftest import ADMIN
+from tests.conftest import seed_directory
 from tests.e2e.procs import Stage
 
 TABLE = "item"
@@ -53,22 +53,7 @@ async def poll(
 
 async def create_table(c: aiohttp.ClientSession) -> str:
     """Create schema group + table + integration through the admin API; return the key."""
-    r = await c.post(
-        "/admin/v1/schema-groups", json={"name": PREFIX, "prefix": PREFIX}, headers=ADMIN
-    )
-    assert r.status == 201, await r.text()
-    gid = (await r.json())["id"]
-    r = await c.post(
-        f"/admin/v1/schema-groups/{gid}/schemas",
-        json={"table": TABLE, "schema": SEQ_SCHEMA},
-        headers=ADMIN,
-    )
-    assert r.status == 201, await r.text()
-    r = await c.post(
-        "/admin/v1/integrations", json={"name": "e2e", "schemaGroup": gid}, headers=ADMIN
-    )
-    assert r.status == 201, await r.text()
-    return str((await r.json())["ingestKey"])
+    return (await seed_directory(c, PREFIX, TABLE, SEQ_SCHEMA)).key
 
 
 async def wait_key_known(c: aiohttp.ClientSession, key: str, within: float = 10) -> None:

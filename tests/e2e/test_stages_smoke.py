@@ -6,7 +6,7 @@ from pathlib import Path
 import aiohttp
 
 from shared.config import Settings
-from tests.conftest import ADMIN, EMPLOYEE_SCHEMA
+from tests.conftest import seed_directory
 from tests.e2e.procs import port, stages
 
 
@@ -14,20 +14,7 @@ async def test_separate_processes_apply_an_event(settings: Settings, tmp_path: P
     with stages(settings, tmp_path, "gateway", "worker", "projector") as s:
         base = f"http://127.0.0.1:{port(s['gateway'][0])}"
         async with aiohttp.ClientSession(base) as c:
-            r = await c.post(
-                "/admin/v1/schema-groups", json={"name": "d", "prefix": "_d"}, headers=ADMIN
-            )
-            gid = (await r.json())["id"]
-            r = await c.post(
-                f"/admin/v1/schema-groups/{gid}/schemas",
-                json={"table": "employee", "schema": EMPLOYEE_SCHEMA},
-                headers=ADMIN,
-            )
-            assert r.status == 201
-            r = await c.post(
-                "/admin/v1/integrations", json={"name": "i", "schemaGroup": gid}, headers=ADMIN
-            )
-            key = (await r.json())["ingestKey"]
+            key = (await seed_directory(c, "_d")).key
             await asyncio.sleep(0.3)  # worker's registry poll
             r = await c.post(
                 "/integration/custom-data/event/employee",
