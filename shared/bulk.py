@@ -105,6 +105,12 @@ class Scanned:
 
 def scan_item(data: Any, index: int, fx: FastExtractor) -> Scanned:
     """Validate one item and take its id and content hash (no name/important fields)."""
+    if type(data) is dict and fx.schema.is_valid(data):  # the common case, at least cost
+        rid = fx.resource_id(data)
+        if rid is not None:
+            stored = storable_hash(data)
+            if type(stored) is str:
+                return Scanned(index, rid, stored, [])
     issues = fx.schema.validate(data)
     rid = fx.resource_id(data) if isinstance(data, dict) else None
     if isinstance(data, dict) and rid is None:

@@ -20,15 +20,31 @@ MAX_ISSUES = 1000
 
 @dataclass(slots=True)
 class ScopeState:
-    """id -> (content hash, version); hash '' marks a deleted id (tombstone keeps the version)."""
+    """id -> (content hash, version); hash '' marks a deleted id (tombstone keeps the version).
+
+    ``live_delta`` and ``dead_delta`` are how the scope's counts of live and of deleted
+    ids change with ``dirty``: the write model keeps those counts, so a snapshot that
+    mentions every live id knows it deletes nothing without scanning the scope."""
 
     known: dict[str, tuple[str, int]] = field(default_factory=dict)
     dirty: dict[str, tuple[str, int]] = field(default_factory=dict)
+    live_delta: int = 0
+    dead_delta: int = 0
 
     def get(self, rid: str) -> tuple[str, int] | None:
         return self.known.get(rid)
 
     def put(self, rid: str, content_hash: str, version: int) -> None:
+        old = self.known.get(rid)
+        if old is not None:
+            if old[0]:
+                self.live_delta -= 1
+            else:
+                self.dead_delta -= 1
+        if content_hash:
+            self.live_delta += 1
+        else:
+            self.dead_delta += 1
         self.known[rid] = self.dirty[rid] = (content_hash, version)
 
     @staticmethod

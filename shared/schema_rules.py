@@ -281,6 +281,7 @@ class CompiledSchema:
         spec = check_resmo(body)
         self.body = body
         self._validator = _validator(body)
+        self.is_valid = self._validator.is_valid  # True/False only: the fast path of validate
         self._id = compile_path(spec.id, "/resmo/id", singular=True)
         self._name = compile_path(spec.name, "/resmo/name", singular=True) if spec.name else None
         self._important = [(p, compile_path(p, "", singular=False)) for p in spec.important_fields]

@@ -21,7 +21,16 @@ F_META = b"m"
 F_BODY = b"b"
 F_CHANGE = b"c"
 
+# A scope's write model (``state_key``) maps resource id -> "hash|version" (tombstone:
+# "|version") plus three fields no id can take (ids never contain NUL): the marker that
+# it was loaded from PostgreSQL, holding the format it was loaded in (an older format is
+# loaded again), and the counts of live and of deleted ids, kept by every writer with
+# HINCRBY (so live + dead + 3 == HLEN checks them).
 STATE_LOADED_FIELD = "\x00loaded"
+STATE_FORMAT = b"2"
+STATE_LIVE_FIELD = "\x00live"
+STATE_DEAD_FIELD = "\x00dead"
+STATE_OWN_FIELDS = 3
 
 
 def _tag(p: int) -> str:

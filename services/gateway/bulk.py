@@ -42,7 +42,7 @@ import orjson
 from aiohttp import web
 from redis.asyncio import Redis
 
-from services.gateway.http import parse_json, read_body, respond
+from services.gateway.http import is_json_array, read_body, respond
 from services.gateway.ingest import (
     BODY_TYPES,
     authenticate,
@@ -55,6 +55,7 @@ from services.gateway.ingest import (
 from services.gateway.state import REDIS, SETTINGS
 from shared import streams, xmlcodec
 from shared.bulk import IMPLICIT
+from shared.config import Settings
 from shared.errors import ApiError
 from shared.events import RawMeta, new_event_id
 from shared.registry import KeyInfo, TableInfo
@@ -124,6 +125,17 @@ if total > 0 and n == total then
 end
 redis.call('EXPIRE', s, h[7])
 return {'stored', n, total}
+"""
+
+# A single-request bulk: a one-part session, opened complete and queued in one step.
+# KEYS: session, snapshots, ingest stream.
+# ARGV: event id, integration, ttl, now ms, body, commit meta, meta field name.
+SINGLE_SCRIPT = """
+local seq = redis.call('HINCRBY', KEYS[2], 'next', 1)
+redis.call('HSET', KEYS[1], 'eid', ARGV[1], 'int', ARGV[2], 'seq', seq, 'ttl', ARGV[3],
+           'n', 1, 'max', 1, 'total', 1, 'state', 'queued', 'opened', ARGV[4], 'p:1', ARGV[5])
+redis.call('XADD', KEYS[3], '*', ARGV[7], ARGV[6])
+return seq
 """
 
 # KEYS: session. ARGV: integration.
@@ -227,7 +239,7 @@ async def snapshot_body(body: bytes, ctype: str, table: TableInfo) -> bytes:
     """The part as a JSON array (XML is mapped with the table's schema); 400 otherwise."""
     if ctype in xmlcodec.XML_TYPES:
         return orjson.dumps(await from_xml(xmlcodec.resources_from_xml, body, table))
-    if not isinstance(parse_json(body), list):
+    if not is_json_array(body):
         raise ApiError(
             "body_not_array",
             "a bulk body must be a JSON array holding the complete set of resources",
@@ -277,6 +289,32 @@ async def store_part(
     raise ApiError("unavailable", "the session kept disappearing; retry", status=503)
 
 
+async def store_single(
+    redis: Redis,
+    p: int,
+    table: TableInfo,
+    group_key: str,
+    key: KeyInfo,
+    up: Upload,
+    body: bytes,
+    settings: Settings,
+    meta: RawMeta,
+) -> None:
+    """A single-request bulk in one round trip: its receipt marker, then its one-part
+    session opened complete and its raw event appended (one script)."""
+    pipe = redis.pipeline(transaction=False)
+    pipe.set(streams.receipt_key(meta.id), _receipt_marker(key, None), ex=settings.receipt_ttl)
+    args: list[Any] = [
+        streams.session_key(p, table.resource_type, group_key, up.session),
+        streams.snapshots_key(p, table.resource_type, group_key),
+        streams.ingest_stream(p),
+        meta.id, key.integration_id, settings.session_ttl, int(time.time() * 1000), body,
+        meta.encode(), streams.F_META,
+    ]  # fmt: skip
+    pipe.eval(SINGLE_SCRIPT, 3, *args)
+    await pipe.execute()
+
+
 @routes.post("/integration/custom-data/bulk-event/{table}")
 async def post_bulk(request: web.Request) -> web.Response:
     key = authenticate(request)
@@ -297,15 +335,19 @@ async def post_bulk(request: web.Request) -> web.Response:
             event, actor, received_ms, None, {"session": up.session, "partial": up.partial},
         )  # fmt: skip
 
+    if not up.explicit:
+        eid = up.session[len(IMPLICIT) :]
+        await store_single(redis, p, table, group_key, key, up, body, settings, commit_meta(eid))
+        return respond(request, {"eventId": eid}, status=202)
     got = await store_part(
         redis, p, table, group_key, key, up, body, settings.session_ttl, commit_meta
     )
     if got.outcome not in ("stored", "queued", "duplicate"):
         raise _refusal(got.outcome, up, got.total, up.part)
-    where = [p, table.resource_type, group_key, up.session] if up.explicit else None
-    await _mark_receipt(redis, got.event_id, key, settings.receipt_ttl, where)
-    if not up.explicit:
-        return respond(request, {"eventId": got.event_id}, status=202)
+    where = [p, table.resource_type, group_key, up.session]
+    await redis.set(
+        streams.receipt_key(got.event_id), _receipt_marker(key, where), ex=settings.receipt_ttl
+    )
     out = {
         "eventId": got.event_id,
         "session": up.session,
@@ -323,15 +365,13 @@ def _refusal(result: str, up: Upload, total: int, part: int) -> ApiError:
     return ApiError(code, template.format(session=up.session, part=part, total=total), status=409)
 
 
-async def _mark_receipt(
-    redis: Redis, event_id: str, key: KeyInfo, ttl: int, where: list[Any] | None
-) -> None:
-    """Let the receipt endpoint answer 'pending' (with the session's progress) until the
+def _receipt_marker(key: KeyInfo, where: list[Any] | None) -> bytes:
+    """Lets the receipt endpoint answer 'pending' (with a session's progress) until the
     snapshot's outcome is in PostgreSQL."""
     marker: dict[str, Any] = {"i": key.integration_id}
     if where is not None:
         marker["s"] = where
-    await redis.set(streams.receipt_key(event_id), orjson.dumps(marker), ex=ttl)
+    return orjson.dumps(marker)
 
 
 async def session_status(redis: Redis, skey: str, snapshots: str) -> dict[str, Any] | None:

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+import simdjson
 from aiohttp import web
 
 from shared import xmlcodec
@@ -146,6 +147,23 @@ def parse_json(body: bytes, what: str = "body") -> Any:
             f"the {what} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
             f" (byte {e.pos})",
         ) from e
+
+
+_simdjson = simdjson.Parser()
+
+
+def is_json_array(body: bytes) -> bool:
+    """Whether ``body`` is a JSON array, checked with simdjson (about 10x orjson's cost
+    to build the objects, which the worker does anyway); what simdjson refuses is
+    parsed again by orjson, which explains the error (400) or accepts it (for example
+    an integer beyond 64 bits)."""
+    try:
+        doc = _simdjson.parse(body, recursive=False)
+    except (ValueError, RuntimeError):
+        return isinstance(parse_json(body), list)
+    array = isinstance(doc, simdjson.Array)
+    del doc  # the parser holds one document: no proxy may outlive this call
+    return array
 
 
 async def json_object(request: web.Request, limit: int = 1 << 20) -> dict[str, Any]:

@@ -9,17 +9,22 @@ and the raw event is re-read by the next holder, which starts over.
 
 Memory stays bounded whatever the scope size: session parts (each at most one
 request body) are read one at a time; the snapshot's id index lives in Redis
-(:func:`streams.bulk_work_keys`), filled by a script that also detects duplicate
-ids; deletions are found by HSCAN over the scope's write model inside a script
-that returns only ids absent from the index; changed items are re-read from their
-part and turned into change-entry slices staged in a Redis list; the commit
-streams that list into the transaction slice by slice (a raw MULTI on one
-connection, so the client never buffers the whole transaction).
+(:func:`streams.bulk_work_keys`); deletions are found by HSCAN over the scope's
+write model inside a script that returns only ids absent from the index; changed
+items are re-read from their part and turned into change-entry slices staged in a
+Redis list; the commit streams that list into the transaction slice by slice (a
+raw MULTI on one connection, so the client never buffers the whole transaction).
 
-Steps: (1) scan every item: validate, id, content hash; a script per chunk
-classifies it against the write model and indexes it (duplicates found here);
-(2) if nothing is at fault (or ``partial``), stage upserts of changed items and
-deletions of live ids absent from the index; (3) commit.
+Steps: (1) scan every item: validate, id, content hash; per chunk, one round trip
+of plain commands (HMGET of the write model and of the index, HSET of the previous
+chunk's index entries) classifies it and finds duplicate ids; (2) if nothing is at
+fault (or ``partial``), stage upserts of changed items and deletions of live ids
+absent from the index; (3) commit.
+
+The write model counts its live ids (``streams.STATE_LIVE_FIELD``), and step 1
+counts the indexed ids that are live, so step 2 knows how many deletions there
+are before it looks: none (the common sync: nothing removed) skips the scan of
+the scope, and the scan stops once it has found them all.
 
 Slices hold at most :data:`SLICE_EFFECTS` effects, so a projector batch (a count
 of entries) stays about ten times a batch of single events; only the last entry
@@ -32,23 +37,26 @@ costs about 100 bytes per item while the diff runs (and goes to the AOF).
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import time
 from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 
-from shared import streams
+from shared import resp, streams
 from shared.bulk import (
+    CHANGED,
     DUPLICATE,
     IMPLICIT,
+    INVALID,
+    UNCHANGED,
     FastExtractor,
     Scanned,
     Tally,
@@ -69,42 +77,9 @@ SLICE_EFFECTS = 10  # effects per change entry ...
 SLICE_BYTES = 16 << 10  # ... or this much resource data, whichever comes first
 STAGE_BATCH = 64  # staged slices per RPUSH / per LRANGE during the commit
 SCRATCH_TTL = 86_400
-
-# Classify and index one chunk of items. ARGV[1] is JSON [id, content hash ('' for an
-# item at fault), index, id, hash, index, ...]; ARGV[2] is the index's TTL. Each hash
-# is compared with the write model (the rule of shared.bulk.classify); HSETNX id ->
-# class+index into the snapshot index; for an id already there the earlier value is
-# marked duplicated (prefix D, once). Returns {unchanged count, positions of changed
-# items, {position, earlier value}, ...} with 1-based item positions.
-CLASSIFY_SCRIPT = """
-local call = redis.call
-local items = cjson.decode(ARGV[1])
-local state, index = KEYS[1], KEYS[2]
-local unchanged, changed, dups = 0, {}, {}
-for k = 1, #items, 3 do
-  local id, h = items[k], items[k + 1]
-  local cls = 'x'
-  if h ~= '' then
-    cls = 'c'
-    local cur = call('HGET', state, id)
-    if cur and string.sub(cur, 1, #h + 1) == h .. '|' then cls = 'u' end
-  end
-  if call('HSETNX', index, id, cls .. items[k + 2]) == 1 then
-    if cls == 'u' then
-      unchanged = unchanged + 1
-    elseif cls == 'c' then
-      changed[#changed + 1] = (k + 2) / 3
-    end
-  else
-    local first = call('HGET', index, id)
-    if string.sub(first, 1, 1) ~= 'D' then call('HSET', index, id, 'D' .. first) end
-    dups[#dups + 1] = (k + 2) / 3
-    dups[#dups + 1] = first
-  end
-end
-call('EXPIRE', index, ARGV[2])
-return {unchanged, changed, dups}
-"""
+_CHANGED, _DUPLICATE, _INVALID, _UNCHANGED = (
+    c.encode() for c in (CHANGED, DUPLICATE, INVALID, UNCHANGED)
+)
 
 # One HSCAN step over the scope's write model: return the live ids (and their
 # hash|version) absent from the snapshot index, marking them so an id HSCAN
@@ -144,8 +119,25 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+@dataclass(slots=True)
+class _Lookup:
+    """A chunk whose lookups were sent; its replies are read when it is classified."""
+
+    keyed: list[Scanned]
+    ids: list[bytes]
+    packed: list[bytes]  # the ids as RESP bulk strings
+    part: int
+    positions: array[int]
+    offset: int
+    replies: int
+
+
 class SnapshotGone(Exception):
     """The session (or one of its parts) is no longer in Redis."""
+
+
+class SnapshotUnreadable(Exception):
+    """A part passed the gateway's JSON check but orjson refuses it."""
 
 
 def frame(change: bytes, state: dict[str, tuple[str, int]]) -> bytes:
@@ -168,6 +160,7 @@ class Slicer:
         self.out_key = out_key
         self.slices = 0
         self.totals = {"created": 0, "updated": 0, "deleted": 0}
+        self.live_delta = self.dead_delta = 0
         self._pending: list[bytes] = []
         self._new()
 
@@ -186,6 +179,8 @@ class Slicer:
             for e in self.change.effects:
                 self.totals[e.op] += 1
             self._pending.append(frame(self.change.encode(), self.state.dirty))
+            self.live_delta += self.state.live_delta
+            self.dead_delta += self.state.dead_delta
             self.slices += 1
             self._new()
         if self._pending and (force or len(self._pending) >= STAGE_BATCH):
@@ -218,6 +213,9 @@ class BulkCommit:
         self.slices = 0
         self.timings: dict[str, float] = {}
         self.session_ttl = SCRATCH_TTL
+        self.matched_live = 0  # indexed ids that are live in the write model
+        self.deltas = (0, 0)  # change of the scope's live and dead counts if it applies
+        self._index_writes: list[bytes] = []  # id, entry (RESP) not yet sent to Redis
 
     async def run(self) -> None:
         try:
@@ -228,6 +226,8 @@ class BulkCommit:
                 "the upload session or one of its parts is no longer stored "
                 "(expired or removed); send the snapshot again",
             )
+        except SnapshotUnreadable as e:
+            change = self._refused("invalid_json", str(e))
         t0 = time.perf_counter()
         await self._commit(change)
         self.timings["commit"] = time.perf_counter() - t0
@@ -259,14 +259,16 @@ class BulkCommit:
         if table is None:
             return self._refused("table_not_found", "the table no longer exists")
         fx = FastExtractor(self.d.registry.snapshot.compiled(table))
-        if not await self.redis.hexists(self.state_key, streams.STATE_LOADED_FIELD):  # type: ignore[misc]
+        loaded = await self.redis.hget(self.state_key, streams.STATE_LOADED_FIELD)  # type: ignore[misc]
+        if loaded != streams.STATE_FORMAT:
             await self.d._rebuild_scope(self.meta.resource_type, self.meta.group_key)
         await self.redis.delete(self.index_key, self.out_key)
         tally = Tally(self.partial, with_parts=not self.session.startswith(IMPLICIT))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with gc_paused():
             changed = await self._scan(fx, tally)
         self.timings["scan"] = time.perf_counter() - t0
+        self.timings["scan_cpu"] = time.process_time() - c0
         if tally.rejects_all:
             return tally.final(self.meta, {}, [])
         slicer = Slicer(self.redis, self.meta, self.out_key)
@@ -279,6 +281,7 @@ class BulkCommit:
         await slicer.cut(force=True)
         self.timings["deletions"] = time.perf_counter() - t0
         self.slices = slicer.slices
+        self.deltas = (slicer.live_delta, slicer.dead_delta)
         return tally.final(self.meta, slicer.totals, [])
 
     async def _table(self) -> Any:
@@ -296,7 +299,10 @@ class BulkCommit:
         raw = await self.redis.hget(self.session_key, f"p:{n}")  # type: ignore[misc]
         if raw is None:
             raise SnapshotGone
-        items = orjson.loads(raw)
+        try:
+            items = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:  # the gateway's check (simdjson) let it through
+            raise SnapshotUnreadable(f"part {n} is not JSON this worker can read: {e}") from e
         return items if isinstance(items, list) else []
 
     async def _alive(self) -> None:
@@ -308,62 +314,105 @@ class BulkCommit:
     async def _scan(self, fx: FastExtractor, tally: Tally) -> dict[int, array[int]]:
         """Step 1: validate, hash, classify and index every item; return changed positions.
 
-        The script for one chunk runs in Redis while the next chunk is validated here
-        (one at a time, in order, so duplicates across chunks are still found)."""
+        The lookups go in RESP on a connection held for the scan (redis-py would spend
+        more time packing a chunk's arguments than Redis spends answering), and a
+        chunk's lookups are answered while the next chunk is being validated."""
         changed: dict[int, array[int]] = {}
         offset = 0
-        pending: asyncio.Task[None] | None = None
+        conn = await _connection(self.redis)
+        sent: _Lookup | None = None
         try:
             for part in range(1, self.parts + 1):
                 items = await self._part(part)
                 positions = changed.setdefault(part, array("I"))
                 for start in range(0, len(items), CHUNK):
-                    chunk = items[start : start + CHUNK]
-                    scanned = [scan_item(x, offset + start + i, fx) for i, x in enumerate(chunk)]
-                    for s in scanned:
+                    keyed: list[Scanned] = []
+                    for i, x in enumerate(items[start : start + CHUNK], offset + start):
+                        s = scan_item(x, i, fx)
                         if s.issues:
                             tally.invalid(s, part)
-                    keyed = [s for s in scanned if s.rid is not None]
-                    if pending is not None:
-                        await pending
+                        if s.rid is not None:
+                            keyed.append(s)
+                    if sent is not None:
+                        await self._classify(conn, sent, tally, fx)
                     await self._alive()
-                    pending = asyncio.create_task(
-                        self._classify(keyed, tally, part, fx, positions, offset)
-                    )
+                    sent = await self._look_up(conn, keyed, part, positions, offset)
                 offset += len(items)
-            if pending is not None:
-                await pending
+            if sent is not None:
+                await self._classify(conn, sent, tally, fx)
+            if self._index_writes:
+                await _exchange(conn, self._index_write_commands(), 2)
+        except BaseException:
+            await conn.disconnect()
+            raise
         finally:
-            if pending is not None and not pending.done():
-                pending.cancel()
+            await self.redis.connection_pool.release(conn)
         return {part: pos for part, pos in changed.items() if pos}
 
-    async def _classify(
+    def _index_write_commands(self) -> bytes:
+        """HSET of the index entries not yet sent (and the index's TTL): two replies."""
+        writes, self._index_writes = self._index_writes, []
+        return resp.command_packed(
+            ("HSET", self.index_key), 2 * len(writes), b"".join(writes)
+        ) + resp.command("EXPIRE", self.index_key, SCRATCH_TTL)
+
+    async def _look_up(
         self,
+        conn: AbstractConnection,
         keyed: list[Scanned],
-        tally: Tally,
         part: int,
-        fx: FastExtractor,
         positions: array[int],
         offset: int,
-    ) -> None:
+    ) -> _Lookup | None:
+        """Send the index entries so far, then the chunk's write-model and index lookups."""
         if not keyed:
-            return
-        flat: list[Any] = []
-        for s in keyed:
-            flat += (s.rid, s.content_hash or "", s.index)
-        unchanged, changed, dups = await run_script(
-            self.redis,
-            CLASSIFY_SCRIPT,
-            [self.state_key, self.index_key],
-            orjson.dumps(flat),
-            SCRATCH_TTL,
-        )
-        tally.unchanged += unchanged
-        for pos in changed:
-            positions.append(keyed[pos - 1].index - offset)
-        for i in range(0, len(dups), 2):
-            tally.duplicate(keyed[dups[i] - 1], dups[i + 1], fx.id_pointer, part)
+            return None
+        ids = [s.rid.encode() for s in keyed if s.rid is not None]
+        packed = [resp.bulk(r) for r in ids]
+        blob = b"".join(packed)
+        head, replies = b"", 2
+        if self._index_writes:
+            head, replies = self._index_write_commands(), 4
+        lookups = resp.command_packed(("HMGET", self.state_key), len(ids), blob)
+        lookups += resp.command_packed(("HMGET", self.index_key), len(ids), blob)
+        await conn.send_packed_command(head + lookups, check_health=False)
+        return _Lookup(keyed, ids, packed, part, positions, offset, replies)
+
+    async def _classify(
+        self, conn: AbstractConnection, sent: _Lookup, tally: Tally, fx: FastExtractor
+    ) -> None:
+        """Compare each item's hash with the write model (the rule of
+        :func:`shared.bulk.classify`) and index it as class + position; an id already
+        indexed is a duplicate (its first entry gets the prefix D, once). The index
+        entries go to Redis ahead of the next chunk's lookups, so ``earlier`` holds
+        every entry of the chunks before this one."""
+        *_, current, earlier = [await conn.read_response() for _ in range(sent.replies)]
+        fresh: dict[bytes, bytes] = {}  # this chunk's entries (earlier ones came as prev)
+        writes = self._index_writes
+        positions, offset, part = sent.positions, sent.offset, sent.part
+        for s, rid, packed, cur, prev in zip(
+            sent.keyed, sent.ids, sent.packed, current, earlier, strict=True
+        ):
+            first = fresh.get(rid, prev)
+            if first is not None:
+                tally.duplicate(s, first, fx.id_pointer, part)
+                if not first.startswith(_DUPLICATE):
+                    fresh[rid] = _DUPLICATE + first
+                    writes.append(packed + resp.bulk(fresh[rid]))
+                continue
+            h = s.content_hash
+            if cur is not None and cur[:1] != b"|":
+                self.matched_live += 1
+            if h is None:
+                value = b"%b%d" % (_INVALID, s.index)
+            elif cur is not None and cur.startswith(h.encode() + b"|"):
+                value = b"%b%d" % (_UNCHANGED, s.index)
+                tally.unchanged += 1
+            else:
+                value = b"%b%d" % (_CHANGED, s.index)
+                positions.append(s.index - offset)
+            fresh[rid] = value
+            writes.append(packed + resp.bulk(value))
 
     async def _stage_upserts(
         self, fx: FastExtractor, changed: dict[int, array[int]], slicer: Slicer
@@ -393,7 +442,29 @@ class BulkCommit:
                 await self._alive()
 
     async def _stage_deletions(self, slicer: Slicer) -> None:
-        """Step 2b: HSCAN the scope's write model; stage deletions of ids absent from it."""
+        """Step 2b: HSCAN the scope's write model; stage deletions of ids absent from the
+        index. The live count says how many there are: none skips the scan, and it stops
+        once all are found. Counts that disagree with the hash's length, or with the
+        snapshot, are logged and the scan runs in full."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(self.state_key, [streams.STATE_LIVE_FIELD, streams.STATE_DEAD_FIELD])
+        pipe.hlen(self.state_key)
+        (live, dead), fields = await pipe.execute()
+        absent: int | None = None
+        if live is not None and dead is not None:
+            if int(live) + int(dead) + streams.STATE_OWN_FIELDS == fields:
+                absent = int(live) - self.matched_live
+        if absent == 0:
+            return
+        if absent is None or absent < 0:
+            log.warning(
+                "partition %s: the counts of %s/%r are off (live %r, dead %r, %s fields; %s "
+                "ids of the snapshot are live); scanning the whole scope",
+                self.p, self.meta.resource_type, self.meta.group_key, live, dead, fields,
+                self.matched_live,
+            )  # fmt: skip
+            absent = None
+        found = 0
         cursor: bytes | int = 0
         while True:
             res = await run_script(
@@ -402,10 +473,12 @@ class BulkCommit:
             cursor = res[0]
             for i in range(1, len(res), 2):
                 rid = res[i].decode()
-                if deletion(slicer.change, slicer.state, rid, res[i + 1]) and slicer.added():
-                    await slicer.cut()
+                if deletion(slicer.change, slicer.state, rid, res[i + 1]):
+                    found += 1
+                    if slicer.added():
+                        await slicer.cut()
             await self._alive()
-            if cursor in (b"0", 0, "0"):
+            if cursor in (b"0", 0, "0") or (absent is not None and found >= absent):
                 return
 
     # -- committing ---------------------------------------------------------------
@@ -417,6 +490,11 @@ class BulkCommit:
         ]
         if change.status == "applied":
             cmds.append(("HSET", self.snapshots_key, "committed", self.seq))
+            for name, delta in zip(
+                (streams.STATE_LIVE_FIELD, streams.STATE_DEAD_FIELD), self.deltas, strict=True
+            ):
+                if delta:
+                    cmds.append(("HINCRBY", self.state_key, name, delta))
         ids = [self.e.sid, *self.gone]
         cmds.append(("XACK", self.d.stream, streams.INGEST_GROUP, *ids))
         cmds.append(("XDEL", self.d.stream, *ids))
@@ -483,6 +561,13 @@ async def _connection(redis: Redis) -> AbstractConnection:
         return await pool.get_connection()  # type: ignore[no-any-return]
     except TypeError:  # redis-py < 5.3 wants a command name
         return await pool.get_connection("MULTI")  # type: ignore[no-any-return]
+
+
+async def _exchange(conn: AbstractConnection, payload: bytes, replies: int) -> list[Any]:
+    """Send packed commands and read their replies (an error reply raises: the caller
+    then drops the connection, which is out of step)."""
+    await conn.send_packed_command(payload, check_health=False)
+    return [await conn.read_response() for _ in range(replies)]
 
 
 async def _call(conn: AbstractConnection, cmd: tuple[Any, ...]) -> Any:

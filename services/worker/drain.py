@@ -204,7 +204,7 @@ class Drainer:
         results = await pipe.execute()
         states: dict[tuple[str, str], ScopeState] = {}
         for scope, values in zip(scopes, results, strict=True):
-            if values[0] is None:
+            if values[0] != streams.STATE_FORMAT:
                 await self._rebuild_scope(*scope)
                 values = await cast(
                     Awaitable[list[Any]],
@@ -228,11 +228,14 @@ class Drainer:
         await self._wait_projector_caught_up()
         key = streams.state_key(self.p, resource_type, group_key)
         batch: dict[str, str] = {}
+        live = dead = 0
 
         async def flush(final: bool = False) -> None:
             nonlocal batch
             if final:
-                batch[streams.STATE_LOADED_FIELD] = "1"
+                batch[streams.STATE_LIVE_FIELD] = str(live)
+                batch[streams.STATE_DEAD_FIELD] = str(dead)
+                batch[streams.STATE_LOADED_FIELD] = streams.STATE_FORMAT.decode()
             if batch and not await self.lease.hset_if_held(key, batch):
                 raise LostLease
             batch = {}
@@ -240,10 +243,12 @@ class Drainer:
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
             async for r in conn.cursor(REBUILD_LIVE_SQL, resource_type, group_key):
                 batch[r["resource_id"]] = f"{r['content_hash']}|{r['version']}"
+                live += 1
                 if len(batch) >= LOAD_CHUNK:
                     await flush()
             async for r in conn.cursor(REBUILD_TOMBSTONES_SQL, resource_type, group_key):
                 batch[r["resource_id"]] = f"|{r['v']}"
+                dead += 1
                 if len(batch) >= LOAD_CHUNK:
                     await flush()
             await flush(final=True)
@@ -286,10 +291,14 @@ class Drainer:
                 pipe.multi()  # type: ignore[no-untyped-call]
                 for scope, st in states.items():
                     if st.dirty:
+                        key = streams.state_key(self.p, *scope)
                         pipe.hset(
-                            streams.state_key(self.p, *scope),
-                            mapping={rid: ScopeState.encode(v) for rid, v in st.dirty.items()},
+                            key, mapping={rid: ScopeState.encode(v) for rid, v in st.dirty.items()}
                         )
+                        if st.live_delta:
+                            pipe.hincrby(key, streams.STATE_LIVE_FIELD, st.live_delta)
+                        if st.dead_delta:
+                            pipe.hincrby(key, streams.STATE_DEAD_FIELD, st.dead_delta)
                 if changes:
                     batch = Change.encode_many([ch for _, ch in changes])
                     pipe.xadd(streams.changes_stream(self.p), {streams.F_CHANGE: batch})

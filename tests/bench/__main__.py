@@ -55,6 +55,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--events", type=int, help="backlog size for figures 3 and 6")
     ap.add_argument("--profile", type=Path, help="also profile worker+projector into DIR")
     ap.add_argument("--data-dir", type=Path, default=Path(".ingestd/bench"))
+    ap.add_argument("--logs", type=Path, help="keep the stages' logs in DIR (default: dropped)")
     return ap.parse_args(argv)
 
 
@@ -156,12 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     servers = start_servers(args.data_dir)
     try:
         with tempfile.TemporaryDirectory(prefix="ingestd-bench-") as tmp:
+            if args.logs is not None:
+                args.logs.mkdir(parents=True, exist_ok=True)
             bench = Bench(
                 settings=bench_settings(servers),
                 servers=servers,
                 sizes=sizes,
                 generator=generator,
-                workdir=Path(tmp),
+                workdir=args.logs or Path(tmp),
                 profile_dir=args.profile,
                 connections=args.connections,
             )

@@ -166,7 +166,9 @@ async def _write_model(redis: Redis, key: str, n: int) -> None:
             batch = {}
             if len(pipe) >= 10:
                 await pipe.execute()
-    batch[streams.STATE_LOADED_FIELD] = "1"
+    batch[streams.STATE_LIVE_FIELD] = str(n)
+    batch[streams.STATE_DEAD_FIELD] = "0"
+    batch[streams.STATE_LOADED_FIELD] = streams.STATE_FORMAT.decode()
     pipe.hset(key, mapping=batch)  # type: ignore[arg-type]
     await pipe.execute()
 

@@ -21,7 +21,7 @@ INGESTD = str(Path(sys.executable).parent / "ingestd")
 def stage_env(settings: Settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("INGESTD_")}
     env.update(settings.server_env())
-    env["INGESTD_LOG_LEVEL"] = "WARNING"
+    env["INGESTD_LOG_LEVEL"] = os.environ.get("INGESTD_STAGE_LOG_LEVEL", "WARNING")
     env.update(extra)
     return env
 

@@ -248,9 +248,38 @@ async def test_body_not_an_array_is_400(client: Client, seeded: Seeded, redis: R
     for body in ({"employeeId": "a"}, "a", 3):
         out = await send(client, seeded, body, status=400)
         assert out["code"] == "body_not_array"
-    out = await send(client, seeded, b"[{", status=400)
-    assert out["code"] == "invalid_json"
+    for bad in (b"[{", b"", b"[1,]", b'["\\x"]', b'["\xff"]', b"[NaN]", b"[1] [2]"):
+        out = await send(client, seeded, bad, status=400)
+        assert out["code"] == "invalid_json", bad
+        assert "not valid JSON" in out["message"]
     assert await redis.xlen(streams.ingest_stream(0)) == 0
+
+
+async def test_json_that_simdjson_refuses_but_orjson_reads_is_accepted(
+    client: Client, seeded: Seeded, pipeline: InlinePipeline, pool: asyncpg.Pool
+) -> None:
+    """The gateway checks bulk bodies with simdjson; what it refuses is judged by orjson,
+    the parser the worker uses, so the two never disagree against the client."""
+    big = b'[{"employeeId": "a", "employee": {"age": 123456789012345678901234567890}}]'
+    r = await send(client, seeded, big)
+    await settle(pipeline)
+    got = await receipt(client, seeded, r["eventId"])
+    assert (got["status"], got["created"]) == ("applied", 1)
+    assert set(await scope(pool)) == {"a"}
+
+
+async def test_a_part_the_worker_cannot_parse_is_rejected_not_retried(
+    client: Client, seeded: Seeded, pipeline: InlinePipeline, redis: Redis, settings: Settings
+) -> None:
+    """Should the gateway's check ever pass a body orjson refuses, the snapshot is
+    rejected (invalid_json) instead of wedging its partition."""
+    r = await send(client, seeded, [emp("a")], "session=s1&part=1&final=true")
+    p = streams.partition_of("_directory_employee", "", settings.partitions)
+    skey = streams.session_key(p, "_directory_employee", "", "s1")
+    await redis.hset(skey, "p:1", b"[{]")
+    await settle(pipeline)
+    got = await receipt(client, seeded, r["eventId"])
+    assert got["status"] == "rejected" and got["issues"][0]["code"] == "invalid_json"
 
 
 async def test_body_over_4_mib_is_413(client: Client, seeded: Seeded) -> None:
@@ -594,16 +623,42 @@ def tiny_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(wb, "STAGE_BATCH", 2)
 
 
-async def write_model(redis: Redis, settings: Settings, group_key: str) -> dict[str, Any]:
+def state_key(settings: Settings, group_key: str) -> str:
     rt = "_directory_employee"
     p = streams.partition_of(rt, group_key, settings.partitions)
-    raw = await redis.hgetall(streams.state_key(p, rt, group_key))
+    return streams.state_key(p, rt, group_key)
+
+
+async def write_model(redis: Redis, settings: Settings, group_key: str) -> dict[str, Any]:
+    """The scope's write model; asserts that its live count is exact."""
+    raw = await redis.hgetall(state_key(settings, group_key))
     out = {}
     for k, v in raw.items():
         if not k.startswith(b"\x00"):
             h, _, ver = v.decode().partition("|")
             out[k.decode()] = (h, int(ver))
+    if raw:
+        live = sum(1 for h, _ in out.values() if h)
+        assert int(raw[streams.STATE_LIVE_FIELD.encode()]) == live, "live count is off"
+        assert int(raw[streams.STATE_DEAD_FIELD.encode()]) == len(out) - live, "dead count"
+        assert len(raw) == len(out) + streams.STATE_OWN_FIELDS
     return out
+
+
+async def singles_and_deletes(
+    client: Client, seeded: Seeded, pipeline: InlinePipeline, rng: random.Random
+) -> None:
+    """Some creates, updates, re-creates and deletes of the scope, as single events."""
+    for _ in range(rng.randint(0, 6)):
+        item = emp(f"r{rng.randint(0, 60)}", active=rng.random() < 0.5)
+        r = await client.post(f"{EVENT}?groupKey=g", json=item, headers=seeded.headers)
+        assert r.status == 202
+    ids = ",".join(f"r{rng.randint(0, 60)}" for _ in range(rng.randint(1, 4)))
+    r = await client.delete(
+        f"/integration/custom-data/employee?groupKey=g&resourceIds={ids}", headers=seeded.headers
+    )
+    assert r.status == 202
+    await settle(pipeline)
 
 
 def random_items(rng: random.Random, n: int, bad: float) -> list[Any]:
@@ -641,6 +696,7 @@ async def test_streamed_diff_equals_the_reference(
     await send(client, seeded, list(first.values()), "groupKey=g")
     await settle(pipeline)
     for round_ in range(3):
+        await singles_and_deletes(client, seeded, pipeline, rng)
         partial = rng.random() < 0.5
         items = random_items(rng, rng.randint(0, 50), bad=0.1 if partial else 0.03)
         current = await write_model(redis, settings, "g")
@@ -673,6 +729,50 @@ async def test_streamed_diff_equals_the_reference(
         assert len(rows) == len(want.effects)
         events = await pool.fetch("SELECT 1 FROM ingest_events WHERE event_id = $1", eid)
         assert len(events) == 1
+        await write_model(redis, settings, "g")  # the live count followed every change
+
+
+async def test_write_model_of_an_older_format_is_rebuilt_with_its_live_count(
+    client: Client, seeded: Seeded, pipeline: InlinePipeline, redis: Redis, settings: Settings
+) -> None:
+    """A write model loaded before the live count existed (marker "1") is loaded again
+    from PostgreSQL, so the count the deletion shortcut trusts is always exact."""
+    await send(client, seeded, [emp("a"), emp("b"), emp("c")])
+    await settle(pipeline)
+    key = state_key(settings, "")
+    await redis.hset(key, mapping={streams.STATE_LOADED_FIELD: "1"})
+    await redis.hdel(key, streams.STATE_LIVE_FIELD, streams.STATE_DEAD_FIELD)
+    r = await send(client, seeded, [emp("a"), emp("b")])
+    await settle(pipeline)
+    got = await receipt(client, seeded, r["eventId"])
+    assert (got["status"], got["deleted"], got["unchanged"]) == ("applied", 1, 2)
+    assert await redis.hget(key, streams.STATE_LOADED_FIELD) == streams.STATE_FORMAT
+    assert set(await write_model(redis, settings, "")) == {"a", "b", "c"}
+
+
+@pytest.mark.parametrize("skew", [-2, -3, 3])
+async def test_a_live_count_that_is_off_falls_back_to_scanning_the_scope(
+    client: Client,
+    seeded: Seeded,
+    pipeline: InlinePipeline,
+    pool: asyncpg.Pool,
+    redis: Redis,
+    settings: Settings,
+    tiny_chunks: None,
+    skew: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A count that disagrees with the hash's length must not hide a deletion: the scan
+    runs in full and says so."""
+    await send(client, seeded, [emp(f"e{i}") for i in range(10)])
+    await settle(pipeline)
+    await redis.hincrby(state_key(settings, ""), streams.STATE_LIVE_FIELD, skew)
+    r = await send(client, seeded, [emp(f"e{i}") for i in range(2, 10)])
+    await settle(pipeline)
+    got = await receipt(client, seeded, r["eventId"])
+    assert (got["deleted"], got["unchanged"]) == (2, 8)
+    assert set(await scope(pool)) == {f"e{i}" for i in range(2, 10)}
+    assert "counts of" in caplog.text
 
 
 async def test_receipt_appears_only_with_the_last_slice(

@@ -147,3 +147,17 @@ def test_state_value_encoding(value: tuple[str, int]) -> None:
     assert ScopeState.decode(ScopeState.encode(value).encode()) == value
     assert ScopeState.decode(ScopeState.encode(value)) == value
     assert ScopeState.decode(None) is None
+
+
+def test_live_and_dead_deltas_follow_every_transition() -> None:
+    """The write model's live/dead counts move by exactly these deltas."""
+    st = ScopeState(known={"gone": ("", 3), "here": ("h", 2)})
+    single({"employeeId": "new"}, st)  # nothing -> live
+    single({"employeeId": "here", "active": True}, st)  # live -> live (updated)
+    single({"employeeId": "gone"}, st)  # tombstone -> live (re-created)
+    assert (st.live_delta, st.dead_delta) == (2, -1)
+    decide_delete(meta("delete", ["new", "here", "never"]), st)  # 2 live -> dead
+    assert (st.live_delta, st.dead_delta) == (0, 1)
+    single({"employeeId": "new", "active": False}, st)  # deleted in this batch, re-created
+    assert (st.live_delta, st.dead_delta) == (1, 0)
+    assert sum(1 for h, _ in st.known.values() if h) == 1 + st.live_delta
