@@ -127,14 +127,16 @@ redis.call('EXPIRE', s, h[7])
 return {'stored', n, total}
 """
 
-# A single-request bulk: a one-part session, opened complete and queued in one step.
+# A single-request bulk: a one-part session, opened complete and queued in one step
+# (its body is stored by a plain HSET in the same MULTI: Redis takes a big argument
+# without copying it, and a script would copy it twice).
 # KEYS: session, snapshots, ingest stream.
-# ARGV: event id, integration, ttl, now ms, body, commit meta, meta field name.
+# ARGV: event id, integration, ttl, now ms, commit meta, meta field name.
 SINGLE_SCRIPT = """
 local seq = redis.call('HINCRBY', KEYS[2], 'next', 1)
 redis.call('HSET', KEYS[1], 'eid', ARGV[1], 'int', ARGV[2], 'seq', seq, 'ttl', ARGV[3],
-           'n', 1, 'max', 1, 'total', 1, 'state', 'queued', 'opened', ARGV[4], 'p:1', ARGV[5])
-redis.call('XADD', KEYS[3], '*', ARGV[7], ARGV[6])
+           'n', 1, 'max', 1, 'total', 1, 'state', 'queued', 'opened', ARGV[4])
+redis.call('XADD', KEYS[3], '*', ARGV[6], ARGV[5])
 return seq
 """
 
@@ -300,15 +302,17 @@ async def store_single(
     settings: Settings,
     meta: RawMeta,
 ) -> None:
-    """A single-request bulk in one round trip: its receipt marker, then its one-part
-    session opened complete and its raw event appended (one script)."""
-    pipe = redis.pipeline(transaction=False)
+    """A single-request bulk in one round trip, one MULTI: its receipt marker, its body,
+    then its one-part session opened complete and its raw event appended."""
+    skey = streams.session_key(p, table.resource_type, group_key, up.session)
+    pipe = redis.pipeline(transaction=True)
     pipe.set(streams.receipt_key(meta.id), _receipt_marker(key, None), ex=settings.receipt_ttl)
+    pipe.hset(skey, "p:1", body)  # type: ignore[arg-type]
     args: list[Any] = [
-        streams.session_key(p, table.resource_type, group_key, up.session),
+        skey,
         streams.snapshots_key(p, table.resource_type, group_key),
         streams.ingest_stream(p),
-        meta.id, key.integration_id, settings.session_ttl, int(time.time() * 1000), body,
+        meta.id, key.integration_id, settings.session_ttl, int(time.time() * 1000),
         meta.encode(), streams.F_META,
     ]  # fmt: skip
     pipe.eval(SINGLE_SCRIPT, 3, *args)

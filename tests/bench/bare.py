@@ -3,17 +3,22 @@
 ``python -m tests.bench.bare --port N`` is the bare aiohttp handler the gateway
 is divided by: it reads the whole body and answers 202 with a small JSON body,
 on the same aiohttp and (default asyncio) event loop as ``ingestd gateway``.
-``--canned`` is a raw asyncio protocol that answers every request with a fixed
-202 without any framework; the load generator's rate against it is the
-generator's own ceiling on this machine.
+``--store REDIS_URL`` also stores each body in Redis (one SET, no check at all) before
+answering: the least any design that keeps a body before its 202 must do, so the
+ceiling of figure 2 on this machine. ``--canned`` is a raw asyncio protocol that
+answers every request with a fixed 202 without any framework; the load generator's
+rate against it is the generator's own ceiling on this machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
+import os
 
 from aiohttp import web
+from redis.asyncio import Redis
 
 REPLY = b'{"eventId":"ev_000000000000000000000000000"}'
 
@@ -26,6 +31,21 @@ async def accept(request: web.Request) -> web.Response:
 def bare_app() -> web.Application:
     app = web.Application(client_max_size=5 << 20)
     app.router.add_post("/{tail:.*}", accept)
+    return app
+
+
+def store_app(redis_url: str) -> web.Application:
+    redis = Redis.from_url(redis_url)
+    counter = itertools.count()
+    prefix = f"bench:floor:{os.getpid()}:"
+
+    async def store(request: web.Request) -> web.Response:
+        body = await request.read()
+        await redis.set(f"{prefix}{next(counter)}", body, ex=600)
+        return web.Response(body=REPLY, status=202, content_type="application/json")
+
+    app = web.Application(client_max_size=5 << 20)
+    app.router.add_post("/{tail:.*}", store)
     return app
 
 
@@ -78,9 +98,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m tests.bench.bare")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--canned", action="store_true")
+    ap.add_argument("--store", metavar="REDIS_URL")
     args = ap.parse_args()
     if args.canned:
         asyncio.run(serve_canned(args.port))
+    elif args.store:
+        web.run_app(store_app(args.store), host="127.0.0.1", port=args.port, print=None)
     else:
         web.run_app(bare_app(), host="127.0.0.1", port=args.port, print=None, access_log=None)
 

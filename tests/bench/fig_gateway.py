@@ -30,10 +30,12 @@ async def clear_streams(bench: Bench) -> None:
         await r.aclose()
 
 
-def paired_ratio(runs: dict[str, list[dict[str, Any]]], key: str = "rps") -> float:
-    """Median over rounds of gateway/bare, each pair measured back to back (less noise
+def paired_ratio(
+    runs: dict[str, list[dict[str, Any]]], key: str = "rps", floor: str = "bare"
+) -> float:
+    """Median over rounds of gateway/floor, each pair measured back to back (less noise
     than dividing the two medians, which may come from different minutes)."""
-    pairs = zip(runs["gateway"], runs["bare"], strict=True)
+    pairs = zip(runs["gateway"], runs[floor], strict=True)
     return float(statistics.median(g[key] / b[key] for g, b in pairs if b[key]))
 
 
