@@ -28,6 +28,8 @@ same decision for a snapshot held in memory (the reference the tests compare wit
 
 from __future__ import annotations
 
+import binascii
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +46,7 @@ from shared.schema_rules import (
     path_steps,
     scalar_id,
     storable_hash,
+    storable_json,
     walk,
 )
 
@@ -73,13 +76,13 @@ class FastExtractor:
         self.schema = schema
         self.id_steps = path_steps(spec.id)
         one = self.id_steps is not None and len(self.id_steps) == 1 and not self.id_steps[0][0]
-        self._id_key: str | None = self.id_steps[0][1] if one and self.id_steps else None
+        self.id_key: str | None = self.id_steps[0][1] if one and self.id_steps else None
         self.id_pointer = _pointer(self.id_steps)
 
     def resource_id(self, data: dict[str, Any]) -> str | None:
         """The id, or None when it is missing or invalid (then :meth:`extract` says why)."""
-        if self._id_key is not None:  # the common case: a top-level name such as $.id
-            v = data.get(self._id_key, MISSING)
+        if self.id_key is not None:  # the common case: a top-level name such as $.id
+            v = data.get(self.id_key, MISSING)
             if type(v) is str and v:
                 return v
         elif self.id_steps is None:
@@ -126,6 +129,56 @@ def scan_item(data: Any, index: int, fx: FastExtractor) -> Scanned:
             digest = stored
     issues = [Issue(i.code, i.message, i.pointer, rid, index) for i in issues]
     return Scanned(index, rid, None if issues else digest, issues)
+
+
+@dataclass(slots=True)
+class ScannedChunk:
+    """A chunk of items after :func:`scan_chunk`, laid out for the write-model lookups:
+    the items with an id, in order, as parallel lists."""
+
+    ids: list[bytes]
+    marks: list[bytes | None]  # b"<content hash>|" (a write-model value's prefix); None: at fault
+    indexes: list[int]
+    faulty: dict[int, Scanned] = field(default_factory=dict)  # position in ids -> item at fault
+    invalid: list[Scanned] = field(default_factory=list)  # every item at fault, in order
+
+    def item(self, pos: int) -> Scanned:
+        """The item at ``pos`` as a :class:`Scanned` (its issues included)."""
+        found = self.faulty.get(pos)
+        if found is not None:
+            return found
+        mark = self.marks[pos]
+        digest = mark[:-1].decode() if mark is not None else None
+        return Scanned(self.indexes[pos], self.ids[pos].decode(), digest, [])
+
+
+def scan_chunk(items: list[Any], base: int, fx: FastExtractor) -> ScannedChunk:
+    """:func:`scan_item` over ``items`` (numbered from ``base``), at least cost for the
+    common item: a valid object whose id is a non-empty string at a top-level name."""
+    out = ScannedChunk([], [], [])
+    ids, marks, indexes = out.ids, out.marks, out.indexes
+    is_valid, key = fx.schema.is_valid, fx.id_key
+    sha256, hexlify = hashlib.sha256, binascii.hexlify
+    for i, x in enumerate(items, base):
+        if key is not None and type(x) is dict and is_valid(x):
+            rid = x.get(key)
+            if type(rid) is str and rid:
+                raw = storable_json(x)
+                if type(raw) is bytes:
+                    ids.append(rid.encode())
+                    marks.append(hexlify(sha256(raw).digest()) + b"|")
+                    indexes.append(i)
+                    continue
+        s = scan_item(x, i, fx)
+        if s.issues:
+            out.invalid.append(s)
+        if s.rid is not None:
+            if s.issues:
+                out.faulty[len(ids)] = s
+            ids.append(s.rid.encode())
+            marks.append(s.content_hash.encode() + b"|" if s.content_hash else None)
+            indexes.append(i)
+    return out
 
 
 def classify(state_raw: bytes | str | None, content_hash_: str) -> str:

@@ -209,9 +209,10 @@ def content_hash(data: Any) -> str:
 _NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")  # an escaped NUL, not an escaped backslash
 
 
-def storable_hash(data: Any) -> str | Issue:
-    """The content hash, or why the resource could never be stored. Such a resource must
-    be rejected by the worker: it would fail every later step and wedge its partition."""
+def storable_json(data: Any) -> bytes | Issue:
+    """The canonical JSON the content hash is taken of, or why the resource could never
+    be stored. Such a resource must be rejected by the worker: it would fail every
+    later step and wedge its partition."""
     try:
         raw = orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError:
@@ -220,7 +221,13 @@ def storable_hash(data: Any) -> str | Issue:
         return Issue(
             "invalid_character", "U+0000 (NUL) cannot be stored (PostgreSQL text refuses it)", ""
         )
-    return hashlib.sha256(raw).hexdigest()
+    return raw
+
+
+def storable_hash(data: Any) -> str | Issue:
+    """The content hash (as :func:`content_hash`), or why the resource cannot be stored."""
+    raw = storable_json(data)
+    return raw if isinstance(raw, Issue) else hashlib.sha256(raw).hexdigest()
 
 
 Step = tuple[bool, Any]  # (is_index, name or index)

@@ -58,10 +58,10 @@ from shared.bulk import (
     INVALID,
     UNCHANGED,
     FastExtractor,
-    Scanned,
+    ScannedChunk,
     Tally,
     deletion,
-    scan_item,
+    scan_chunk,
 )
 from shared.events import Change, RawMeta
 from shared.processing import ScopeState, apply_upsert
@@ -123,9 +123,8 @@ def gc_paused() -> Iterator[None]:
 class _Lookup:
     """A chunk whose lookups were sent; its replies are read when it is classified."""
 
-    keyed: list[Scanned]
-    ids: list[bytes]
-    packed: list[bytes]  # the ids as RESP bulk strings
+    chunk: ScannedChunk
+    packed: list[bytes]  # the chunk's ids as RESP bulk strings
     part: int
     positions: array[int]
     offset: int
@@ -326,17 +325,13 @@ class BulkCommit:
                 items = await self._part(part)
                 positions = changed.setdefault(part, array("I"))
                 for start in range(0, len(items), CHUNK):
-                    keyed: list[Scanned] = []
-                    for i, x in enumerate(items[start : start + CHUNK], offset + start):
-                        s = scan_item(x, i, fx)
-                        if s.issues:
-                            tally.invalid(s, part)
-                        if s.rid is not None:
-                            keyed.append(s)
+                    chunk = scan_chunk(items[start : start + CHUNK], offset + start, fx)
+                    for s in chunk.invalid:
+                        tally.invalid(s, part)
                     if sent is not None:
                         await self._classify(conn, sent, tally, fx)
                     await self._alive()
-                    sent = await self._look_up(conn, keyed, part, positions, offset)
+                    sent = await self._look_up(conn, chunk, part, positions, offset)
                 offset += len(items)
             if sent is not None:
                 await self._classify(conn, sent, tally, fx)
@@ -359,15 +354,15 @@ class BulkCommit:
     async def _look_up(
         self,
         conn: AbstractConnection,
-        keyed: list[Scanned],
+        chunk: ScannedChunk,
         part: int,
         positions: array[int],
         offset: int,
     ) -> _Lookup | None:
         """Send the index entries so far, then the chunk's write-model and index lookups."""
-        if not keyed:
+        ids = chunk.ids
+        if not ids:
             return None
-        ids = [s.rid.encode() for s in keyed if s.rid is not None]
         packed = [resp.bulk(r) for r in ids]
         blob = b"".join(packed)
         head, replies = b"", 2
@@ -376,7 +371,7 @@ class BulkCommit:
         lookups = resp.command_packed(("HMGET", self.state_key), len(ids), blob)
         lookups += resp.command_packed(("HMGET", self.index_key), len(ids), blob)
         await conn.send_packed_command(head + lookups, check_health=False)
-        return _Lookup(keyed, ids, packed, part, positions, offset, replies)
+        return _Lookup(chunk, packed, part, positions, offset, replies)
 
     async def _classify(
         self, conn: AbstractConnection, sent: _Lookup, tally: Tally, fx: FastExtractor
@@ -390,29 +385,33 @@ class BulkCommit:
         fresh: dict[bytes, bytes] = {}  # this chunk's entries (earlier ones came as prev)
         writes = self._index_writes
         positions, offset, part = sent.positions, sent.offset, sent.part
-        for s, rid, packed, cur, prev in zip(
-            sent.keyed, sent.ids, sent.packed, current, earlier, strict=True
+        chunk = sent.chunk
+        matched = unchanged = 0
+        for pos, (rid, mark, index, packed, cur, prev) in enumerate(
+            zip(chunk.ids, chunk.marks, chunk.indexes, sent.packed, current, earlier, strict=True)
         ):
             first = fresh.get(rid, prev)
             if first is not None:
-                tally.duplicate(s, first, fx.id_pointer, part)
+                tally.duplicate(chunk.item(pos), first, fx.id_pointer, part)
                 if not first.startswith(_DUPLICATE):
                     fresh[rid] = _DUPLICATE + first
                     writes.append(packed + resp.bulk(fresh[rid]))
                 continue
-            h = s.content_hash
-            if cur is not None and cur[:1] != b"|":
-                self.matched_live += 1
-            if h is None:
-                value = b"%b%d" % (_INVALID, s.index)
-            elif cur is not None and cur.startswith(h.encode() + b"|"):
-                value = b"%b%d" % (_UNCHANGED, s.index)
-                tally.unchanged += 1
+            if cur is not None and cur[0] != 124:  # not a tombstone ("|version")
+                matched += 1
+            if mark is None:
+                cls = _INVALID
+            elif cur is not None and cur.startswith(mark):
+                cls = _UNCHANGED
+                unchanged += 1
             else:
-                value = b"%b%d" % (_CHANGED, s.index)
-                positions.append(s.index - offset)
-            fresh[rid] = value
-            writes.append(packed + resp.bulk(value))
+                cls = _CHANGED
+                positions.append(index - offset)
+            digits = b"%d" % index
+            fresh[rid] = cls + digits
+            writes.append(b"%b$%d\r\n%b%b\r\n" % (packed, len(digits) + 1, cls, digits))
+        self.matched_live += matched
+        tally.unchanged += unchanged
 
     async def _stage_upserts(
         self, fx: FastExtractor, changed: dict[int, array[int]], slicer: Slicer

@@ -253,3 +253,35 @@ def test_items_that_could_never_be_stored_are_rejected_not_crashing() -> None:
     loose = FastExtractor(CompiledSchema({"type": "object", "resmo": {"id": "id"}}))
     item = scan_item({"id": "x", "deep": deep}, 4, loose)
     assert [i.code for i in item.issues] == ["too_deep"] and item.issues[0].index == 4
+
+
+def test_scan_chunk_agrees_with_scan_item_on_every_kind_of_item() -> None:
+    """The fast path of scan_chunk must decide exactly as scan_item does."""
+    from shared.bulk import FastExtractor, scan_chunk, scan_item
+
+    fx = FastExtractor(SCHEMA)
+    rng = random.Random(7)
+    kinds: list[Any] = [
+        {"employeeId": "a", "active": True},
+        {"employeeId": 42, "active": False},  # a number id: taken as "42"
+        {"employeeId": ""},
+        {"active": True},
+        {"employeeId": "b", "active": "no"},
+        {"employeeId": "c", "employee": {"username": "nul\x00"}},
+        {"employeeId": "d", "employee": {"username": "ünï", "age": 3}},
+        "not an object",
+        [1],
+        None,
+    ]
+    items = [rng.choice(kinds) for _ in range(300)]
+    chunk = scan_chunk(items, 1000, fx)
+    want = [scan_item(x, 1000 + i, fx) for i, x in enumerate(items)]
+    keyed = [s for s in want if s.rid is not None]
+    assert chunk.ids == [s.rid.encode() for s in keyed if s.rid]
+    assert chunk.indexes == [s.index for s in keyed]
+    assert chunk.marks == [
+        s.content_hash.encode() + b"|" if s.content_hash else None for s in keyed
+    ]
+    assert [chunk.item(i) for i in range(len(keyed))] == keyed
+    assert chunk.invalid == [s for s in want if s.issues]
+    assert {s.index for s in chunk.invalid} != set()
