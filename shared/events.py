@@ -44,8 +44,17 @@ class RawMeta:
     received_ms: int
     ids: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # the JSON this was decoded from: a change entry embeds it as is (orjson.Fragment)
+    raw: bytes | None = field(default=None, compare=False, repr=False)
 
     def encode(self) -> bytes:
+        return self.raw if self.raw is not None else orjson.dumps(self.to_dict())
+
+    def embedded(self) -> Any:
+        """This metadata as a value inside another orjson document, encoded once."""
+        return orjson.Fragment(self.raw) if self.raw is not None else self.to_dict()
+
+    def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
             "id": self.id,
             "k": self.kind,
@@ -61,11 +70,16 @@ class RawMeta:
             d["ids"] = self.ids
         if self.extra:
             d["x"] = self.extra
-        return orjson.dumps(d)
+        return d
 
     @classmethod
     def decode(cls, raw: bytes) -> RawMeta:
-        d = orjson.loads(raw)
+        meta = cls.from_dict(orjson.loads(raw))
+        meta.raw = raw
+        return meta
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RawMeta:
         return cls(
             d["id"],
             d["k"],
@@ -138,7 +152,7 @@ class Change:
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
-            "m": self.meta.encode().decode(),
+            "m": self.meta.embedded(),
             "s": self.status,
             "e": [e.as_list() for e in self.effects],
             "u": self.unchanged,
@@ -163,8 +177,9 @@ class Change:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Change:
+        m = d["m"]  # an object; a JSON string in entries written before 2026-11
         return cls(
-            RawMeta.decode(d["m"].encode()),
+            RawMeta.from_dict(m) if isinstance(m, dict) else RawMeta.decode(m.encode()),
             d["s"],
             [Effect.from_list(e) for e in d["e"]],
             d["u"],

@@ -12,6 +12,7 @@ from collections.abc import Awaitable
 from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ResponseError
 
 _REFRESH = """
@@ -88,3 +89,56 @@ async def claim_pending(redis: Redis, stream: str, group: str, consumer: str) ->
 
 def consumer_name() -> str:
     return f"{os.uname().nodename}-{os.getpid()}"
+
+
+class HeldConnection:
+    """One pooled connection kept for a stretch of work that writes RESP itself
+    (:mod:`shared.resp`). Any failure drops it: replies may be out of step."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._conn: AbstractConnection | None = None
+
+    async def get(self) -> AbstractConnection:
+        if self._conn is None:
+            pool = self.redis.connection_pool
+            try:
+                self._conn = await pool.get_connection()
+            except TypeError:  # redis-py < 5.3 wants a command name
+                self._conn = await pool.get_connection("MULTI")
+        return self._conn
+
+    async def exchange(self, payload: bytes, replies: int) -> list[Any]:
+        """Send packed commands and read their replies; an error reply raises."""
+        await self.send(payload)
+        return await self.read(replies)
+
+    async def send(self, payload: bytes) -> None:
+        """Send packed commands; read their replies later with :meth:`read`, in order."""
+        conn = await self.get()
+        try:
+            await conn.send_packed_command(payload, check_health=False)
+        except BaseException:
+            await self.drop()
+            raise
+
+    async def read(self, replies: int) -> list[Any]:
+        conn = await self.get()
+        try:
+            return [await conn.read_response() for _ in range(replies)]
+        except BaseException:
+            await self.drop()
+            raise
+
+    async def drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await conn.disconnect()
+            finally:
+                await self.redis.connection_pool.release(conn)
+
+    async def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self.redis.connection_pool.release(conn)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID
 
 import asyncpg
 import jsonpatch
@@ -168,7 +167,7 @@ def build_rows(changes: list[Change], prev: dict[Key, Any], now: datetime) -> Ba
         if not ch.last:
             continue
         c = ch.counts()
-        integration = UUID(m.integration)
+        integration = m.integration  # asyncpg takes a uuid column's value as text
         out.events.append(
             (
                 m.id,

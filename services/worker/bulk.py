@@ -318,7 +318,6 @@ class BulkCommit:
         chunk's lookups are answered while the next chunk is being validated."""
         changed: dict[int, array[int]] = {}
         offset = 0
-        conn = await _connection(self.redis)
         sent: _Lookup | None = None
         try:
             for part in range(1, self.parts + 1):
@@ -329,19 +328,18 @@ class BulkCommit:
                     for s in chunk.invalid:
                         tally.invalid(s, part)
                     if sent is not None:
-                        await self._classify(conn, sent, tally, fx)
+                        await self._classify(sent, tally, fx)
                     await self._alive()
-                    sent = await self._look_up(conn, chunk, part, positions, offset)
+                    sent = await self._look_up(chunk, part, positions, offset)
                 offset += len(items)
             if sent is not None:
-                await self._classify(conn, sent, tally, fx)
+                await self._classify(sent, tally, fx)
             if self._index_writes:
-                await _exchange(conn, self._index_write_commands(), 2)
+                await self.d.conn.exchange(self._index_write_commands(), 2)
         except BaseException:
-            await conn.disconnect()
+            if sent is not None:  # its replies are still coming: the connection is out of step
+                await self.d.conn.drop()
             raise
-        finally:
-            await self.redis.connection_pool.release(conn)
         return {part: pos for part, pos in changed.items() if pos}
 
     def _index_write_commands(self) -> bytes:
@@ -353,7 +351,6 @@ class BulkCommit:
 
     async def _look_up(
         self,
-        conn: AbstractConnection,
         chunk: ScannedChunk,
         part: int,
         positions: array[int],
@@ -370,18 +367,16 @@ class BulkCommit:
             head, replies = self._index_write_commands(), 4
         lookups = resp.command_packed(("HMGET", self.state_key), len(ids), blob)
         lookups += resp.command_packed(("HMGET", self.index_key), len(ids), blob)
-        await conn.send_packed_command(head + lookups, check_health=False)
+        await self.d.conn.send(head + lookups)
         return _Lookup(chunk, packed, part, positions, offset, replies)
 
-    async def _classify(
-        self, conn: AbstractConnection, sent: _Lookup, tally: Tally, fx: FastExtractor
-    ) -> None:
+    async def _classify(self, sent: _Lookup, tally: Tally, fx: FastExtractor) -> None:
         """Compare each item's hash with the write model (the rule of
         :func:`shared.bulk.classify`) and index it as class + position; an id already
         indexed is a duplicate (its first entry gets the prefix D, once). The index
         entries go to Redis ahead of the next chunk's lookups, so ``earlier`` holds
         every entry of the chunks before this one."""
-        *_, current, earlier = [await conn.read_response() for _ in range(sent.replies)]
+        *_, current, earlier = await self.d.conn.read(sent.replies)
         fresh: dict[bytes, bytes] = {}  # this chunk's entries (earlier ones came as prev)
         writes = self._index_writes
         positions, offset, part = sent.positions, sent.offset, sent.part
@@ -518,14 +513,11 @@ class BulkCommit:
                 raise LostLease
         finally:
             lease.ttl_ms = normal
-        conn = await _connection(self.redis)
         try:
-            result = await self._transaction(conn, change)
+            result = await self._transaction(await self.d.conn.get(), change)
         except BaseException:
-            await conn.disconnect()
+            await self.d.conn.drop()
             raise
-        finally:
-            await self.redis.connection_pool.release(conn)
         if result is None:
             raise LostLease
         errors = [r for r in result if isinstance(r, Exception)]
@@ -552,21 +544,6 @@ class BulkCommit:
             await _queue(conn, cmds)
         await _queue(conn, self._tail(change))
         return await _call(conn, ("EXEC",))
-
-
-async def _connection(redis: Redis) -> AbstractConnection:
-    pool = redis.connection_pool
-    try:
-        return await pool.get_connection()  # type: ignore[no-any-return]
-    except TypeError:  # redis-py < 5.3 wants a command name
-        return await pool.get_connection("MULTI")  # type: ignore[no-any-return]
-
-
-async def _exchange(conn: AbstractConnection, payload: bytes, replies: int) -> list[Any]:
-    """Send packed commands and read their replies (an error reply raises: the caller
-    then drops the connection, which is out of step)."""
-    await conn.send_packed_command(payload, check_health=False)
-    return [await conn.read_response() for _ in range(replies)]
 
 
 async def _call(conn: AbstractConnection, cmd: tuple[Any, ...]) -> Any:

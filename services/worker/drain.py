@@ -13,10 +13,10 @@ from typing import Any, cast
 
 import asyncpg
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import RedisError
 
 from services.worker.bulk import BulkCommit
-from shared import streams
+from shared import resp, streams
 from shared.events import Change, RawMeta
 from shared.processing import (
     Prepared,
@@ -27,7 +27,7 @@ from shared.processing import (
 )
 from shared.registry import RegistryCache
 from shared.schema_rules import Issue
-from shared.streamio import Lease, claim_pending, ensure_group
+from shared.streamio import HeldConnection, Lease, claim_pending, ensure_group
 
 log = logging.getLogger("ingestd.worker")
 LOAD_CHUNK = 2000
@@ -56,6 +56,9 @@ class LostLease(Exception):
     pass
 
 
+_MULTI, _EXEC = resp.command("MULTI"), resp.command("EXEC")
+
+
 class Drainer:
     def __init__(
         self,
@@ -74,6 +77,7 @@ class Drainer:
         self.consumer = consumer
         self.stream = streams.ingest_stream(p)
         self.lease = Lease(redis, streams.drain_lock(p))
+        self.conn = HeldConnection(redis)  # for the commits, written in RESP
         self.processed = 0
 
     async def run(self, slice_s: float, idle_exit: bool = False) -> bool:
@@ -108,6 +112,8 @@ class Drainer:
             log.warning("partition %s: lease lost; stopping this drain", self.p)
         finally:
             # cancelled mid-read, the connection may be unusable: the lease then expires
+            with contextlib.suppress(Exception):
+                await self.conn.release()
             with contextlib.suppress(Exception):
                 await self.lease.release()
         return True
@@ -283,28 +289,48 @@ class Drainer:
         gone: list[bytes],
     ) -> None:
         ids = [e.sid for e, _ in changes] + gone
-        async with self.redis.pipeline(transaction=True) as pipe:
-            try:
-                await pipe.watch(self.lease.key)
-                if await pipe.get(self.lease.key) != self.lease.token.encode():
-                    raise LostLease
-                pipe.multi()  # type: ignore[no-untyped-call]
-                for scope, st in states.items():
-                    if st.dirty:
-                        key = streams.state_key(self.p, *scope)
-                        pipe.hset(
-                            key, mapping={rid: ScopeState.encode(v) for rid, v in st.dirty.items()}
-                        )
-                        if st.live_delta:
-                            pipe.hincrby(key, streams.STATE_LIVE_FIELD, st.live_delta)
-                        if st.dead_delta:
-                            pipe.hincrby(key, streams.STATE_DEAD_FIELD, st.dead_delta)
-                if changes:
-                    batch = Change.encode_many([ch for _, ch in changes])
-                    pipe.xadd(streams.changes_stream(self.p), {streams.F_CHANGE: batch})
-                if ids:
-                    pipe.xack(self.stream, streams.INGEST_GROUP, *ids)
-                    pipe.xdel(self.stream, *ids)
-                await pipe.execute()
-            except WatchError as e:
-                raise LostLease from e
+        cmds: list[bytes] = []
+        for scope, st in states.items():
+            if st.dirty:
+                key = streams.state_key(self.p, *scope)
+                flat = [
+                    x
+                    for rid, v in st.dirty.items()
+                    for x in (rid.encode(), ScopeState.encode(v).encode())
+                ]
+                cmds.append(resp.command_with(("HSET", key), flat))
+                if st.live_delta:
+                    cmds.append(
+                        resp.command("HINCRBY", key, streams.STATE_LIVE_FIELD, st.live_delta)
+                    )
+                if st.dead_delta:
+                    cmds.append(
+                        resp.command("HINCRBY", key, streams.STATE_DEAD_FIELD, st.dead_delta)
+                    )
+        if changes:
+            batch = Change.encode_many([ch for _, ch in changes])
+            cmds.append(
+                resp.command("XADD", streams.changes_stream(self.p), "*", streams.F_CHANGE, batch)
+            )
+        if ids:
+            cmds.append(resp.command_with(("XACK", self.stream, streams.INGEST_GROUP), ids))
+            cmds.append(resp.command_with(("XDEL", self.stream), ids))
+        await self.commit_guarded(cmds)
+
+    async def commit_guarded(self, cmds: list[bytes]) -> list[Any]:
+        """Run ``cmds`` in one MULTI/EXEC only while this drainer holds the lease: WATCH
+        the lease and check its token, then the transaction (two round trips, RESP
+        written here). Raises LostLease when the lease is gone or changes before EXEC."""
+        key = self.lease.key
+        _, token = await self.conn.exchange(
+            resp.command("WATCH", key) + resp.command("GET", key), 2
+        )
+        if token != self.lease.token.encode():
+            await self.conn.exchange(resp.command("UNWATCH"), 1)
+            raise LostLease
+        payload = b"".join([_MULTI, *cmds, _EXEC])
+        replies = await self.conn.exchange(payload, len(cmds) + 2)
+        if replies[-1] is None:  # the lease changed after WATCH: nothing was applied
+            raise LostLease
+        result: list[Any] = replies[-1]
+        return result
