@@ -261,7 +261,7 @@ class BulkCommit:
         loaded = await self.redis.hget(self.state_key, streams.STATE_LOADED_FIELD)  # type: ignore[misc]
         if loaded != streams.STATE_FORMAT:
             await self.d._rebuild_scope(self.meta.resource_type, self.meta.group_key)
-        await self.redis.delete(self.index_key, self.out_key)
+        await self.redis.unlink(self.index_key, self.out_key)
         tally = Tally(self.partial, with_parts=not self.session.startswith(IMPLICIT))
         t0, c0 = time.perf_counter(), time.process_time()
         with gc_paused():
@@ -493,13 +493,13 @@ class BulkCommit:
         cmds.append(("XACK", self.d.stream, streams.INGEST_GROUP, *ids))
         cmds.append(("XDEL", self.d.stream, *ids))
         if self.seq and self.session.startswith(IMPLICIT):
-            cmds.append(("DEL", self.session_key))
+            cmds.append(("UNLINK", self.session_key))
         elif self.seq:  # retire the session: parts go, the header stays to answer retries
             parts = [f"p:{n}" for n in range(1, self.parts + 1)]
             cmds.append(("HDEL", self.session_key, *parts))
             cmds.append(("HSET", self.session_key, "state", "done"))
             cmds.append(("EXPIRE", self.session_key, self.session_ttl))
-        cmds.append(("DEL", self.index_key, self.out_key))
+        cmds.append(("UNLINK", self.index_key, self.out_key))  # freed in the background
         return cmds
 
     async def _commit(self, change: Change) -> None:
