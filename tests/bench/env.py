@@ -13,6 +13,7 @@ own process so that no figure is measured from inside the server it measures.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -293,3 +294,35 @@ class CpuMeter:
         self.result = {
             k: round(100 * (self._cpu(p) - self.start[k]) / wall, 1) for k, p in self.procs.items()
         }
+
+
+class ServerCpu:
+    """CPU seconds used over a window by every process of the shared servers
+    (PostgreSQL backends and Redis), found by name: with the stages' own figures, where
+    each event's CPU goes, and so the ceiling on this machine's cores."""
+
+    NAMES = {"postgres": ("postgres",), "redis": ("redis-server",)}
+
+    def __init__(self) -> None:
+        self.start: dict[int, float] = {}
+        self.seconds: dict[str, float] = {}
+
+    def _sample(self) -> dict[int, tuple[str, float]]:
+        out: dict[int, tuple[str, float]] = {}
+        for p in psutil.process_iter(["name"]):
+            name = p.info.get("name") or ""
+            for group, names in self.NAMES.items():
+                if name.startswith(names):
+                    with contextlib.suppress(psutil.Error):
+                        t = p.cpu_times()
+                        out[p.pid] = (group, float(t.user + t.system))
+        return out
+
+    def __enter__(self) -> ServerCpu:
+        self.start = {pid: cpu for pid, (_, cpu) in self._sample().items()}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = dict.fromkeys(self.NAMES, 0.0)
+        for pid, (group, cpu) in self._sample().items():
+            self.seconds[group] += cpu - self.start.get(pid, 0.0)
