@@ -70,11 +70,12 @@ async def figure1(bench: Bench) -> Figure:
     s = bench.sizes
     headers = (f"X-Ingest-Key: {seeded.key}", "Content-Type: application/json")
     body = single_body()
-    runs: dict[str, list[dict[str, Any]]] = {"bare": [], "gateway": []}
+    runs: dict[str, list[dict[str, Any]]] = {"bare": [], "store": [], "gateway": []}
     with procs(bench.settings, bench.workdir) as ps:
         gw, gport = ps.stage("gateway")
         bare, bport = ps.floor_server()
-        servers = {"bare": (bare, bport), "gateway": (gw, gport)}
+        store, sport = ps.floor_server(store=bench.settings.redis_url)
+        servers = {"bare": (bare, bport), "store": (store, sport), "gateway": (gw, gport)}
         for _ in range(s.rounds):
             for name, (proc, port) in servers.items():
                 load = Load(
@@ -92,6 +93,7 @@ async def figure1(bench: Bench) -> Figure:
                 await clear_streams(bench)
         ps.stop(gw)
         ps.stop(bare)
+        ps.stop(store)
         canned, cport = ps.floor_server(canned=True)
         ceiling = await run_load(
             Load(
@@ -112,7 +114,12 @@ async def figure1(bench: Bench) -> Figure:
     fig.met = fig.ratio >= 0.8
     cpu_gw = _median(runs["gateway"], "server_cpu_us_per_req")
     cpu_bare = _median(runs["bare"], "server_cpu_us_per_req")
+    store_over_bare = paired_ratio({"gateway": runs["store"], "bare": runs["bare"]})
+    gateway_over_store = paired_ratio(runs, floor="store")
     fig.details = {
+        "store_floor_rps": _median(runs["store"]),
+        "store_over_bare": store_over_bare,
+        "gateway_over_store": gateway_over_store,
         "generator": bench.generator,
         "server_cpu_us_per_req": {"gateway": cpu_gw, "bare": cpu_bare},
         "cpu_normalised_ratio": cpu_bare / cpu_gw,
@@ -120,10 +127,13 @@ async def figure1(bench: Bench) -> Figure:
         "ceiling_cpu_pct": ceiling.get("cpu_pct"),
         "gateway_runs": [_brief(r) for r in runs["gateway"]],
         "bare_runs": [_brief(r) for r in runs["bare"]],
+        "store_runs": [_brief(r) for r in runs["store"]],
     }
     fig.note = (
         f"CPU per request: gateway {cpu_gw:.0f} us, bare {cpu_bare:.0f} us "
-        f"(CPU-normalised ratio {cpu_bare / cpu_gw:.2f}); "
+        f"(CPU-normalised ratio {cpu_bare / cpu_gw:.2f}); the bare handler that also SETs "
+        f"each body in Redis (one round trip per request) is {store_over_bare:.2f} of bare "
+        f"and the gateway {gateway_over_store:.2f} of it; "
         + bottleneck_note(runs["gateway"], fig.floor, ceiling)
     )
     return fig
