@@ -1,9 +1,11 @@
 """Registry persistence (schema groups, schemas, integrations, keys) and its cache.
 
 Every process keeps a :class:`RegistrySnapshot` in memory. A :class:`RegistryCache`
-polls a generation counter in Redis (bumped by every admin write) and reloads
-the snapshot when it moves, so a revoked key is refused by every gateway
-within one poll interval (default 0.5 s) without a restart.
+polls the registry's generation in PostgreSQL (``registry_state``, bumped by
+triggers in the same transaction as every change to the registry tables) and
+reloads the snapshot when it moves, so a revoked key is refused by every gateway
+within one poll interval (default 0.5 s) without a restart, and no admin write
+depends on Redis being up.
 """
 
 from __future__ import annotations
@@ -13,12 +15,11 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import asyncpg
-from redis.asyncio import Redis
 
-from shared import keys, streams
+from shared import keys
 from shared.errors import ApiError, ConflictError, NotFoundError
 from shared.schema_rules import CompiledSchema, check_identifier, prepare_schema
 
@@ -106,11 +107,10 @@ async def load_snapshot(conn: asyncpg.Connection | asyncpg.Pool) -> RegistrySnap
 
 
 class RegistryCache:
-    def __init__(self, pool: asyncpg.Pool, redis: Redis, poll_ms: int) -> None:
+    def __init__(self, pool: asyncpg.Pool, poll_ms: int) -> None:
         self._pool = pool
-        self._redis = redis
         self._poll = poll_ms / 1000
-        self._gen: bytes | None = None
+        self._gen: int | None = None
         self.snapshot = RegistrySnapshot()
         self._task: asyncio.Task[None] | None = None
 
@@ -125,7 +125,7 @@ class RegistryCache:
                 await self._task
 
     async def refresh(self, force: bool = False) -> None:
-        gen = await self._redis.get(streams.REGISTRY_GEN)
+        gen = await self._pool.fetchval("SELECT generation FROM registry_state WHERE id = 1")
         if force or gen != self._gen:
             snap = await load_snapshot(self._pool)
             old = self.snapshot
@@ -144,12 +144,6 @@ class RegistryCache:
                 await self.refresh()
             except Exception:  # keep serving the last snapshot; log and retry
                 log.exception("registry refresh failed")
-
-
-async def bump_generation(redis: Redis) -> None:
-    # a fresh random token, not INCR: if Redis loses the key, a counter restarts at
-    # values caches have already seen and they would miss those changes
-    await redis.set(streams.REGISTRY_GEN, uuid4().hex)
 
 
 # ---- admin operations -------------------------------------------------------

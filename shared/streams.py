@@ -14,7 +14,6 @@ PREFIX = "ingestd"
 INGEST_GROUP = "workers"
 PROJECTOR_GROUP = "projector"
 ARQ_QUEUE = f"{PREFIX}:arq"
-REGISTRY_GEN = f"{PREFIX}:registry:gen"
 
 # field names inside stream entries
 F_META = b"m"

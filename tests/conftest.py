@@ -250,7 +250,7 @@ class InlinePipeline:
         self.settings = settings
         self.pool = pool
         self.redis = redis
-        self.registry = RegistryCache(pool, redis, 100)
+        self.registry = RegistryCache(pool, 100)
         self.projector = Projector(redis, pool, settings.partitions)
 
     async def run(self) -> None:

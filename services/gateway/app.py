@@ -30,7 +30,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     pool = await create_pool(dsn, max_size=10)
     app[REDIS] = redis
     app[PG] = pool
-    registry = RegistryCache(pool, redis, settings.registry_poll_ms)
+    registry = RegistryCache(pool, settings.registry_poll_ms)
     await registry.start()
     app[REGISTRY] = registry
     appender = Appender(redis, settings.partitions, settings.receipt_ttl)

@@ -33,7 +33,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     dsn, redis_url = settings.require_servers()
     ctx["streams"] = Redis.from_url(redis_url)
     ctx["pg"] = await create_pool(dsn, max_size=4)
-    registry = RegistryCache(ctx["pg"], ctx["streams"], settings.registry_poll_ms)
+    registry = RegistryCache(ctx["pg"], settings.registry_poll_ms)
     await registry.start()
     ctx["registry"] = registry
     ctx["consumer"] = consumer_name()

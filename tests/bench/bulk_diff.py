@@ -228,7 +228,7 @@ async def child(dsn: str, redis_url: str, p: int) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     redis = Redis.from_url(redis_url)
     pool = await create_pool(dsn, max_size=2)
-    reg = RegistryCache(pool, redis, 500)
+    reg = RegistryCache(pool, 500)
     await reg.refresh(force=True)
     base_rss = peak_rss_mib()
     d = Drainer(redis, pool, reg, p, 500, "bench-worker")

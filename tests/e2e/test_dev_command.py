@@ -131,9 +131,9 @@ def test_dev_starts_embedded_servers_stops_cleanly_and_keeps_data(tmp_path: Path
             "POST", "/admin/v1/schema-groups", token, {"name": "directory", "prefix": "_directory"}
         )
         assert group["prefix"] == "_directory"
+        probe = f"{streams.PREFIX}:test:probe"
         with redis.Redis.from_url(dev.wait_for(REDIS_AT)) as r:
-            gen = r.get(streams.REGISTRY_GEN)
-        assert gen is not None
+            r.set(probe, token)
         stop_cleanly(dev, data_dir)
     assert (data_dir / "admin-token").stat().st_mode & 0o077 == 0
 
@@ -143,5 +143,5 @@ def test_dev_starts_embedded_servers_stops_cleanly_and_keeps_data(tmp_path: Path
         items = dev.call("GET", "/admin/v1/schema-groups", token)["items"]
         assert [(g["id"], g["name"]) for g in items] == [(group["id"], "directory")]
         with redis.Redis.from_url(dev.wait_for(REDIS_AT)) as r:
-            assert r.get(streams.REGISTRY_GEN) == gen  # Redis data survived too (AOF)
+            assert r.get(probe) == token.encode()  # Redis data survived too (AOF)
         stop_cleanly(dev, data_dir)

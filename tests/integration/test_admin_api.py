@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
 from services.gateway.app import create_app
-from shared import keys, streams
+from shared import keys, registry, streams
 from shared.config import Settings
 from shared.embedded import EmbeddedRedis
 from shared.registry import RegistryCache
@@ -512,25 +512,59 @@ async def test_forged_secret_for_a_real_key_id_is_401(client: Client, seeded: Se
     await error(await ingest(client, forged), 401, "invalid_ingest_key")
 
 
-async def test_revocation_survives_lost_generation_counter(
-    client: Client, seeded: Seeded, settings: Settings, pool: asyncpg.Pool, redis: Redis
+async def test_every_process_sees_a_revocation_through_postgresql_alone(
+    client: Client, seeded: Seeded, pool: asyncpg.Pool, redis: Redis
 ) -> None:
-    """Another process's cache must see a revocation even if Redis lost the counter.
-
-    The cache below stands for a second gateway or a worker that was not polling while
-    Redis restarted empty (no AOF, failover). Three admin writes happen meanwhile, as
-    many as the cache had already seen: a counter would be back at the same value.
-    """
-    cache = RegistryCache(pool, redis, settings.registry_poll_ms)
+    """Another process's cache (a second gateway, a worker) sees a revocation even if
+    Redis lost everything meanwhile: the generation it polls is bumped in PostgreSQL, in
+    the transaction of the write itself."""
+    cache = RegistryCache(pool, 100)
     await cache.refresh(force=True)
     assert cache.snapshot.authenticate(seeded.key) is not None
-    await redis.delete(streams.REGISTRY_GEN)
+    await redis.flushdb()
     base = f"/admin/v1/integrations/{seeded.integration_id}/keys"
-    assert (await client.post(base, headers=ADMIN)).status == 201
-    assert (await client.post(base, headers=ADMIN)).status == 201
     assert (await client.delete(f"{base}/{seeded.key_id}", headers=ADMIN)).status == 204
     await cache.refresh()
     assert cache.snapshot.authenticate(seeded.key) is None
+
+
+async def test_every_registry_table_bumps_the_generation(pool: asyncpg.Pool) -> None:
+    """The triggers cover each table an admin write can change (a missed one would be
+    a change other processes never load)."""
+    gen = "SELECT generation FROM registry_state WHERE id = 1"
+    before = await pool.fetchval(gen)
+    group = await registry.create_group(pool, "gen", "_gen")
+    schema = await registry.create_schema(pool, group["id"], "t", EMPLOYEE_SCHEMA, None)
+    integ = await registry.create_integration(pool, "gen", group["id"])
+    seen = [before, await pool.fetchval(gen)]
+    tables = ["schema_groups", "schemas", "schema_versions", "integrations", "ingest_keys"]
+    for table in tables:
+        await pool.execute(f"UPDATE {table} SET created_at = created_at WHERE false")
+        seen.append(await pool.fetchval(gen))
+    assert seen == sorted(set(seen)), seen  # every statement moved it, none went back
+    assert schema and integ
+
+
+async def test_admin_writes_work_while_redis_is_down(
+    settings: Settings, tmp_path: Path, pool: asyncpg.Pool
+) -> None:
+    """Admin writes are PostgreSQL only: an outage of Redis fails ingestion (503), not
+    the registry, and the change is answered as saved."""
+    rd = EmbeddedRedis(tmp_path / "redis")
+    try:
+        app = create_app(replace(settings, redis_url=rd.start()))
+        async with TestClient(TestServer(app)) as c:
+            rd.stop()
+            r = await c.post("/admin/v1/schema-groups", json={"name": "x", "prefix": "_x"},
+                             headers=ADMIN)  # fmt: skip
+            assert r.status == 201, await r.text()
+            gid = (await r.json())["id"]
+            r = await c.post("/admin/v1/integrations", json={"name": "i", "schemaGroup": gid},
+                             headers=ADMIN)  # fmt: skip
+            assert r.status == 201, await r.text()
+    finally:
+        rd.stop()
+    assert await pool.fetchval("SELECT count(*) FROM schema_groups WHERE prefix = '_x'") == 1
 
 
 # ---- health -----------------------------------------------------------------------------------
