@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
 from services.gateway.app import create_app
-from shared import keys, registry, streams
+from shared import keys, registry
 from shared.config import Settings
 from shared.embedded import EmbeddedRedis
 from shared.registry import RegistryCache
