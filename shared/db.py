@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from shared.errors import TransientError
+from shared.errors import ConfigError, TransientError
 
 log = logging.getLogger("ingestd.db")
 
@@ -69,6 +69,21 @@ def migration_files() -> list[tuple[int, str, str]]:
         number = int(name.split("_", 1)[0])
         out.append((number, name, entry.read_text()))
     return sorted(out)
+
+
+async def require_migrated(pool: asyncpg.Pool | asyncpg.Connection) -> None:
+    """Refuse to start a stage on a database this version has not migrated yet."""
+    want = {number for number, _, _ in migration_files()}
+    try:
+        done = {r["version"] for r in await pool.fetch("SELECT version FROM schema_migrations")}
+    except asyncpg.UndefinedTableError:
+        done = set()
+    missing = sorted(want - done)
+    if missing:
+        raise ConfigError(
+            f"the database lacks migration(s) {missing} this version of ingestd needs: "
+            "run `ingestd migrate` first"
+        )
 
 
 async def migrate(dsn: str) -> list[str]:

@@ -15,7 +15,7 @@ from services.gateway.appender import Appender
 from services.gateway.http import error_middleware, json_response
 from services.gateway.state import APPENDER, PG, REDIS, REGISTRY, SETTINGS
 from shared.config import Settings
-from shared.db import create_pool
+from shared.db import create_pool, require_migrated
 from shared.errors import ConfigError
 from shared.registry import RegistryCache
 
@@ -28,6 +28,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     dsn, redis_url = settings.require_servers()
     redis = Redis.from_url(redis_url)
     pool = await create_pool(dsn, max_size=10)
+    try:
+        await require_migrated(pool)
+    except ConfigError:
+        await pool.close()
+        raise
     app[REDIS] = redis
     app[PG] = pool
     registry = RegistryCache(pool, settings.registry_poll_ms)

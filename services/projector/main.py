@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from services.projector.apply import apply_batch
 from shared import streams
 from shared.config import Settings
-from shared.db import create_pool
+from shared.db import create_pool, require_migrated
 from shared.streamio import Lease, claim_pending, consumer_name, ensure_group
 
 log = logging.getLogger("ingestd.projector")
@@ -120,6 +120,7 @@ async def serve(settings: Settings) -> None:
     dsn, redis_url = settings.require_servers()
     redis = Redis.from_url(redis_url)
     pool = await create_pool(dsn, max_size=max(4, settings.partitions // 2))
+    await require_migrated(pool)
     projector = Projector(redis, pool, settings.partitions)
     task = asyncio.create_task(projector.run())
     loop = asyncio.get_running_loop()

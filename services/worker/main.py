@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from services.worker.drain import Drainer
 from shared import streams
 from shared.config import Settings
-from shared.db import create_pool
+from shared.db import create_pool, require_migrated
 from shared.registry import RegistryCache
 from shared.streamio import consumer_name
 
@@ -33,6 +33,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     dsn, redis_url = settings.require_servers()
     ctx["streams"] = Redis.from_url(redis_url)
     ctx["pg"] = await create_pool(dsn, max_size=4)
+    await require_migrated(ctx["pg"])
     registry = RegistryCache(ctx["pg"], settings.registry_poll_ms)
     await registry.start()
     ctx["registry"] = registry

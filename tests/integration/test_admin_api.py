@@ -577,8 +577,7 @@ async def test_healthz_ok(client: Client) -> None:
 
 
 async def test_healthz_503_when_redis_goes_away(settings: Settings, tmp_path: Path) -> None:
-    # a gateway cannot start without Redis (its registry loads at startup), so stop a
-    # Redis the running gateway was using
+    # stop a Redis the running gateway was using
     rd = EmbeddedRedis(tmp_path / "redis")
     try:
         url = rd.start()
@@ -592,3 +591,37 @@ async def test_healthz_503_when_redis_goes_away(settings: Settings, tmp_path: Pa
             assert "postgres" not in body["message"]
     finally:
         rd.stop()
+
+
+async def test_gateway_starts_without_redis_and_says_so(settings: Settings, seeded: Seeded) -> None:
+    """Started while Redis is down, the gateway serves: health is 503, an ingest is 503
+    (retry), the admin API works; nothing is accepted that could be lost."""
+    from shared.embedded import free_port
+
+    app = create_app(replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    async with TestClient(TestServer(app)) as c:
+        body = await error(await c.get("/healthz"), 503, "unhealthy")
+        assert "redis" in body["message"]
+        r = await c.post(
+            "/integration/custom-data/event/employee",
+            json={"employeeId": "e1"},
+            headers={"X-Ingest-Key": seeded.key},
+        )
+        await error(r, 503, "unavailable")
+        assert (await c.get("/admin/v1/schema-groups", headers=ADMIN)).status == 200
+
+
+async def test_a_stage_refuses_a_database_missing_a_migration(pool: asyncpg.Pool) -> None:
+    from shared.db import require_migrated
+    from shared.errors import ConfigError
+
+    await require_migrated(pool)  # the test database is current
+    async with pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            await conn.execute("DELETE FROM schema_migrations WHERE version = 3")
+            with pytest.raises(ConfigError, match=r"\[3\].*ingestd migrate"):
+                await require_migrated(conn)
+        finally:
+            await tx.rollback()
