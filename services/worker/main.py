@@ -10,6 +10,7 @@ restarts draining after a worker is killed, once its lease expires.
 from __future__ import annotations
 
 import logging
+import random
 import uuid
 from typing import Any
 
@@ -54,7 +55,9 @@ async def drain(ctx: dict[str, Any], p: int) -> int:
     d = Drainer(
         ctx["streams"], ctx["pg"], ctx["registry"], p, settings.drain_batch, ctx["consumer"]
     )
-    held = await d.run(settings.drain_slice_s)
+    # a jittered slice: partitions started together would otherwise hand over together,
+    # and whichever worker polls first would take them all again
+    held = await d.run(settings.drain_slice_s * random.uniform(0.75, 1.25))
     if held:
         await ctx["redis"].enqueue_job(
             "drain", p, _job_id=streams.drain_job_id(p, uuid.uuid4().hex)
