@@ -5,7 +5,9 @@ is divided by: it reads the whole body and answers 202 with a small JSON body,
 on the same aiohttp and (default asyncio) event loop as ``ingestd gateway``.
 ``--store REDIS_URL`` also stores each body in Redis (one SET, no check at all) before
 answering: the least any design that keeps a body before its 202 must do, so the
-ceiling of figure 2 on this machine. ``--canned`` is a raw asyncio protocol that
+ceiling of figure 2 on this machine. ``--append REDIS_URL`` instead appends each body
+to an ingest stream through the gateway's own group-commit appender (no parsing,
+authentication or metadata): the ceiling of figure 1. ``--canned`` is a raw asyncio protocol that
 answers every request with a fixed 202 without any framework; the load generator's
 rate against it is the generator's own ceiling on this machine.
 """
@@ -16,9 +18,14 @@ import argparse
 import asyncio
 import itertools
 import os
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 from redis.asyncio import Redis
+
+from services.gateway.appender import Appender
+from shared import streams
+from shared.events import new_event_id
 
 REPLY = b'{"eventId":"ev_000000000000000000000000000"}'
 
@@ -31,6 +38,30 @@ async def accept(request: web.Request) -> web.Response:
 def bare_app() -> web.Application:
     app = web.Application(client_max_size=5 << 20)
     app.router.add_post("/{tail:.*}", accept)
+    return app
+
+
+def append_app(redis_url: str) -> web.Application:
+    redis = Redis.from_url(redis_url)
+    appender = Appender(redis, partitions=1, receipt_ttl=600)
+    fields_meta = b'{"k":"single"}'
+
+    async def append(request: web.Request) -> web.Response:
+        body = await request.read()
+        eid = new_event_id()
+        fields = {streams.F_META: fields_meta, streams.F_BODY: body}
+        await appender.append(0, fields, streams.receipt_key(eid), b'{"i":"bench"}')
+        return web.Response(body=REPLY, status=202, content_type="application/json")
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await appender.start()
+        yield
+        await appender.stop()
+        await redis.aclose()
+
+    app = web.Application(client_max_size=5 << 20)
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_post("/{tail:.*}", append)
     return app
 
 
@@ -99,9 +130,12 @@ def main() -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--canned", action="store_true")
     ap.add_argument("--store", metavar="REDIS_URL")
+    ap.add_argument("--append", metavar="REDIS_URL")
     args = ap.parse_args()
     if args.canned:
         asyncio.run(serve_canned(args.port))
+    elif args.append:
+        web.run_app(append_app(args.append), host="127.0.0.1", port=args.port, print=None)
     elif args.store:
         web.run_app(store_app(args.store), host="127.0.0.1", port=args.port, print=None)
     else:

@@ -214,16 +214,21 @@ class Procs:
                 raise RuntimeError(f"{e}\n{p.log()[-3000:]}") from e
         return p, port
 
-    def floor_server(self, canned: bool = False, store: str | None = None) -> tuple[Proc, int]:
+    def floor_server(
+        self, canned: bool = False, store: str | None = None, append: str | None = None
+    ) -> tuple[Proc, int]:
         """The bare handler; ``canned``: the generator's ceiling; ``store``: the bare
-        handler that also SETs each body in that Redis."""
+        handler that also SETs each body in that Redis; ``append``: that appends each
+        body to a stream of that Redis through the gateway's appender."""
         port = free_port()
         argv = [sys.executable, "-m", "tests.bench.bare", "--port", str(port)]
         if canned:
             argv.append("--canned")
         if store:
             argv += ["--store", store]
-        name = "canned" if canned else "store" if store else "bare"
+        if append:
+            argv += ["--append", append]
+        name = "canned" if canned else "store" if store else "append" if append else "bare"
         p = Proc(name, argv, dict(os.environ), self.log_dir).start()
         self.running.append(p)
         wait_port(port, p)
