@@ -37,9 +37,8 @@ from redis.asyncio import Redis
 from shared.schema_rules import CompiledSchema, content_hash, prepare_schema
 from tests.bench.core import Bench, Figure, employee
 from tests.bench.env import Seeded, fresh, procs
-from tests.bench.fig_gateway import _brief, paired_ratio
+from tests.bench.fig_gateway import _brief, alternate, paired_ratio
 from tests.bench.fig_pipeline import wait_leases
-from tests.bench.loadgen import Load, run_load
 from tests.conftest import EMPLOYEE_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,21 +92,7 @@ async def figure2(bench: Bench) -> Figure:
         bare, bport = ps.floor_server()
         store, sport = ps.floor_server(store=bench.settings.redis_url)
         servers = {"bare": (bare, bport), "store": (store, sport), "gateway": (gw, gport)}
-        for _ in range(s.rounds):
-            for name, (proc, port) in servers.items():
-                load = Load(
-                    f"http://127.0.0.1:{port}{BULK_PATH}",
-                    headers,
-                    body,
-                    bench.connections,
-                    s.duration,
-                    s.warmup,
-                )
-                r = await run_load(load, bench.generator, proc.target(), bench.workdir)
-                if r["ok"] == 0:
-                    raise RuntimeError(f"{name}: no 2xx answers: {r}")
-                runs[name].append(r)
-                await _flush_sessions(bench)
+        await alternate(bench, servers, BULK_PATH, headers, body, runs, _flush_sessions)
     fig.value = float(statistics.median(r["mb_per_s"] for r in runs["gateway"]))
     fig.floor = float(statistics.median(r["mb_per_s"] for r in runs["bare"]))
     fig.ratio = paired_ratio(runs, "mb_per_s")

@@ -1,21 +1,23 @@
 """Figure 1: single-event POST req/s through one ``ingestd gateway`` vs a bare aiohttp handler.
 
-Rounds alternate floor and gateway so both see the same machine noise; the
-figure is the median of each. A third server (a canned raw-asyncio responder)
-gives the load generator's own ceiling, and the CPU each process used says
-which side was the bottleneck.
+Rounds alternate floor, ceiling and gateway so all see the same machine noise; the
+figure is the median of each. The ceiling is the bare handler that also appends each
+body through the gateway's own group-commit appender. A canned raw-asyncio responder
+gives the load generator's own ceiling, and the CPU each process used says which side
+was the bottleneck.
 """
 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
 
 from shared import streams
 from tests.bench.core import Bench, Figure, single_body
-from tests.bench.env import fresh, procs
+from tests.bench.env import Proc, fresh, procs
 from tests.bench.loadgen import Load, run_load
 
 PATH = "/integration/custom-data/event/employee"
@@ -28,6 +30,32 @@ async def clear_streams(bench: Bench) -> None:
         await r.delete(*(streams.ingest_stream(p) for p in range(bench.settings.partitions)))
     finally:
         await r.aclose()
+
+
+async def alternate(
+    bench: Bench,
+    servers: dict[str, tuple[Proc, int]],
+    path: str,
+    headers: tuple[str, ...],
+    body: bytes,
+    runs: dict[str, list[dict[str, Any]]],
+    between: Callable[[Bench], Awaitable[None]],
+) -> None:
+    """``bench.sizes.rounds`` rounds of the same load against each server in turn, so
+    each figure and its floors are measured minutes apart at most; ``between`` resets
+    the shared servers after every run."""
+    s = bench.sizes
+    for _ in range(s.rounds):
+        for name, (proc, port) in servers.items():
+            load = Load(
+                f"http://127.0.0.1:{port}{path}", headers, body, bench.connections,
+                s.duration, s.warmup,
+            )  # fmt: skip
+            r = await run_load(load, bench.generator, proc.target(), bench.workdir)
+            if r["ok"] == 0:
+                raise RuntimeError(f"{name}: no 2xx answers: {r}")
+            runs[name].append(r)
+            await between(bench)
 
 
 def paired_ratio(
@@ -76,21 +104,7 @@ async def figure1(bench: Bench) -> Figure:
         bare, bport = ps.floor_server()
         app_, aport = ps.floor_server(append=bench.settings.redis_url)
         servers = {"bare": (bare, bport), "append": (app_, aport), "gateway": (gw, gport)}
-        for _ in range(s.rounds):
-            for name, (proc, port) in servers.items():
-                load = Load(
-                    f"http://127.0.0.1:{port}{PATH}",
-                    headers,
-                    body,
-                    bench.connections,
-                    s.duration,
-                    s.warmup,
-                )
-                r = await run_load(load, bench.generator, proc.target(), bench.workdir)
-                if r["ok"] == 0:
-                    raise RuntimeError(f"{name}: no 2xx answers: {r}")
-                runs[name].append(r)
-                await clear_streams(bench)
+        await alternate(bench, servers, PATH, headers, body, runs, clear_streams)
         ps.stop(gw)
         ps.stop(bare)
         ps.stop(app_)
