@@ -333,4 +333,7 @@ class Drainer:
         if replies[-1] is None:  # the lease changed after WATCH: nothing was applied
             raise LostLease
         result: list[Any] = replies[-1]
+        errors = [r for r in result if isinstance(r, Exception)]
+        if errors:  # a defect, not a race: Redis has no rollback, so say it loudly
+            log.error("partition %s: commit reported errors: %s", self.p, errors[:3])
         return result
