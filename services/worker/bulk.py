@@ -37,8 +37,11 @@ costs about 100 bytes per item while the diff runs (and goes to the AOF).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
+import operator
 import time
 from array import array
 from collections.abc import Iterator
@@ -80,6 +83,9 @@ SCRATCH_TTL = 86_400
 _CHANGED, _DUPLICATE, _INVALID, _UNCHANGED = (
     c.encode() for c in (CHANGED, DUPLICATE, INVALID, UNCHANGED)
 )
+_CLASS = {True: _UNCHANGED, False: _CHANGED}  # by "the write model holds this hash"
+_IS_TOMBSTONE = operator.methodcaller("startswith", b"|")
+_ENTRY = b"%b$%d\r\n%b\r\n"  # packed id, then the entry as a bulk string
 
 # One HSCAN step over the scope's write model: return the live ids (and their
 # hash|version) absent from the snapshot index, marking them so an id HSCAN
@@ -294,15 +300,21 @@ class BulkCommit:
         issue = Issue(code, message).as_dict()
         return Change(self.meta, "rejected", issues=[issue], issues_total=1, totals={})
 
-    async def _part(self, n: int) -> list[Any]:
-        raw = await self.redis.hget(self.session_key, f"p:{n}")  # type: ignore[misc]
+    async def _part(self, n: int, raw: bytes | None = None) -> list[Any]:
+        """Part ``n``'s items (``raw``: its body, when already fetched)."""
         if raw is None:
-            raise SnapshotGone
+            raw = await self._raw_part(n)
         try:
             items = orjson.loads(raw)
         except orjson.JSONDecodeError as e:  # the gateway's check (simdjson) let it through
             raise SnapshotUnreadable(f"part {n} is not JSON this worker can read: {e}") from e
         return items if isinstance(items, list) else []
+
+    async def _raw_part(self, n: int) -> bytes:
+        raw = await self.redis.hget(self.session_key, f"p:{n}")  # type: ignore[misc]
+        if raw is None:
+            raise SnapshotGone
+        return bytes(raw)
 
     async def _alive(self) -> None:
         from services.worker.drain import LostLease
@@ -319,9 +331,14 @@ class BulkCommit:
         changed: dict[int, array[int]] = {}
         offset = 0
         sent: _Lookup | None = None
+        fetch = asyncio.create_task(self._raw_part(1)) if self.parts else None
         try:
             for part in range(1, self.parts + 1):
-                items = await self._part(part)
+                assert fetch is not None
+                raw = await fetch  # the next part arrives while this one is scanned
+                fetch = asyncio.create_task(self._raw_part(part + 1)) if part < self.parts else None
+                items = await self._part(part, raw)
+                del raw
                 positions = changed.setdefault(part, array("I"))
                 for start in range(0, len(items), CHUNK):
                     chunk = scan_chunk(items[start : start + CHUNK], offset + start, fx)
@@ -340,6 +357,11 @@ class BulkCommit:
             if sent is not None:  # its replies are still coming: the connection is out of step
                 await self.d.conn.drop()
             raise
+        finally:
+            if fetch is not None:  # a scan that failed early: drop the prefetch quietly
+                fetch.cancel()
+                with contextlib.suppress(BaseException):
+                    await fetch
         return {part: pos for part, pos in changed.items() if pos}
 
     def _index_write_commands(self) -> bytes:
@@ -377,10 +399,32 @@ class BulkCommit:
         entries go to Redis ahead of the next chunk's lookups, so ``earlier`` holds
         every entry of the chunks before this one."""
         *_, current, earlier = await self.d.conn.read(sent.replies)
-        fresh: dict[bytes, bytes] = {}  # this chunk's entries (earlier ones came as prev)
         writes = self._index_writes
         positions, offset, part = sent.positions, sent.offset, sent.part
         chunk = sent.chunk
+        n = len(chunk.ids)
+        if (
+            None not in current
+            and None not in chunk.marks
+            and earlier.count(None) == n
+            and len(set(chunk.ids)) == n
+        ):
+            # the common chunk of a sync: every id known, valid, seen once. The same
+            # rule at C speed (map), about half the cost of the loop below
+            same = list(map(bytes.startswith, current, chunk.marks))  # type: ignore[arg-type]
+            self.matched_live += n - sum(map(_IS_TOMBSTONE, current))
+            unchanged = sum(same)
+            tally.unchanged += unchanged
+            if unchanged < n:
+                changed = zip(chunk.indexes, same, strict=True)
+                positions.extend(i - offset for i, u in changed if not u)
+            values = list(
+                map(bytes.__add__, map(_CLASS.__getitem__, same), map(b"%d".__mod__, chunk.indexes))
+            )
+            entries = zip(sent.packed, map(len, values), values, strict=True)
+            writes.extend(map(_ENTRY.__mod__, entries))
+            return
+        fresh: dict[bytes, bytes] = {}  # this chunk's entries (earlier ones came as prev)
         matched = unchanged = 0
         for pos, (rid, mark, index, packed, cur, prev) in enumerate(
             zip(chunk.ids, chunk.marks, chunk.indexes, sent.packed, current, earlier, strict=True)
