@@ -6,13 +6,15 @@ holder) makes one consumer at a time the drainer of a partition.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import os
 import uuid
 from collections.abc import Awaitable
 from typing import Any, cast
 
 from redis.asyncio import Redis
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import ResponseError
 
 _REFRESH = """
@@ -91,6 +93,17 @@ def consumer_name() -> str:
     return f"{os.uname().nodename}-{os.getpid()}"
 
 
+_POOL_WANTS_COMMAND = (
+    inspect.signature(ConnectionPool.get_connection).parameters["command_name"].default
+    is inspect.Parameter.empty
+)
+
+
+async def run_script(redis: Redis, source: str, keys: list[str], *args: Any) -> Any:
+    """EVAL with typed arguments (redis-py's stubs want str for every ARGV)."""
+    return await redis.eval(source, len(keys), *keys, *args)  # type: ignore[misc]
+
+
 class HeldConnection:
     """One pooled connection kept for a stretch of work that writes RESP itself
     (:mod:`shared.resp`). Any failure drops it: replies may be out of step."""
@@ -102,10 +115,10 @@ class HeldConnection:
     async def get(self) -> AbstractConnection:
         if self._conn is None:
             pool = self.redis.connection_pool
-            try:
-                self._conn = await pool.get_connection()
-            except TypeError:  # redis-py < 5.3 wants a command name
+            if _POOL_WANTS_COMMAND:  # redis-py < 5.3
                 self._conn = await pool.get_connection("MULTI")
+            else:
+                self._conn = await pool.get_connection()
         return self._conn
 
     async def exchange(self, payload: bytes, replies: int) -> list[Any]:
@@ -133,9 +146,9 @@ class HeldConnection:
     async def drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            try:
+            with contextlib.suppress(Exception):
                 await conn.disconnect()
-            finally:
+            with contextlib.suppress(Exception):
                 await self.redis.connection_pool.release(conn)
 
     async def release(self) -> None:

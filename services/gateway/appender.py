@@ -21,24 +21,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
-from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import RedisError, ResponseError
 
-from shared import streams
+from shared import resp, streams
 from shared.errors import ApiError
+from shared.streamio import HeldConnection
 
 log = logging.getLogger("ingestd.gateway.appender")
 MAX_BATCH = 512
 # redis-py < 5.3 requires a command name here; 5.3 deprecates passing one
-_POOL_WANTS_COMMAND = (
-    inspect.signature(ConnectionPool.get_connection).parameters["command_name"].default
-    is inspect.Parameter.empty
-)
 
 
 @dataclass(slots=True)
@@ -48,10 +43,6 @@ class Pending:
     receipt_key: str
     receipt: bytes
     future: asyncio.Future[bytes]
-
-
-def _bulk(value: bytes) -> bytes:
-    return b"$%d\r\n%b\r\n" % (len(value), value)
 
 
 def _unavailable(message: str) -> ApiError:
@@ -65,11 +56,11 @@ class Appender:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._backlog_task: asyncio.Task[None] | None = None
-        self._conn: AbstractConnection | None = None
+        self._conn = HeldConnection(redis)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._set_tail = b"$2\r\nEX\r\n" + _bulk(str(receipt_ttl).encode())
+        self._set_tail = b"$2\r\nEX\r\n" + resp.bulk(str(receipt_ttl).encode())
         self._xadd_head = [
-            b"$4\r\nXADD\r\n" + _bulk(streams.ingest_stream(p).encode()) + b"$1\r\n*\r\n"
+            b"$4\r\nXADD\r\n" + resp.bulk(streams.ingest_stream(p).encode()) + b"$1\r\n*\r\n"
             for p in range(partitions)
         ]
         self.backlog = [0] * partitions
@@ -85,7 +76,7 @@ class Appender:
                 t.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
-        await self._drop_connection()
+        await self._conn.drop()
 
     def append(
         self, partition: int, fields: dict[bytes, bytes], receipt_key: str, receipt: bytes
@@ -129,7 +120,7 @@ class Appender:
         payload = self._encode(batch)
         results: list[bytes | Exception] = []
         try:
-            conn = await self._connection()
+            conn = await self._conn.get()
             await conn.send_packed_command(payload, check_health=False)
             for _ in range(2 * len(batch)):
                 try:
@@ -138,11 +129,11 @@ class Appender:
                     results.append(e)
         except (TimeoutError, RedisError, OSError) as e:
             log.warning("append failed: %s", e)
-            await self._drop_connection()
+            await self._conn.drop()
             self._fail(batch, _unavailable("cannot reach the event store; retry"))
             return
         except asyncio.CancelledError:
-            await self._drop_connection()
+            await self._conn.drop()
             self._fail(batch, _unavailable("the gateway is stopping; retry"))
             raise
         for i, p in enumerate(batch):
@@ -159,23 +150,6 @@ class Appender:
         for p in batch:
             if not p.future.done():
                 p.future.set_exception(err)
-
-    async def _connection(self) -> AbstractConnection:
-        if self._conn is None:
-            pool = self._redis.connection_pool
-            if _POOL_WANTS_COMMAND:
-                self._conn = await pool.get_connection("XADD")
-            else:
-                self._conn = await pool.get_connection()
-        return self._conn
-
-    async def _drop_connection(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.disconnect()
-            with contextlib.suppress(Exception):
-                await self._redis.connection_pool.release(conn)
 
     async def _watch_backlog(self) -> None:
         while True:

@@ -59,6 +59,7 @@ from shared.config import Settings
 from shared.errors import ApiError
 from shared.events import RawMeta, new_event_id
 from shared.registry import KeyInfo, TableInfo
+from shared.streamio import run_script
 
 BULK_LIMIT = 4 << 20
 MAX_PARTS = 10_000
@@ -180,11 +181,6 @@ _REFUSALS: dict[str, tuple[str, str]] = {
     "aborted": ("session_aborted", "session {session!r} was aborted; start a new session"),
     "foreign": ("session_conflict", "session id {session!r} is in use by another integration"),
 }
-
-
-async def run_script(redis: Redis, source: str, keys: list[str], *args: Any) -> Any:
-    """EVAL with typed arguments (redis-py's stubs want str for every ARGV)."""
-    return await redis.eval(source, len(keys), *keys, *args)  # type: ignore[misc]
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,6 +69,7 @@ from shared.bulk import (
 from shared.events import Change, RawMeta
 from shared.processing import ScopeState, apply_upsert
 from shared.schema_rules import Extracted, Issue
+from shared.streamio import run_script
 
 if TYPE_CHECKING:
     from services.worker.drain import Drainer, Entry
@@ -105,11 +106,6 @@ for i = 1, #kv, 2 do
 end
 return out
 """
-
-
-async def run_script(redis: Redis, source: str, keys: list[str], *args: Any) -> Any:
-    """EVAL with typed arguments (redis-py's stubs want str for every ARGV)."""
-    return await redis.eval(source, len(keys), *keys, *args)  # type: ignore[misc]
 
 
 @contextmanager
