@@ -9,7 +9,7 @@ import sys
 import click
 
 from shared.config import Settings
-from shared.errors import ConfigError
+from shared.errors import ConfigError, TransientError
 
 
 def _setup_logging(level: str) -> None:
@@ -82,6 +82,9 @@ def entry() -> None:
         main()
     except ConfigError as e:
         click.echo(f"configuration error: {e}", err=True)
+        sys.exit(2)
+    except TransientError as e:
+        click.echo(f"cannot start: {e}", err=True)
         sys.exit(2)
 
 

@@ -1,6 +1,13 @@
-"""The project's error tree. Every user-facing error has a stable ``code``."""
+"""The project's error tree. Every user-facing error has a stable ``code`` (:mod:`shared.codes`).
+
+Driver errors are translated at the boundary that meets them (``raise … from e``):
+an unreachable server becomes :class:`TransientError`, which the entry points
+report as a clean exit (code 2) instead of a traceback.
+"""
 
 from __future__ import annotations
+
+from shared.codes import Code
 
 
 class IngestdError(Exception):
@@ -15,10 +22,6 @@ class TransientError(IngestdError):
     """A dependency is unavailable; retrying later may succeed."""
 
 
-class PersistenceError(IngestdError):
-    """The database refused a write in a way retrying will not fix."""
-
-
 class ApiError(IngestdError):
     """An error answered to an HTTP client as ``{"code", "message", "pointer"?}``."""
 
@@ -26,7 +29,7 @@ class ApiError(IngestdError):
 
     def __init__(
         self,
-        code: str,
+        code: Code,
         message: str,
         *,
         status: int | None = None,
@@ -42,7 +45,7 @@ class ApiError(IngestdError):
             self.status = status
 
     def body(self) -> dict[str, str]:
-        out = {"code": self.code, "message": self.message}
+        out = {"code": str(self.code), "message": self.message}
         if self.pointer is not None:
             out["pointer"] = self.pointer
         return out
@@ -51,15 +54,15 @@ class ApiError(IngestdError):
 class SchemaRuleError(ApiError):
     """A custom schema breaks one of the registry's rules (400)."""
 
-    def __init__(self, code: str, message: str, pointer: str | None = None) -> None:
+    def __init__(self, code: Code, message: str, pointer: str | None = None) -> None:
         super().__init__(code, message, status=400, pointer=pointer)
 
 
 class ConflictError(ApiError):
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: Code, message: str) -> None:
         super().__init__(code, message, status=409)
 
 
 class NotFoundError(ApiError):
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: Code, message: str) -> None:
         super().__init__(code, message, status=404)
