@@ -34,6 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.codes import Code
 from shared.events import Change, Effect, RawMeta
 from shared.processing import MAX_ISSUES, ScopeState, apply_delete, apply_upsert
 from shared.schema_rules import (
@@ -49,9 +50,6 @@ from shared.schema_rules import (
     storable_json,
     walk,
 )
-
-# a single-request bulk is stored as a one-part session named IMPLICIT + its event id
-IMPLICIT = "="
 
 # classes of an item in the snapshot's id index (first character of the value)
 UNCHANGED = "u"
@@ -137,7 +135,7 @@ class ScannedChunk:
     the items with an id, in order, as parallel lists."""
 
     ids: list[bytes]
-    marks: list[bytes | None]  # b"<content hash>|" (a write-model value's prefix); None: at fault
+    hashes: list[bytes | None]  # the content hash (hex); None: the item is at fault
     indexes: list[int]
     faulty: dict[int, Scanned] = field(default_factory=dict)  # position in ids -> item at fault
     invalid: list[Scanned] = field(default_factory=list)  # every item at fault, in order
@@ -147,8 +145,8 @@ class ScannedChunk:
         found = self.faulty.get(pos)
         if found is not None:
             return found
-        mark = self.marks[pos]
-        digest = mark[:-1].decode() if mark is not None else None
+        h = self.hashes[pos]
+        digest = h.decode() if h is not None else None
         return Scanned(self.indexes[pos], self.ids[pos].decode(), digest, [])
 
 
@@ -156,7 +154,7 @@ def scan_chunk(items: list[Any], base: int, fx: FastExtractor) -> ScannedChunk:
     """:func:`scan_item` over ``items`` (numbered from ``base``), at least cost for the
     common item: a valid object whose id is a non-empty string at a top-level name."""
     out = ScannedChunk([], [], [])
-    ids, marks, indexes = out.ids, out.marks, out.indexes
+    ids, hashes, indexes = out.ids, out.hashes, out.indexes
     is_valid, key = fx.schema.is_valid, fx.id_key
     sha256, hexlify = hashlib.sha256, binascii.hexlify
     for i, x in enumerate(items, base):
@@ -166,7 +164,7 @@ def scan_chunk(items: list[Any], base: int, fx: FastExtractor) -> ScannedChunk:
                 raw = storable_json(x)
                 if type(raw) is bytes:
                     ids.append(rid.encode())
-                    marks.append(hexlify(sha256(raw).digest()) + b"|")
+                    hashes.append(hexlify(sha256(raw).digest()))
                     indexes.append(i)
                     continue
         s = scan_item(x, i, fx)
@@ -176,14 +174,13 @@ def scan_chunk(items: list[Any], base: int, fx: FastExtractor) -> ScannedChunk:
             if s.issues:
                 out.faulty[len(ids)] = s
             ids.append(s.rid.encode())
-            marks.append(s.content_hash.encode() + b"|" if s.content_hash else None)
+            hashes.append(s.content_hash.encode() if s.content_hash else None)
             indexes.append(i)
     return out
 
 
-def classify(state_raw: bytes | str | None, content_hash_: str) -> str:
+def classify(cur: tuple[str, int] | None, content_hash_: str) -> str:
     """UNCHANGED when the write model holds this exact content for the id, else CHANGED."""
-    cur = ScopeState.decode(state_raw)
     return UNCHANGED if cur is not None and cur[0] == content_hash_ else CHANGED
 
 
@@ -240,7 +237,7 @@ class Tally:
             self.rejected += 1
         self.issue(
             Issue(
-                "duplicate_id",
+                Code.DUPLICATE_ID,
                 f"id {item.rid!r} occurs more than once in the snapshot "
                 f"(first at index {first_index}); no occurrence is applied",
                 pointer,
@@ -267,7 +264,7 @@ class Tally:
             if len(issues) < MAX_ISSUES:
                 issues.append(
                     {
-                        "code": "deletions_skipped",
+                        "code": Code.DELETIONS_SKIPPED,
                         "message": f"{self.anonymous_invalid} rejected item(s) have no "
                         "extractable id, so no resource was deleted (any of them might "
                         "have been one of those items)",
@@ -287,11 +284,8 @@ class Tally:
         )
 
 
-def deletion(change: Change, state: ScopeState, rid: str, raw: bytes | str) -> bool:
-    """Delete ``rid`` (absent from the snapshot) given its raw write-model value."""
-    cur = ScopeState.decode(raw)
-    if cur is None:
-        return False
+def deletion(change: Change, state: ScopeState, rid: str, cur: tuple[str, int]) -> bool:
+    """Delete ``rid`` (absent from the snapshot) given its write-model value."""
     state.known[rid] = cur
     return apply_delete(change, state, rid)
 
@@ -314,11 +308,7 @@ def diff_snapshot(
             tally.invalid(item, None)
         if item.rid is None:
             continue
-        cls = (
-            INVALID
-            if item.issues
-            else classify(_raw(current.get(item.rid)), item.content_hash or "")
-        )
+        cls = INVALID if item.issues else classify(current.get(item.rid), item.content_hash or "")
         first = index.get(item.rid)
         if first is not None:
             tally.duplicate(item, first, fx.id_pointer, None)
@@ -342,10 +332,6 @@ def diff_snapshot(
         if tally.may_delete:
             for rid, cur in current.items():
                 if rid not in index:
-                    deletion(out, state, rid, ScopeState.encode(cur))
+                    deletion(out, state, rid, cur)
     final = tally.final(meta, out.counts(), out.effects)
     return final, state.dirty if final.status == "applied" else {}
-
-
-def _raw(v: tuple[str, int] | None) -> str | None:
-    return None if v is None else ScopeState.encode(v)

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from shared.codes import Code
 from shared.events import Change, Effect, RawMeta
 from shared.schema_rules import CompiledSchema, Extracted, Issue
 
@@ -47,18 +48,6 @@ class ScopeState:
             self.dead_delta += 1
         self.known[rid] = self.dirty[rid] = (content_hash, version)
 
-    @staticmethod
-    def encode(value: tuple[str, int]) -> str:
-        return f"{value[0]}|{value[1]}"
-
-    @staticmethod
-    def decode(raw: bytes | str | None) -> tuple[str, int] | None:
-        if raw is None:
-            return None
-        s = raw.decode() if isinstance(raw, bytes) else raw
-        h, _, v = s.partition("|")
-        return h, int(v)
-
 
 @dataclass(slots=True)
 class Prepared:
@@ -73,7 +62,7 @@ def prepare_single(body: bytes, schema: CompiledSchema) -> Prepared:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as e:  # the gateway checked; defend anyway
-        return Prepared({}, None, [Issue("invalid_json", str(e), "")])
+        return Prepared({}, None, [Issue(Code.INVALID_JSON, str(e), "")])
     return prepare_item(data, schema)
 
 

@@ -20,6 +20,7 @@ from uuid import UUID
 import asyncpg
 
 from shared import keys
+from shared.codes import Code
 from shared.errors import ApiError, ConflictError, NotFoundError
 from shared.schema_rules import CompiledSchema, check_identifier, prepare_schema
 
@@ -153,7 +154,9 @@ def _uuid(value: str, what: str) -> UUID:
     try:
         return UUID(value)
     except ValueError as e:
-        raise NotFoundError(f"{what}_not_found", f"no {what.replace('_', ' ')} {value!r}") from e
+        raise NotFoundError(
+            Code(f"{what}_not_found"), f"no {what.replace('_', ' ')} {value!r}"
+        ) from e
 
 
 def group_json(r: asyncpg.Record) -> dict[str, Any]:
@@ -168,7 +171,7 @@ def group_json(r: asyncpg.Record) -> dict[str, Any]:
 async def create_group(pool: asyncpg.Pool, name: Any, prefix: Any) -> dict[str, Any]:
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
         raise ApiError(
-            "invalid_name",
+            Code.INVALID_NAME,
             "name must be a non-empty string of at most 200 characters",
             pointer="/name",
         )
@@ -179,7 +182,9 @@ async def create_group(pool: asyncpg.Pool, name: Any, prefix: Any) -> dict[str, 
         )
     except asyncpg.UniqueViolationError as e:
         which = "prefix" if "prefix" in (e.constraint_name or "") else "name"
-        raise ConflictError(f"duplicate_{which}", f"a schema group with this {which} exists") from e
+        raise ConflictError(
+            Code(f"duplicate_{which}"), f"a schema group with this {which} exists"
+        ) from e
     assert r is not None
     return group_json(r)
 
@@ -193,7 +198,7 @@ async def get_group(conn: asyncpg.Connection | asyncpg.Pool, group_id: str) -> a
         "SELECT * FROM schema_groups WHERE id = $1", _uuid(group_id, "schema_group")
     )
     if r is None:
-        raise NotFoundError("schema_group_not_found", f"no schema group {group_id!r}")
+        raise NotFoundError(Code.SCHEMA_GROUP_NOT_FOUND, f"no schema group {group_id!r}")
     return r
 
 
@@ -215,7 +220,7 @@ async def create_schema(
     check_identifier(table, "table")
     if title is not None and (not isinstance(title, str) or len(title) > 200):
         raise ApiError(
-            "invalid_title", "title must be a string of at most 200 characters", pointer="/title"
+            Code.INVALID_TITLE, "title must be a string of at most 200 characters", pointer="/title"
         )
     body = prepare_schema(schema)
     async with pool.acquire() as conn, conn.transaction():
@@ -235,11 +240,11 @@ async def create_schema(
             owner = await conn.fetchval("SELECT group_id FROM schemas WHERE resource_type = $1", rt)
             if owner is not None and owner != group["id"]:
                 raise ConflictError(
-                    "duplicate_resource_type",
+                    Code.DUPLICATE_RESOURCE_TYPE,
                     f"resource type {rt!r} is already used by a table of another schema group",
                 ) from e
             raise ConflictError(
-                "duplicate_table", f"table {table!r} (resource type {rt!r}) exists already"
+                Code.DUPLICATE_TABLE, f"table {table!r} (resource type {rt!r}) exists already"
             ) from e
         assert r is not None
         v = await conn.fetchrow(
@@ -263,7 +268,7 @@ async def _schema_row(
     )
     if r is None:
         await get_group(conn, group_id)
-        raise NotFoundError("schema_not_found", f"no table {table!r} in this schema group")
+        raise NotFoundError(Code.SCHEMA_NOT_FOUND, f"no table {table!r} in this schema group")
     return r
 
 
@@ -349,13 +354,15 @@ async def _insert_key(conn: asyncpg.Connection, integration_id: UUID) -> dict[st
 async def create_integration(pool: asyncpg.Pool, name: Any, group_id: Any) -> dict[str, Any]:
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
         raise ApiError(
-            "invalid_name",
+            Code.INVALID_NAME,
             "name must be a non-empty string of at most 200 characters",
             pointer="/name",
         )
     if not isinstance(group_id, str):
         raise ApiError(
-            "invalid_schema_group", "schemaGroup must be a schema group id", pointer="/schemaGroup"
+            Code.INVALID_SCHEMA_GROUP,
+            "schemaGroup must be a schema group id",
+            pointer="/schemaGroup",
         )
     async with pool.acquire() as conn, conn.transaction():
         group = await get_group(conn, group_id)
@@ -372,7 +379,7 @@ async def create_integration(pool: asyncpg.Pool, name: Any, group_id: Any) -> di
 async def _integration(conn: asyncpg.Connection | asyncpg.Pool, iid: str) -> asyncpg.Record:
     r = await conn.fetchrow("SELECT * FROM integrations WHERE id = $1", _uuid(iid, "integration"))
     if r is None:
-        raise NotFoundError("integration_not_found", f"no integration {iid!r}")
+        raise NotFoundError(Code.INTEGRATION_NOT_FOUND, f"no integration {iid!r}")
     return r
 
 
@@ -413,4 +420,4 @@ async def revoke_key(pool: asyncpg.Pool, integration_id: str, key_id: str) -> No
         r["id"],
     )
     if done is None:
-        raise NotFoundError("key_not_found", f"no key {key_id!r} for this integration")
+        raise NotFoundError(Code.KEY_NOT_FOUND, f"no key {key_id!r} for this integration")

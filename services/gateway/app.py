@@ -10,13 +10,15 @@ from typing import Any
 from aiohttp import web
 from redis.asyncio import Redis
 
-from services.gateway import admin, bulk, ingest, read
+from services.gateway import admin, bulk, ingest, read, receipts
 from services.gateway.appender import Appender
 from services.gateway.http import error_middleware, json_response
-from services.gateway.state import APPENDER, PG, REDIS, REGISTRY, SETTINGS
+from services.gateway.state import APPENDER, PG, REDIS, REGISTRY, SESSIONS, SETTINGS
+from shared.codes import Code
 from shared.config import Settings
 from shared.db import create_pool, require_migrated
 from shared.errors import ConfigError
+from shared.redis.sessions import SessionStore
 from shared.registry import RegistryCache
 
 log = logging.getLogger("ingestd.gateway")
@@ -35,6 +37,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         raise
     app[REDIS] = redis
     app[PG] = pool
+    app[SESSIONS] = SessionStore(redis)
     registry = RegistryCache(pool, settings.registry_poll_ms)
     await registry.start()
     app[REGISTRY] = registry
@@ -68,7 +71,7 @@ async def healthz(request: web.Request) -> web.Response:
     )
     problems = [p for p in results if p]
     if problems:
-        return json_response({"code": "unhealthy", "message": "; ".join(problems)}, status=503)
+        return json_response({"code": Code.UNHEALTHY, "message": "; ".join(problems)}, status=503)
     return json_response({"status": "ok"})
 
 
@@ -82,6 +85,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(admin.routes)
     app.router.add_routes(ingest.routes)
     app.router.add_routes(bulk.routes)
+    app.router.add_routes(receipts.routes)
     app.router.add_routes(read.routes)
     return app
 

@@ -8,6 +8,7 @@ from redis.asyncio import Redis
 
 from services.gateway.appender import Appender
 from shared.config import Settings
+from shared.redis.sessions import SessionStore
 from shared.registry import RegistryCache
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -15,3 +16,4 @@ REDIS = web.AppKey("redis", Redis)
 PG = web.AppKey("pg", asyncpg.Pool)
 REGISTRY = web.AppKey("registry", RegistryCache)
 APPENDER = web.AppKey("appender", Appender)
+SESSIONS = web.AppKey("sessions", SessionStore)

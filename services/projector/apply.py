@@ -15,8 +15,8 @@ from typing import Any
 import asyncpg
 import jsonpatch
 
-from shared import streams
 from shared.events import Change
+from shared.redis import keyspace as ks
 
 Key = tuple[str, str, str]
 
@@ -225,9 +225,9 @@ async def apply_batch(conn: asyncpg.Connection, p: int, entries: list[tuple[byte
         assert pos is not None
         floor = (pos["stream_ms"], pos["stream_seq"])
         fresh = [
-            (streams.stream_id_tuple(sid), raw)
+            (ks.stream_id_tuple(sid), raw)
             for sid, raw in entries
-            if streams.stream_id_tuple(sid) > floor
+            if ks.stream_id_tuple(sid) > floor
         ]
         if not fresh:
             return 0

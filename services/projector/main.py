@@ -12,10 +12,11 @@ import asyncpg
 from redis.asyncio import Redis
 
 from services.projector.apply import apply_batch
-from shared import streams
 from shared.config import Settings
 from shared.db import create_pool, require_migrated
-from shared.streamio import Lease, claim_pending, consumer_name, ensure_group
+from shared.redis import keyspace as ks
+from shared.redis.consumer import GroupReader, ack, consumer_name
+from shared.redis.lease import Lease, LostLease
 
 log = logging.getLogger("ingestd.projector")
 
@@ -55,7 +56,7 @@ class Projector:
 
     async def _partition(self, p: int) -> None:
         while True:
-            lease = Lease(self.redis, streams.project_lock(p))
+            lease = Lease(self.redis, ks.project_lock(p))
             try:
                 if await lease.acquire():
                     try:
@@ -65,6 +66,8 @@ class Projector:
                         # simply expires, and the CancelledError must keep propagating
                         with contextlib.suppress(Exception):
                             await lease.release()
+            except LostLease:
+                log.warning("partition %s: projector lease lost", p)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
                 log.warning("partition %s: %s; retrying", p, e)
             except Exception:
@@ -73,47 +76,29 @@ class Projector:
 
     async def drain_idle(self, p: int) -> bool:
         """Apply everything pending on partition ``p`` and return (used by tests and tools)."""
-        lease = Lease(self.redis, streams.project_lock(p))
+        lease = Lease(self.redis, ks.project_lock(p))
         if not await lease.acquire():
             return False
         try:
             await self._drain(p, lease, idle_exit=True)
+        except LostLease:
+            return False
         finally:
             await lease.release()
         return True
 
     async def _drain(self, p: int, lease: Lease, idle_exit: bool = False) -> None:
-        stream = streams.changes_stream(p)
-        await ensure_group(self.redis, stream, streams.PROJECTOR_GROUP)
-        await claim_pending(self.redis, stream, streams.PROJECTOR_GROUP, self.consumer)
-        read_id = "0"
-        while True:
-            resp = await self.redis.xreadgroup(
-                streams.PROJECTOR_GROUP,
-                self.consumer,
-                {stream: read_id},
-                count=self.batch,
-                block=None if read_id == "0" or idle_exit else 1000,
-            )
-            rows = resp[0][1] if resp else []
-            if not rows and read_id == ">" and idle_exit:
-                return
-            if not rows and read_id == "0":
-                read_id = ">"
+        stream = ks.changes_stream(p)
+        reader = GroupReader(
+            self.redis, stream, ks.PROJECTOR_GROUP, self.consumer, lease, self.batch
+        )
+        async for rows in reader.batches(idle_exit=idle_exit):
             for chunk in transactions(rows):
-                if not await lease.refresh():
-                    return
-                entries = [(sid, f[streams.F_CHANGE]) for sid, f in chunk if f]
+                await lease.keep()
+                entries = [(sid, f[ks.F_CHANGE]) for sid, f in chunk if f]
                 async with self.pool.acquire() as conn:
                     self.applied += await apply_batch(conn, p, entries)
-                ids = [sid for sid, _ in chunk]
-                pipe = self.redis.pipeline(transaction=True)
-                pipe.xack(stream, streams.PROJECTOR_GROUP, *ids)
-                pipe.xdel(stream, *ids)
-                await pipe.execute()
-            if not await lease.refresh():
-                log.warning("partition %s: projector lease lost", p)
-                return
+                await ack(self.redis, stream, ks.PROJECTOR_GROUP, [sid for sid, _ in chunk])
 
 
 async def serve(settings: Settings) -> None:

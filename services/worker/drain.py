@@ -1,62 +1,47 @@
-"""Draining one partition: read a batch, decide (pure), commit atomically."""
+"""Draining one partition: read a batch, decide (pure), commit atomically.
+
+A drain holds the partition's lease for a time slice. Runs of single events and
+deletes are decided together against the write model and committed in ONE
+guarded transaction (:mod:`shared.redis.txn`): their change entry, the write-model
+updates and the XACK/XDEL of the raw events. A bulk snapshot is committed alone,
+in stream order, by :class:`~services.worker.bulk.BulkCommit`.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.worker.bulk import BulkCommit
-from shared import resp, streams
+from services.worker.partition import Entry, Partition
+from shared.codes import Code
 from shared.events import Change, RawMeta
-from shared.processing import (
-    Prepared,
-    ScopeState,
-    decide_delete,
-    decide_single,
-    prepare_single,
-)
+from shared.processing import Prepared, ScopeState, decide_delete, decide_single, prepare_single
+from shared.redis import keyspace as ks
+from shared.redis import wire, writemodel
+from shared.redis.consumer import GroupReader, Row, ack_commands
+from shared.redis.lease import Lease, LostLease
+from shared.redis.txn import CommitFailed, commit_guarded
 from shared.registry import RegistryCache
 from shared.schema_rules import Issue
-from shared.streamio import HeldConnection, Lease, claim_pending, ensure_group
 
 log = logging.getLogger("ingestd.worker")
-LOAD_CHUNK = 2000
-REBUILD_LIVE_SQL = (
-    "SELECT resource_id, content_hash, version FROM resources"
-    " WHERE resource_type = $1 AND group_key = $2"
+
+# failures that are the environment's, not the event's: the batch is retried
+RETRIED = (
+    LostLease,
+    CommitFailed,
+    OSError,
+    RedisError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
 )
-REBUILD_TOMBSTONES_SQL = (
-    "SELECT c.resource_id, max(c.version) AS v FROM resource_changes c"
-    " WHERE c.resource_type = $1 AND c.group_key = $2 AND NOT EXISTS ("
-    " SELECT 1 FROM resources r WHERE r.resource_type = c.resource_type"
-    " AND r.group_key = c.group_key AND r.resource_id = c.resource_id)"
-    " GROUP BY c.resource_id"
-)
-
-
-@dataclass(slots=True)
-class Entry:
-    sid: bytes
-    meta: RawMeta
-    body: bytes
-    prepared: Prepared | None = None
-
-
-class LostLease(Exception):
-    pass
-
-
-_MULTI, _EXEC = resp.command("MULTI"), resp.command("EXEC")
 
 
 class Drainer:
@@ -69,16 +54,16 @@ class Drainer:
         batch: int,
         consumer: str,
     ) -> None:
-        self.redis = redis
-        self.pool = pool
-        self.registry = registry
+        self.ctx = Partition(redis, pool, registry, p, Lease(redis, ks.drain_lock(p)))
         self.p = p
-        self.batch = batch
-        self.consumer = consumer
-        self.stream = streams.ingest_stream(p)
-        self.lease = Lease(redis, streams.drain_lock(p))
-        self.conn = HeldConnection(redis)  # for the commits, written in RESP
+        self.reader = GroupReader(
+            redis, self.ctx.stream, ks.INGEST_GROUP, consumer, self.ctx.lease, batch
+        )
         self.processed = 0
+
+    @property
+    def lease(self) -> Lease:
+        return self.ctx.lease
 
     async def run(self, slice_s: float, idle_exit: bool = False) -> bool:
         """Drain for up to ``slice_s`` seconds (or, with ``idle_exit``, until the stream has
@@ -86,39 +71,24 @@ class Drainer:
         if not await self.lease.acquire():
             return False
         try:
-            await ensure_group(self.redis, self.stream, streams.INGEST_GROUP)
-            await claim_pending(self.redis, self.stream, streams.INGEST_GROUP, self.consumer)
-            deadline = time.monotonic() + slice_s
-            backlog_id = "0"
-            while time.monotonic() < deadline:
-                block = None if backlog_id == "0" or idle_exit else 1000
-                resp = await self.redis.xreadgroup(
-                    streams.INGEST_GROUP,
-                    self.consumer,
-                    {self.stream: backlog_id},
-                    count=self.batch,
-                    block=block,
-                )
-                rows = resp[0][1] if resp else []
-                if not rows and backlog_id == ">" and idle_exit:
-                    break
-                if not rows and backlog_id == "0":
-                    backlog_id = ">"
-                if rows:
-                    await self._process(rows)
-                if not await self.lease.refresh():
-                    raise LostLease
+            until = time.monotonic() + slice_s
+            async for rows in self.reader.batches(until=until, idle_exit=idle_exit):
+                await self._process(rows)
         except LostLease:
             log.warning("partition %s: lease lost; stopping this drain", self.p)
         finally:
-            # cancelled mid-read, the connection may be unusable: the lease then expires
-            with contextlib.suppress(Exception):
-                await self.conn.release()
-            with contextlib.suppress(Exception):
-                await self.lease.release()
+            await self._let_go()
         return True
 
-    async def _process(self, rows: list[Any]) -> None:
+    async def _let_go(self) -> None:
+        # cancelled mid-read, the connection may be unusable: the lease then expires
+        try:
+            await self.ctx.conn.release()
+            await self.lease.release()
+        except Exception:
+            await self.ctx.conn.drop()
+
+    async def _process(self, rows: list[Row]) -> None:
         """Commit runs of single/delete events together; each bulk event alone, in order."""
         run: list[Entry] = []
         gone: list[bytes] = []
@@ -126,7 +96,7 @@ class Drainer:
             if not fields:  # deleted from the stream while pending: nothing to do
                 gone.append(sid)
                 continue
-            e = Entry(sid, RawMeta.decode(fields[streams.F_META]), fields.get(streams.F_BODY, b""))
+            e = Entry(sid, RawMeta.decode(fields[ks.F_META]), fields.get(ks.F_BODY, b""))
             if e.meta.kind != "bulk":
                 run.append(e)
                 continue
@@ -140,16 +110,17 @@ class Drainer:
             await self._process_run(run, gone)
 
     async def _bulk(self, e: Entry, gone: list[bytes]) -> None:
-        """A snapshot, fenced like the pure step: an I/O failure or a lost lease is retried
-        (the entry stays pending); any other failure is a defect that would recur on every
-        retry, so the snapshot is rejected with a sync issue (its dead letter) instead."""
+        """A snapshot, fenced like the pure step: an I/O failure, a lost lease or a refused
+        commit is retried (the entry stays pending); any other failure is a defect that
+        would recur on every retry, so the snapshot is rejected with a sync issue (its
+        dead letter) instead."""
         try:
-            await BulkCommit(self, e, gone).run()
-        except (LostLease, OSError, RedisError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            await BulkCommit(self.ctx, e, gone).run()
+        except RETRIED:
             raise
         except Exception as exc:
             log.exception("partition %s: snapshot %r could not be processed", self.p, e.sid)
-            issue = Issue("unprocessable", f"the worker could not process this snapshot: {exc}")
+            issue = Issue(Code.UNPROCESSABLE, f"the worker could not process this snapshot: {exc}")
             change = Change(
                 e.meta, "rejected", rejected=1, issues=[issue.as_dict()], issues_total=1
             )
@@ -176,21 +147,19 @@ class Drainer:
     async def _prepare(self, e: Entry) -> Prepared:
         """The pure step, fenced: an entry it cannot handle is rejected with a sync issue
         (a dead letter with its position), never retried forever."""
-        table = self.registry.snapshot.by_type.get(e.meta.resource_type)
+        table = await self.ctx.table(e.meta.resource_type)
         if table is None:
-            await self.registry.refresh(force=True)
-            table = self.registry.snapshot.by_type.get(e.meta.resource_type)
-        if table is None:
-            issue = Issue("table_not_found", f"no table {e.meta.resource_type!r} anymore", None)
+            issue = Issue(Code.TABLE_NOT_FOUND, f"no table {e.meta.resource_type!r} anymore")
             return Prepared({}, None, [issue])
         try:
-            return prepare_single(e.body, self.registry.snapshot.compiled(table))
+            return prepare_single(e.body, self.ctx.registry.snapshot.compiled(table))
         except Exception as exc:
             log.exception("partition %s: entry %r could not be processed", self.p, e.sid)
-            issue = Issue("unprocessable", f"the worker could not process this event: {exc}")
+            issue = Issue(Code.UNPROCESSABLE, f"the worker could not process this event: {exc}")
             return Prepared({}, None, [issue])
 
-    def _ids(self, e: Entry) -> list[str]:
+    @staticmethod
+    def _ids(e: Entry) -> list[str]:
         if e.meta.kind == "delete":
             return e.meta.ids or []
         if e.prepared is not None and e.prepared.extracted is not None:
@@ -198,89 +167,25 @@ class Drainer:
         return []
 
     async def _load_states(self, entries: list[Entry]) -> dict[tuple[str, str], ScopeState]:
-        wanted: dict[tuple[str, str], set[str]] = defaultdict(set)
+        wanted: dict[tuple[str, str], list[str]] = defaultdict(list)
         for e in entries:
-            wanted[(e.meta.resource_type, e.meta.group_key)].update(self._ids(e))
-        scopes = list(wanted)
-        pipe = self.redis.pipeline(transaction=False)
-        for scope in scopes:
-            pipe.hmget(
-                streams.state_key(self.p, *scope), [streams.STATE_LOADED_FIELD, *wanted[scope]]
-            )
-        results = await pipe.execute()
+            wanted[(e.meta.resource_type, e.meta.group_key)].extend(self._ids(e))
+        scopes = {scope: list(dict.fromkeys(ids)) for scope, ids in wanted.items()}
+        keys = [(self.ctx.state_key(*scope), ids) for scope, ids in scopes.items()]
+        found = await writemodel.lookup(self.ctx.redis, keys)
         states: dict[tuple[str, str], ScopeState] = {}
-        for scope, values in zip(scopes, results, strict=True):
-            if values[0] != streams.STATE_FORMAT:
-                await self._rebuild_scope(*scope)
-                values = await cast(
-                    Awaitable[list[Any]],
-                    self.redis.hmget(
-                        streams.state_key(self.p, *scope),
-                        [streams.STATE_LOADED_FIELD, *wanted[scope]],
-                    ),
+        for (scope, ids), (loaded, values) in zip(scopes.items(), found, strict=True):
+            if not loaded:
+                await self.ctx.rebuild_scope(*scope)
+                ((_, values),) = await writemodel.lookup(
+                    self.ctx.redis, [(self.ctx.state_key(*scope), ids)]
                 )
             st = ScopeState()
-            for rid, raw in zip(wanted[scope], values[1:], strict=True):
-                v = ScopeState.decode(raw)
+            for rid, v in zip(ids, values, strict=True):
                 if v is not None:
                     st.known[rid] = v
             states[scope] = st
         return states
-
-    async def _rebuild_scope(self, resource_type: str, group_key: str) -> None:
-        """Write-model state is missing: rebuild it from PostgreSQL once the projector
-        has applied every change this partition emitted (so PostgreSQL is current).
-        Every chunk is written only while the lease is held (and refreshes it)."""
-        await self._wait_projector_caught_up()
-        key = streams.state_key(self.p, resource_type, group_key)
-        batch: dict[str, str] = {}
-        live = dead = 0
-
-        async def flush(final: bool = False) -> None:
-            nonlocal batch
-            if final:
-                batch[streams.STATE_LIVE_FIELD] = str(live)
-                batch[streams.STATE_DEAD_FIELD] = str(dead)
-                batch[streams.STATE_LOADED_FIELD] = streams.STATE_FORMAT.decode()
-            if batch and not await self.lease.hset_if_held(key, batch):
-                raise LostLease
-            batch = {}
-
-        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
-            async for r in conn.cursor(REBUILD_LIVE_SQL, resource_type, group_key):
-                batch[r["resource_id"]] = f"{r['content_hash']}|{r['version']}"
-                live += 1
-                if len(batch) >= LOAD_CHUNK:
-                    await flush()
-            async for r in conn.cursor(REBUILD_TOMBSTONES_SQL, resource_type, group_key):
-                batch[r["resource_id"]] = f"|{r['v']}"
-                dead += 1
-                if len(batch) >= LOAD_CHUNK:
-                    await flush()
-            await flush(final=True)
-        log.info(
-            "partition %s: rebuilt write model of %s/%r from PostgreSQL",
-            self.p,
-            resource_type,
-            group_key,
-        )
-
-    async def _wait_projector_caught_up(self) -> None:
-        changes = streams.changes_stream(self.p)
-        while True:
-            last = await self.redis.xrevrange(changes, count=1)
-            if not last:
-                return
-            last_id = streams.stream_id_tuple(last[0][0])
-            row = await self.pool.fetchrow(
-                "SELECT stream_ms, stream_seq FROM projector_positions WHERE partition = $1",
-                self.p,
-            )
-            if row is not None and (row["stream_ms"], row["stream_seq"]) >= last_id:
-                return
-            if not await self.lease.refresh():
-                raise LostLease
-            await asyncio.sleep(0.05)
 
     async def _commit(
         self,
@@ -290,50 +195,18 @@ class Drainer:
     ) -> None:
         ids = [e.sid for e, _ in changes] + gone
         cmds: list[bytes] = []
+        types = {self.ctx.stream: "stream"}
         for scope, st in states.items():
-            if st.dirty:
-                key = streams.state_key(self.p, *scope)
-                flat = [
-                    x
-                    for rid, v in st.dirty.items()
-                    for x in (rid.encode(), ScopeState.encode(v).encode())
-                ]
-                cmds.append(resp.command_with(("HSET", key), flat))
-                if st.live_delta:
-                    cmds.append(
-                        resp.command("HINCRBY", key, streams.STATE_LIVE_FIELD, st.live_delta)
-                    )
-                if st.dead_delta:
-                    cmds.append(
-                        resp.command("HINCRBY", key, streams.STATE_DEAD_FIELD, st.dead_delta)
-                    )
+            key = self.ctx.state_key(*scope)
+            cmds += writemodel.update_commands(key, st.dirty, st.live_delta, st.dead_delta)
+            types[key] = "hash"
         if changes:
             batch = Change.encode_many([ch for _, ch in changes])
-            cmds.append(
-                resp.command("XADD", streams.changes_stream(self.p), "*", streams.F_CHANGE, batch)
-            )
-        if ids:
-            cmds.append(resp.command_with(("XACK", self.stream, streams.INGEST_GROUP), ids))
-            cmds.append(resp.command_with(("XDEL", self.stream), ids))
-        await self.commit_guarded(cmds)
+            cmds.append(wire.command("XADD", self.ctx.changes, "*", ks.F_CHANGE, batch))
+            types[self.ctx.changes] = "stream"
+        cmds += ack_commands(self.ctx.stream, ks.INGEST_GROUP, ids)
+        await self.commit(cmds, types)
 
-    async def commit_guarded(self, cmds: list[bytes]) -> list[Any]:
-        """Run ``cmds`` in one MULTI/EXEC only while this drainer holds the lease: WATCH
-        the lease and check its token, then the transaction (two round trips, RESP
-        written here). Raises LostLease when the lease is gone or changes before EXEC."""
-        key = self.lease.key
-        _, token = await self.conn.exchange(
-            resp.command("WATCH", key) + resp.command("GET", key), 2
-        )
-        if token != self.lease.token.encode():
-            await self.conn.exchange(resp.command("UNWATCH"), 1)
-            raise LostLease
-        payload = b"".join([_MULTI, *cmds, _EXEC])
-        replies = await self.conn.exchange(payload, len(cmds) + 2)
-        if replies[-1] is None:  # the lease changed after WATCH: nothing was applied
-            raise LostLease
-        result: list[Any] = replies[-1]
-        errors = [r for r in result if isinstance(r, Exception)]
-        if errors:  # a defect, not a race: Redis has no rollback, so say it loudly
-            log.error("partition %s: commit reported errors: %s", self.p, errors[:3])
-        return result
+    async def commit(self, cmds: list[bytes], types: dict[str, str]) -> list[Any]:
+        """``cmds`` in the partition's guarded transaction (see :mod:`shared.redis.txn`)."""
+        return await commit_guarded(self.ctx.conn, self.lease, types, cmds)

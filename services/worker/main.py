@@ -20,11 +20,11 @@ from arq.worker import Worker
 from redis.asyncio import Redis
 
 from services.worker.drain import Drainer
-from shared import streams
 from shared.config import Settings
 from shared.db import create_pool, require_migrated
+from shared.redis import keyspace as ks
+from shared.redis.consumer import consumer_name
 from shared.registry import RegistryCache
-from shared.streamio import consumer_name
 
 log = logging.getLogger("ingestd.worker")
 
@@ -59,9 +59,7 @@ async def drain(ctx: dict[str, Any], p: int) -> int:
     # and whichever worker polls first would take them all again
     held = await d.run(settings.drain_slice_s * random.uniform(0.75, 1.25))
     if held:
-        await ctx["redis"].enqueue_job(
-            "drain", p, _job_id=streams.drain_job_id(p, uuid.uuid4().hex)
-        )
+        await ctx["redis"].enqueue_job("drain", p, _job_id=ks.drain_job_id(p, uuid.uuid4().hex))
     return d.processed
 
 
@@ -70,13 +68,11 @@ async def kick(ctx: dict[str, Any]) -> None:
     redis: Redis = ctx["streams"]
     pipe = redis.pipeline(transaction=False)
     for p in range(settings.partitions):
-        pipe.exists(streams.drain_lock(p))
+        pipe.exists(ks.drain_lock(p))
     held = await pipe.execute()
     for p, h in enumerate(held):
         if not h:
-            await ctx["redis"].enqueue_job(
-                "drain", p, _job_id=streams.drain_job_id(p, uuid.uuid4().hex)
-            )
+            await ctx["redis"].enqueue_job("drain", p, _job_id=ks.drain_job_id(p, uuid.uuid4().hex))
 
 
 def create_worker(settings: Settings) -> Worker:
@@ -84,7 +80,7 @@ def create_worker(settings: Settings) -> Worker:
     return Worker(
         functions=[drain],
         cron_jobs=[cron(kick, second=set(range(60)), microsecond=0, run_at_startup=True)],
-        queue_name=streams.ARQ_QUEUE,
+        queue_name=ks.ARQ_QUEUE,
         redis_settings=RedisSettings.from_dsn(redis_url),
         on_startup=startup,
         on_shutdown=shutdown,

@@ -24,8 +24,8 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from services.gateway.appender import Appender
-from shared import streams
 from shared.events import new_event_id
+from shared.redis import keyspace as ks
 
 REPLY = b'{"eventId":"ev_000000000000000000000000000"}'
 
@@ -49,8 +49,8 @@ def append_app(redis_url: str) -> web.Application:
     async def append(request: web.Request) -> web.Response:
         body = await request.read()
         eid = new_event_id()
-        fields = {streams.F_META: fields_meta, streams.F_BODY: body}
-        await appender.append(0, fields, streams.receipt_key(eid), b'{"i":"bench"}')
+        fields = {ks.F_META: fields_meta, ks.F_BODY: body}
+        await appender.append(0, fields, ks.receipt_key(eid), b'{"i":"bench"}')
         return web.Response(body=REPLY, status=202, content_type="application/json")
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -39,10 +39,11 @@ from redis.asyncio import Redis
 
 from services.gateway.bulk import ADD_SCRIPT, BULK_LIMIT, OPEN_SCRIPT
 from services.worker.drain import Drainer
-from shared import registry, streams
+from shared import registry
 from shared.db import create_pool, migrate
 from shared.embedded import EmbeddedPostgres, EmbeddedRedis
 from shared.events import RawMeta, new_event_id
+from shared.redis import keyspace as ks
 from shared.registry import RegistryCache
 from shared.schema_rules import content_hash
 from tests.conftest import EMPLOYEE_SCHEMA, TABLES
@@ -121,12 +122,12 @@ async def setup(dsn: str, redis_url: str, n: int, changed: float) -> dict[str, A
         table = await registry.create_schema(pool, group["id"], "employee", EMPLOYEE_SCHEMA, None)
         integ = await registry.create_integration(pool, "bench", group["id"])
         rt = table["resourceType"]
-        p = streams.partition_of(rt, GROUP_KEY, PARTITIONS)
+        p = ks.partition_of(rt, GROUP_KEY, PARTITIONS)
         n_changed = int(n * changed)
         n_deleted = n_created = n_changed // 10
         n_updated = n_changed - n_deleted - n_created
         t0 = time.perf_counter()
-        await _write_model(redis, streams.state_key(p, rt, GROUP_KEY), n)
+        await _write_model(redis, ks.state_key(p, rt, GROUP_KEY), n)
         t_state = time.perf_counter() - t0
         # the snapshot: drop the first n_deleted, change the next n_updated, add n_created
         items = (
@@ -166,9 +167,9 @@ async def _write_model(redis: Redis, key: str, n: int) -> None:
             batch = {}
             if len(pipe) >= 10:
                 await pipe.execute()
-    batch[streams.STATE_LIVE_FIELD] = str(n)
-    batch[streams.STATE_DEAD_FIELD] = "0"
-    batch[streams.STATE_LOADED_FIELD] = streams.STATE_FORMAT.decode()
+    batch[ks.STATE_LIVE_FIELD] = str(n)
+    batch[ks.STATE_DEAD_FIELD] = "0"
+    batch[ks.STATE_LOADED_FIELD] = ks.STATE_FORMAT.decode()
     pipe.hset(key, mapping=batch)  # type: ignore[arg-type]
     await pipe.execute()
 
@@ -178,8 +179,8 @@ async def _upload(
 ) -> tuple[str, int, int]:
     """Send the snapshot as session parts of at most 4 MiB, as a gateway stores them."""
     session = "bench-session"
-    skey = streams.session_key(p, rt, GROUP_KEY, session)
-    snapshots = streams.snapshots_key(p, rt, GROUP_KEY)
+    skey = ks.session_key(p, rt, GROUP_KEY, session)
+    snapshots = ks.snapshots_key(p, rt, GROUP_KEY)
     eid_raw, _ = await redis.eval(  # type: ignore[misc]
         OPEN_SCRIPT, 2, skey, snapshots, new_event_id(), integration, 86_400, 0
     )
@@ -196,9 +197,9 @@ async def _upload(
         parts += 1
         size += len(body)
         out = await redis.eval(  # type: ignore[misc]
-            ADD_SCRIPT, 3, skey, snapshots, streams.ingest_stream(p), integration, parts, body,
+            ADD_SCRIPT, 3, skey, snapshots, ks.ingest_stream(p), integration, parts, body,
             hashlib.sha256(body).hexdigest(), "1" if final else "0",
-            meta.encode() if final else b"", streams.F_META,
+            meta.encode() if final else b"", ks.F_META,
         )  # fmt: skip
         assert out[0] in (b"stored", b"queued"), out
 
@@ -235,9 +236,9 @@ async def child(dsn: str, redis_url: str, p: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     assert await d.run(3600, idle_exit=True)
     wall = time.perf_counter() - t0
-    last = await redis.xrevrange(streams.changes_stream(p), count=1)
-    entries = await redis.xlen(streams.changes_stream(p))
-    receipt = orjson.loads(last[0][1][streams.F_CHANGE]) if last else {}
+    last = await redis.xrevrange(ks.changes_stream(p), count=1)
+    entries = await redis.xlen(ks.changes_stream(p))
+    receipt = orjson.loads(last[0][1][ks.F_CHANGE]) if last else {}
     await pool.close()
     await redis.aclose()
     return {

@@ -31,10 +31,11 @@ import asyncpg
 import psutil
 from redis.asyncio import Redis
 
-from shared import registry, streams
+from shared import registry
 from shared.config import Settings
 from shared.db import create_pool, migrate
 from shared.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from shared.redis import keyspace as ks
 from tests.conftest import EMPLOYEE_SCHEMA, TABLES
 from tests.e2e.procs import INGESTD, Stage, stage_env, wait_healthy
 
@@ -151,7 +152,7 @@ def group_keys(resource_type: str, partitions: int) -> list[str]:
     n = 0
     while len(found) < partitions:
         gk = f"team-{n}"
-        found.setdefault(streams.partition_of(resource_type, gk, partitions), gk)
+        found.setdefault(ks.partition_of(resource_type, gk, partitions), gk)
         n += 1
     return [found[p] for p in range(partitions)]
 

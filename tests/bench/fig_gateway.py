@@ -15,7 +15,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from shared import streams
+from shared.redis import keyspace as ks
 from tests.bench.core import Bench, Figure, single_body
 from tests.bench.env import Proc, fresh, procs
 from tests.bench.loadgen import Load, run_load
@@ -27,7 +27,7 @@ async def clear_streams(bench: Bench) -> None:
     assert bench.settings.redis_url
     r = Redis.from_url(bench.settings.redis_url)
     try:
-        await r.delete(*(streams.ingest_stream(p) for p in range(bench.settings.partitions)))
+        await r.delete(*(ks.ingest_stream(p) for p in range(bench.settings.partitions)))
     finally:
         await r.aclose()
 

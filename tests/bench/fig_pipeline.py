@@ -24,9 +24,9 @@ from typing import Any
 import asyncpg
 from redis.asyncio import Redis
 
-from shared import streams
 from shared.db import create_pool
 from shared.events import RawMeta, new_event_id
+from shared.redis import keyspace as ks
 from shared.schema_rules import content_hash
 from tests.bench.core import Bench, Figure, cpus, employee, single_body
 from tests.bench.env import CpuMeter, Seeded, ServerCpu, Spy, fresh, group_keys, procs
@@ -63,11 +63,11 @@ async def preload(bench: Bench, seeded: Seeded, n: int) -> float:
                 None,
                 int(time.time() * 1000),
             )
-            p = streams.partition_of(seeded.resource_type, team, s.partitions)
-            pipe.set(streams.receipt_key(meta.id), receipt, ex=s.receipt_ttl)
+            p = ks.partition_of(seeded.resource_type, team, s.partitions)
+            pipe.set(ks.receipt_key(meta.id), receipt, ex=s.receipt_ttl)
             pipe.xadd(
-                streams.ingest_stream(p),
-                {streams.F_META: meta.encode(), streams.F_BODY: orjson.dumps(doc)},
+                ks.ingest_stream(p),
+                {ks.F_META: meta.encode(), ks.F_BODY: orjson.dumps(doc)},
             )
             if i % 1000 == 999:
                 await pipe.execute()
@@ -80,8 +80,8 @@ async def preload(bench: Bench, seeded: Seeded, n: int) -> float:
 async def _stream_total(r: Redis, partitions: int) -> int:
     pipe = r.pipeline(transaction=False)
     for p in range(partitions):
-        pipe.xlen(streams.ingest_stream(p))
-        pipe.xlen(streams.changes_stream(p))
+        pipe.xlen(ks.ingest_stream(p))
+        pipe.xlen(ks.changes_stream(p))
     return sum(int(x) for x in await pipe.execute())
 
 
@@ -112,8 +112,8 @@ async def wait_leases(bench: Bench, within: float = 60) -> float:
     s = bench.settings
     assert s.redis_url
     r = Redis.from_url(s.redis_url)
-    drain = [streams.drain_lock(p) for p in range(s.partitions)]
-    project = [streams.project_lock(p) for p in range(s.partitions)]
+    drain = [ks.drain_lock(p) for p in range(s.partitions)]
+    project = [ks.project_lock(p) for p in range(s.partitions)]
     deadline = time.monotonic() + within
     try:
         while time.monotonic() < deadline:

@@ -14,8 +14,8 @@ import aiohttp
 import asyncpg
 from redis.asyncio import Redis
 
-from shared import streams
 from shared.config import Settings
+from shared.redis import keyspace as ks
 from tests.conftest import seed_directory
 from tests.e2e.procs import Stage
 
@@ -135,8 +135,8 @@ async def streams_drained(redis: Redis, settings: Settings, within: float = 15) 
     async def empty() -> bool:
         pipe = redis.pipeline(transaction=False)
         for p in range(settings.partitions):
-            pipe.xlen(streams.ingest_stream(p))
-            pipe.xlen(streams.changes_stream(p))
+            pipe.xlen(ks.ingest_stream(p))
+            pipe.xlen(ks.changes_stream(p))
         return not any(await pipe.execute())
 
     await poll("both streams to be empty", empty, within, every=0.2)

@@ -23,8 +23,8 @@ from typing import Any
 import psutil
 import redis
 
-from shared import streams
 from shared.embedded import free_port
+from shared.redis import keyspace as ks
 from tests.e2e.procs import INGESTD, wait_healthy
 
 START_TIMEOUT = 60.0
@@ -131,7 +131,7 @@ def test_dev_starts_embedded_servers_stops_cleanly_and_keeps_data(tmp_path: Path
             "POST", "/admin/v1/schema-groups", token, {"name": "directory", "prefix": "_directory"}
         )
         assert group["prefix"] == "_directory"
-        probe = f"{streams.PREFIX}:test:probe"
+        probe = f"{ks.PREFIX}:test:probe"
         with redis.Redis.from_url(dev.wait_for(REDIS_AT)) as r:
             r.set(probe, token)
         stop_cleanly(dev, data_dir)

@@ -15,8 +15,8 @@ import aiohttp
 import asyncpg
 from redis.asyncio import Redis
 
-from shared import streams
 from shared.config import Settings
+from shared.redis import keyspace as ks
 from tests.e2e.helpers import (
     TABLE,
     Sent,
@@ -67,7 +67,7 @@ async def _readers(redis: Redis, settings: Settings) -> dict[int, str]:
     out = {}
     for p in range(settings.partitions):
         try:
-            infos = await redis.xinfo_consumers(streams.ingest_stream(p), streams.INGEST_GROUP)
+            infos = await redis.xinfo_consumers(ks.ingest_stream(p), ks.INGEST_GROUP)
         except Exception:  # not created yet
             continue
         if infos:
@@ -145,13 +145,11 @@ async def _kill_mid_stream(
 
             await poll("a third of the events accepted", enough, 30, every=0.01)
             if victim == "worker":
-                keys = [streams.ingest_stream(p) for p in range(settings.partitions)]
-                killed, mid = await kill_mid_batch(redis, s["worker"], keys, streams.INGEST_GROUP)
+                keys = [ks.ingest_stream(p) for p in range(settings.partitions)]
+                killed, mid = await kill_mid_batch(redis, s["worker"], keys, ks.INGEST_GROUP)
             else:
-                keys = [streams.changes_stream(p) for p in range(settings.partitions)]
-                killed, mid = await kill_mid_batch(
-                    redis, s["projector"], keys, streams.PROJECTOR_GROUP
-                )
+                keys = [ks.changes_stream(p) for p in range(settings.partitions)]
+                killed, mid = await kill_mid_batch(redis, s["projector"], keys, ks.PROJECTOR_GROUP)
             at_kill = len(sent.accepted)
             restart(killed, s[victim])
             await senders
@@ -217,7 +215,7 @@ async def test_lost_write_model_is_rebuilt_from_postgres(
             await post({"id": "gone", "seq": 1})
             last = await delete("gone")
             assert (await applied(c, key, last))["deleted"] == 1
-            lost = [k async for k in redis.scan_iter(match=streams.state_pattern())]
+            lost = [k async for k in redis.scan_iter(match=ks.state_pattern())]
             assert len(lost) == 4  # scopes g, s0, s1, s2
             await redis.delete(*lost)
 

@@ -8,10 +8,10 @@ import pytest
 from redis.asyncio import Redis
 
 from services.gateway.appender import Appender
-from shared import streams
 from shared.config import Settings
 from shared.embedded import free_port
 from shared.errors import ApiError
+from shared.redis import keyspace as ks
 
 
 async def test_concurrent_appends_land_in_order_with_receipts(
@@ -23,8 +23,8 @@ async def test_concurrent_appends_land_in_order_with_receipts(
         futs = [
             appender.append(
                 i % 2,
-                {streams.F_META: b"m%d" % i, streams.F_BODY: b'{"n":%d}' % i},
-                streams.receipt_key(f"ev{i}"),
+                {ks.F_META: b"m%d" % i, ks.F_BODY: b'{"n":%d}' % i},
+                ks.receipt_key(f"ev{i}"),
                 b'{"i":"x"}',
             )
             for i in range(300)
@@ -33,28 +33,28 @@ async def test_concurrent_appends_land_in_order_with_receipts(
     finally:
         await appender.stop()
     for p in (0, 1):
-        rows = await redis.xrange(streams.ingest_stream(p))
-        assert [f[streams.F_META] for _, f in rows] == [b"m%d" % i for i in range(p, 300, 2)]
+        rows = await redis.xrange(ks.ingest_stream(p))
+        assert [f[ks.F_META] for _, f in rows] == [b"m%d" % i for i in range(p, 300, 2)]
         assert [sid for sid, _ in rows] == list(ids[p::2])
-    assert await redis.get(streams.receipt_key("ev7")) == b'{"i":"x"}'
-    assert 0 < await redis.ttl(streams.receipt_key("ev7")) <= 60
+    assert await redis.get(ks.receipt_key("ev7")) == b'{"i":"x"}'
+    assert 0 < await redis.ttl(ks.receipt_key("ev7")) <= 60
 
 
 async def test_an_error_reply_fails_only_its_own_event(settings: Settings, redis: Redis) -> None:
-    await redis.set(streams.ingest_stream(1), "not a stream")
+    await redis.set(ks.ingest_stream(1), "not a stream")
     appender = Appender(redis, settings.partitions, receipt_ttl=60)
     await appender.start()
     try:
-        good = appender.append(0, {streams.F_META: b"a"}, streams.receipt_key("a"), b"{}")
-        bad = appender.append(1, {streams.F_META: b"b"}, streams.receipt_key("b"), b"{}")
-        after = appender.append(0, {streams.F_META: b"c"}, streams.receipt_key("c"), b"{}")
+        good = appender.append(0, {ks.F_META: b"a"}, ks.receipt_key("a"), b"{}")
+        bad = appender.append(1, {ks.F_META: b"b"}, ks.receipt_key("b"), b"{}")
+        after = appender.append(0, {ks.F_META: b"c"}, ks.receipt_key("c"), b"{}")
         assert (await good) and (await after)
         with pytest.raises(ApiError) as e:
             await bad
         assert e.value.status == 503
     finally:
         await appender.stop()
-    assert await redis.xlen(streams.ingest_stream(0)) == 2
+    assert await redis.xlen(ks.ingest_stream(0)) == 2
 
 
 async def test_unreachable_redis_is_503_not_a_hang() -> None:
@@ -62,7 +62,7 @@ async def test_unreachable_redis_is_503_not_a_hang() -> None:
     appender = Appender(redis, 4, receipt_ttl=60)
     await appender.start()
     try:
-        fut = appender.append(0, {streams.F_META: b"x"}, streams.receipt_key("x"), b"{}")
+        fut = appender.append(0, {ks.F_META: b"x"}, ks.receipt_key("x"), b"{}")
         with pytest.raises(ApiError) as e:
             await asyncio.wait_for(fut, 10)
         assert e.value.status == 503

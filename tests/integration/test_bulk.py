@@ -13,8 +13,8 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from services.worker.drain import Drainer
-from shared import streams
 from shared.config import Settings
+from shared.redis import keyspace as ks
 from shared.schema_rules import content_hash
 from tests.conftest import InlinePipeline, Seeded, seed_directory
 
@@ -252,7 +252,7 @@ async def test_body_not_an_array_is_400(client: Client, seeded: Seeded, redis: R
         out = await send(client, seeded, bad, status=400)
         assert out["code"] == "invalid_json", bad
         assert "not valid JSON" in out["message"]
-    assert await redis.xlen(streams.ingest_stream(0)) == 0
+    assert await redis.xlen(ks.ingest_stream(0)) == 0
 
 
 async def test_json_that_simdjson_refuses_but_orjson_reads_is_accepted(
@@ -274,8 +274,8 @@ async def test_a_part_the_worker_cannot_parse_is_rejected_not_retried(
     """Should the gateway's check ever pass a body orjson refuses, the snapshot is
     rejected (invalid_json) instead of wedging its partition."""
     r = await send(client, seeded, [emp("a")], "session=s1&part=1&final=true")
-    p = streams.partition_of("_directory_employee", "", settings.partitions)
-    skey = streams.session_key(p, "_directory_employee", "", "s1")
+    p = ks.partition_of("_directory_employee", "", settings.partitions)
+    skey = ks.session_key(p, "_directory_employee", "", "s1")
     await redis.hset(skey, "p:1", b"[{]")
     await settle(pipeline)
     got = await receipt(client, seeded, r["eventId"])
@@ -413,7 +413,7 @@ async def test_session_without_final_part_changes_nothing(
     await send(client, seeded, [emp("y")], part_query("never", 2))
     await settle(pipeline)
     assert sorted(await scope(pool)) == ["a", "b", "c"]
-    assert await redis.xlen(streams.ingest_stream(0)) == 0
+    assert await redis.xlen(ks.ingest_stream(0)) == 0
     keys = [k async for k in redis.scan_iter(match="*:session:*never")]
     assert len(keys) == 1 and 0 < await redis.ttl(keys[0]) <= settings.session_ttl
     assert (await receipt(client, seeded, r["eventId"]))["status"] == "pending"
@@ -583,7 +583,7 @@ async def test_xml_bombs_and_xxe_are_400(
     out = await r.json()
     assert r.status == 400 and out["code"] == "xml_forbidden", out
     assert "passwd" not in out["message"] and "lol" not in out["message"]
-    assert await redis.xlen(streams.ingest_stream(0)) == 0
+    assert await redis.xlen(ks.ingest_stream(0)) == 0
 
 
 async def test_accept_xml_gives_xml_responses(
@@ -617,16 +617,17 @@ async def test_accept_xml_gives_xml_responses(
 def tiny_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunks, slices and staging batches of a few items: every boundary gets crossed."""
     import services.worker.bulk as wb
+    import services.worker.slices as ws
 
     monkeypatch.setattr(wb, "CHUNK", 7)
-    monkeypatch.setattr(wb, "SLICE_EFFECTS", 3)
-    monkeypatch.setattr(wb, "STAGE_BATCH", 2)
+    monkeypatch.setattr(ws, "SLICE_EFFECTS", 3)
+    monkeypatch.setattr(ws, "STAGE_BATCH", 2)
 
 
 def state_key(settings: Settings, group_key: str) -> str:
     rt = "_directory_employee"
-    p = streams.partition_of(rt, group_key, settings.partitions)
-    return streams.state_key(p, rt, group_key)
+    p = ks.partition_of(rt, group_key, settings.partitions)
+    return ks.state_key(p, rt, group_key)
 
 
 async def write_model(redis: Redis, settings: Settings, group_key: str) -> dict[str, Any]:
@@ -639,9 +640,9 @@ async def write_model(redis: Redis, settings: Settings, group_key: str) -> dict[
             out[k.decode()] = (h, int(ver))
     if raw:
         live = sum(1 for h, _ in out.values() if h)
-        assert int(raw[streams.STATE_LIVE_FIELD.encode()]) == live, "live count is off"
-        assert int(raw[streams.STATE_DEAD_FIELD.encode()]) == len(out) - live, "dead count"
-        assert len(raw) == len(out) + streams.STATE_OWN_FIELDS
+        assert int(raw[ks.STATE_LIVE_FIELD.encode()]) == live, "live count is off"
+        assert int(raw[ks.STATE_DEAD_FIELD.encode()]) == len(out) - live, "dead count"
+        assert len(raw) == len(out) + ks.STATE_OWN_FIELDS
     return out
 
 
@@ -740,13 +741,13 @@ async def test_write_model_of_an_older_format_is_rebuilt_with_its_live_count(
     await send(client, seeded, [emp("a"), emp("b"), emp("c")])
     await settle(pipeline)
     key = state_key(settings, "")
-    await redis.hset(key, mapping={streams.STATE_LOADED_FIELD: "1"})
-    await redis.hdel(key, streams.STATE_LIVE_FIELD, streams.STATE_DEAD_FIELD)
+    await redis.hset(key, mapping={ks.STATE_LOADED_FIELD: "1"})
+    await redis.hdel(key, ks.STATE_LIVE_FIELD, ks.STATE_DEAD_FIELD)
     r = await send(client, seeded, [emp("a"), emp("b")])
     await settle(pipeline)
     got = await receipt(client, seeded, r["eventId"])
     assert (got["status"], got["deleted"], got["unchanged"]) == ("applied", 1, 2)
-    assert await redis.hget(key, streams.STATE_LOADED_FIELD) == streams.STATE_FORMAT
+    assert await redis.hget(key, ks.STATE_LOADED_FIELD) == ks.STATE_FORMAT
     assert set(await write_model(redis, settings, "")) == {"a", "b", "c"}
 
 
@@ -766,7 +767,7 @@ async def test_a_live_count_that_is_off_falls_back_to_scanning_the_scope(
     runs in full and says so."""
     await send(client, seeded, [emp(f"e{i}") for i in range(10)])
     await settle(pipeline)
-    await redis.hincrby(state_key(settings, ""), streams.STATE_LIVE_FIELD, skew)
+    await redis.hincrby(state_key(settings, ""), ks.STATE_LIVE_FIELD, skew)
     r = await send(client, seeded, [emp(f"e{i}") for i in range(2, 10)])
     await settle(pipeline)
     got = await receipt(client, seeded, r["eventId"])
@@ -788,12 +789,12 @@ async def test_receipt_appears_only_with_the_last_slice(
 
     r = await send(client, seeded, [emp(f"e{i}") for i in range(20)])
     await pipeline.registry.refresh(force=True)
-    p = streams.partition_of("_directory_employee", "", settings.partitions)
+    p = ks.partition_of("_directory_employee", "", settings.partitions)
     d = Drainer(redis, pool, pipeline.registry, p, 100, "w")
     assert await d.run(10, idle_exit=True)
-    entries = await redis.xrange(streams.changes_stream(p))
+    entries = await redis.xrange(ks.changes_stream(p))
     assert len(entries) == 8  # 7 slices of at most 3 effects + the receipt entry
-    raw = [(sid, f[streams.F_CHANGE]) for sid, f in entries]
+    raw = [(sid, f[ks.F_CHANGE]) for sid, f in entries]
     async with pool.acquire() as conn:
         await apply_batch(conn, p, raw[:5])  # a projector that stops between slices
     assert await pool.fetchval("SELECT count(*) FROM resources") == 15
@@ -816,25 +817,26 @@ async def test_lost_lease_before_exec_commits_nothing_and_the_retry_applies_once
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import services.worker.bulk as wb
+    from shared.redis.txn import GuardedTransaction
 
     await _seed_abc(client, seeded, pipeline)
     before = await write_model(redis, settings, "")
     r = await send(client, seeded, [emp("a", active=True)] + [emp(f"n{i}") for i in range(10)])
-    real = wb.BulkCommit._transaction
 
-    async def steal_then_commit(self: Any, conn: Any, change: Any) -> Any:
-        await redis.set(self.d.lease.key, "someone-else")  # WATCH fires: EXEC must abort
-        return await real(self, conn, change)
+    class StolenFirst(GuardedTransaction):
+        async def begin(self) -> None:
+            await redis.set(self.lease.key, "someone-else")  # the token check must refuse
+            await super().begin()
 
-    monkeypatch.setattr(wb.BulkCommit, "_transaction", steal_then_commit)
-    p = streams.partition_of("_directory_employee", "", settings.partitions)
+    monkeypatch.setattr(wb, "GuardedTransaction", StolenFirst)
+    p = ks.partition_of("_directory_employee", "", settings.partitions)
     d = Drainer(redis, pool, pipeline.registry, p, 100, "w")
     assert await d.run(10, idle_exit=True)  # logs the lost lease and stops
-    assert await redis.xlen(streams.changes_stream(p)) == 0
+    assert await redis.xlen(ks.changes_stream(p)) == 0
     assert await write_model(redis, settings, "") == before
-    assert await redis.xlen(streams.ingest_stream(p)) == 1  # still there, still pending
-    await redis.delete(streams.drain_lock(p))
-    monkeypatch.setattr(wb.BulkCommit, "_transaction", real)
+    assert await redis.xlen(ks.ingest_stream(p)) == 1  # still there, still pending
+    await redis.delete(ks.drain_lock(p))
+    monkeypatch.setattr(wb, "GuardedTransaction", GuardedTransaction)
     await settle(pipeline)
     rc = await receipt(client, seeded, r["eventId"])
     assert (rc["status"], rc["created"], rc["updated"], rc["deleted"]) == ("applied", 10, 1, 2)

@@ -14,8 +14,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
 from services.gateway.app import create_app
-from shared import streams
 from shared.config import Settings
+from shared.redis import keyspace as ks
 from tests.conftest import Seeded, seed_directory
 
 EVENT = "/integration/custom-data/event/employee"
@@ -26,7 +26,7 @@ MiB = 1 << 20
 async def backlog(redis: Redis, settings: Settings) -> list[int]:
     pipe = redis.pipeline(transaction=False)
     for p in range(settings.partitions):
-        pipe.xlen(streams.ingest_stream(p))
+        pipe.xlen(ks.ingest_stream(p))
     return [int(n) for n in await pipe.execute()]
 
 
@@ -142,8 +142,8 @@ async def test_same_table_name_in_two_groups_resolves_per_key(
     assert r1.status == r2.status == 202
     metas = []
     for p in range(settings.partitions):
-        for _, fields in await redis.xrange(streams.ingest_stream(p)):
-            metas.append(orjson.loads(fields[streams.F_META]))
+        for _, fields in await redis.xrange(ks.ingest_stream(p)):
+            metas.append(orjson.loads(fields[ks.F_META]))
     assert sorted(m["rt"] for m in metas) == ["_directory_employee", "_other_employee"]
 
 
@@ -287,7 +287,7 @@ async def test_backlog_over_limit_is_429_with_retry_after(settings: Settings, re
         for _ in range(4):  # backlog 4 > 3 once the gateway has polled it
             r = await c.post(url, json=DOC, headers=seeded.headers)
             assert r.status == 202
-        p = streams.partition_of("_directory_employee", "busy", s.partitions)
+        p = ks.partition_of("_directory_employee", "busy", s.partitions)
         before = await backlog(redis, s)
         assert before[p] == 4
         deadline = time.monotonic() + 5
@@ -306,12 +306,12 @@ async def test_backlog_over_limit_is_429_with_retry_after(settings: Settings, re
         other = next(
             g
             for g in (f"g{i}" for i in range(100))
-            if streams.partition_of("_directory_employee", g, s.partitions) != p
+            if ks.partition_of("_directory_employee", g, s.partitions) != p
         )
         r = await c.post(EVENT + f"?groupKey={other}", json=DOC, headers=seeded.headers)
         assert r.status == 202
         # draining the backlog lifts the limit
-        await redis.delete(streams.ingest_stream(p))
+        await redis.delete(ks.ingest_stream(p))
         deadline = time.monotonic() + 5
         while True:
             r = await c.post(url, json=DOC, headers=seeded.headers)
@@ -357,11 +357,11 @@ async def test_accepted_event_is_on_the_stream_with_its_metadata(
     r = await client.post(EVENT, params=params, data=raw, headers=seeded.headers)
     assert r.status == 202
     eid = (await r.json())["eventId"]
-    p = streams.partition_of("_directory_employee", "acme", settings.partitions)
-    entries = await redis.xrange(streams.ingest_stream(p))
+    p = ks.partition_of("_directory_employee", "acme", settings.partitions)
+    entries = await redis.xrange(ks.ingest_stream(p))
     assert len(entries) == 1
     fields = entries[0][1]
-    assert fields[streams.F_BODY] == raw  # exactly as received
-    meta = orjson.loads(fields[streams.F_META])
+    assert fields[ks.F_BODY] == raw  # exactly as received
+    meta = orjson.loads(fields[ks.F_META])
     assert meta["id"] == eid and meta["g"] == "acme" and meta["ev"] == "hired"
     assert meta["a"] == {"name": "hr"} and meta["i"] == seeded.integration_id

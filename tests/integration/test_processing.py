@@ -13,8 +13,8 @@ from redis.asyncio import Redis
 
 from services.projector.apply import apply_batch
 from services.worker.drain import Drainer
-from shared import streams
-from shared.streamio import ensure_group
+from shared.redis import keyspace as ks
+from shared.redis.consumer import ensure_group
 from tests.conftest import ADMIN, InlinePipeline, Seeded, seed_directory
 
 RT = "_directory_employee"
@@ -435,7 +435,7 @@ async def test_lost_write_model_is_rebuilt_from_postgres(
     await post(client, seeded, emp("gone", active=True))
     await delete(client, seeded, "gone")
     await pipeline.run()
-    lost = [k async for k in redis.scan_iter(match=streams.state_pattern())]
+    lost = [k async for k in redis.scan_iter(match=ks.state_pattern())]
     assert lost
     await redis.delete(*lost)
 
@@ -534,11 +534,11 @@ async def test_projector_replay_after_commit_before_ack_is_a_no_op(
     await _drain_workers_only(pipeline)
     await post(client, seeded, emp("a", employee={"age": 2}))
     await _drain_workers_only(pipeline)
-    p = streams.partition_of(RT, "", pipeline.settings.partitions)
-    stream = streams.changes_stream(p)
-    await ensure_group(redis, stream, streams.PROJECTOR_GROUP)
-    resp = await redis.xreadgroup(streams.PROJECTOR_GROUP, "dead", {stream: ">"}, count=1)
-    entries = [(sid, f[streams.F_CHANGE]) for sid, f in resp[0][1]]
+    p = ks.partition_of(RT, "", pipeline.settings.partitions)
+    stream = ks.changes_stream(p)
+    await ensure_group(redis, stream, ks.PROJECTOR_GROUP)
+    resp = await redis.xreadgroup(ks.PROJECTOR_GROUP, "dead", {stream: ">"}, count=1)
+    entries = [(sid, f[ks.F_CHANGE]) for sid, f in resp[0][1]]
     assert len(entries) == 1
     async with pool.acquire() as conn:
         assert await apply_batch(conn, p, entries) == 1
@@ -550,7 +550,7 @@ async def test_projector_replay_after_commit_before_ack_is_a_no_op(
     assert [x["version"] for x in h] == [1, 2, 3]
     assert await pool.fetchval("SELECT count(*) FROM ingest_events") == 3
     assert await redis.xlen(stream) == 0
-    assert (await redis.xpending(stream, streams.PROJECTOR_GROUP))["pending"] == 0
+    assert (await redis.xpending(stream, ks.PROJECTOR_GROUP))["pending"] == 0
 
 
 async def test_worker_redelivers_entries_a_dead_consumer_read(
@@ -558,11 +558,11 @@ async def test_worker_redelivers_entries_a_dead_consumer_read(
 ) -> None:
     """Entries delivered to a worker that died before its commit are claimed and processed
     once, in stream order, before anything newer."""
-    p = streams.partition_of(RT, "", pipeline.settings.partitions)
-    stream = streams.ingest_stream(p)
+    p = ks.partition_of(RT, "", pipeline.settings.partitions)
+    stream = ks.ingest_stream(p)
     first = [await post(client, seeded, emp("a", employee={"age": i})) for i in range(1, 4)]
-    await ensure_group(redis, stream, streams.INGEST_GROUP)
-    resp = await redis.xreadgroup(streams.INGEST_GROUP, "dead", {stream: ">"}, count=2)
+    await ensure_group(redis, stream, ks.INGEST_GROUP)
+    resp = await redis.xreadgroup(ks.INGEST_GROUP, "dead", {stream: ">"}, count=2)
     assert len(resp[0][1]) == 2
     later = [await post(client, seeded, emp("a", employee={"age": i})) for i in range(4, 6)]
     await pipeline.run()
@@ -572,17 +572,17 @@ async def test_worker_redelivers_entries_a_dead_consumer_read(
     assert [x["after"]["employee"]["age"] for x in h] == [1, 2, 3, 4, 5]
     assert [x["eventId"] for x in h] == first + later
     assert await redis.xlen(stream) == 0
-    assert (await redis.xpending(stream, streams.INGEST_GROUP))["pending"] == 0
+    assert (await redis.xpending(stream, ks.INGEST_GROUP))["pending"] == 0
 
 
 async def test_a_partition_held_by_another_drainer_is_left_alone(
     client: Client, seeded: Seeded, pipeline: InlinePipeline, redis: Redis
 ) -> None:
     await post(client, seeded, emp("a"))
-    p = streams.partition_of(RT, "", pipeline.settings.partitions)
-    await redis.set(streams.drain_lock(p), "someone-else", px=10_000)
+    p = ks.partition_of(RT, "", pipeline.settings.partitions)
+    await redis.set(ks.drain_lock(p), "someone-else", px=10_000)
     await pipeline.registry.refresh(force=True)
     d = Drainer(redis, pipeline.pool, pipeline.registry, p, 500, "w")
     assert await d.run(5, idle_exit=True) is False
-    assert await redis.xlen(streams.ingest_stream(p)) == 1
-    assert await redis.get(streams.drain_lock(p)) == b"someone-else"
+    assert await redis.xlen(ks.ingest_stream(p)) == 1
+    assert await redis.get(ks.drain_lock(p)) == b"someone-else"

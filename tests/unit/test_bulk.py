@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from services.worker.bulk import frame, unframe
+from services.worker.slices import frame, unframe
 from shared.bulk import (
     FastExtractor,
     Tally,
@@ -173,9 +173,9 @@ def test_random_snapshots_keep_the_invariants(partial: bool) -> None:
 
 def test_classify_compares_with_the_write_model() -> None:
     h = content_hash(emp("a"))
-    assert classify(f"{h}|3".encode(), h) == "u"
-    assert classify(f"{h}|3", "0" * 64) == "c"
-    assert classify(b"|3", h) == "c" and classify(None, h) == "c"
+    assert classify((h, 3), h) == "u"
+    assert classify((h, 3), "0" * 64) == "c"
+    assert classify(("", 3), h) == "c" and classify(None, h) == "c"
 
 
 def test_index_values() -> None:
@@ -279,9 +279,7 @@ def test_scan_chunk_agrees_with_scan_item_on_every_kind_of_item() -> None:
     keyed = [s for s in want if s.rid is not None]
     assert chunk.ids == [s.rid.encode() for s in keyed if s.rid]
     assert chunk.indexes == [s.index for s in keyed]
-    assert chunk.marks == [
-        s.content_hash.encode() + b"|" if s.content_hash else None for s in keyed
-    ]
+    assert chunk.hashes == [s.content_hash.encode() if s.content_hash else None for s in keyed]
     assert [chunk.item(i) for i in range(len(keyed))] == keyed
     assert chunk.invalid == [s for s in want if s.issues]
     assert {s.index for s in chunk.invalid} != set()

@@ -15,6 +15,7 @@ from shared.processing import (
     prepare_item,
     prepare_single,
 )
+from shared.redis import writemodel
 from shared.schema_rules import CompiledSchema, content_hash, prepare_schema
 from tests.conftest import EMPLOYEE_SCHEMA
 
@@ -144,9 +145,12 @@ def test_change_round_trips_through_its_encoding() -> None:
 
 @pytest.mark.parametrize("value", [(content_hash({"a": 1}), 1), ("", 12)])
 def test_state_value_encoding(value: tuple[str, int]) -> None:
-    assert ScopeState.decode(ScopeState.encode(value).encode()) == value
-    assert ScopeState.decode(ScopeState.encode(value)) == value
-    assert ScopeState.decode(None) is None
+    assert writemodel.decode(writemodel.encode(value)) == value
+    assert writemodel.decode(writemodel.encode(value).decode()) == value
+    assert writemodel.decode(None) is None
+    assert writemodel.is_tombstone(writemodel.encode(value)) == (value[0] == "")
+    if value[0]:
+        assert writemodel.encode(value).startswith(writemodel.live_prefix(value[0].encode()))
 
 
 def test_live_and_dead_deltas_follow_every_transition() -> None:

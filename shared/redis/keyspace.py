@@ -1,6 +1,8 @@
-"""Every Redis key, stream, consumer group and arq queue name ingestd uses.
+"""Every Redis key, stream, consumer group, hash field and arq queue name ingestd uses.
 
-Nothing else in the code base spells these strings. Per-partition keys carry a
+Nothing else in the code base spells these strings: Lua scripts get the field
+names from here (:func:`shared.redis.scripts.lua`), and the snapshot-session
+layout (fields and states) is pinned by ``tests/unit/test_keyspace.py``. Per-partition keys carry a
 ``{pN}`` hash tag so that, on Redis Cluster, a partition's streams, lock and
 write-model state live in one slot and can change in one MULTI/EXEC.
 """
@@ -8,6 +10,7 @@ write-model state live in one slot and can change in one MULTI/EXEC.
 from __future__ import annotations
 
 import zlib
+from enum import StrEnum
 
 PREFIX = "ingestd"
 
@@ -20,11 +23,11 @@ F_META = b"m"
 F_BODY = b"b"
 F_CHANGE = b"c"
 
-# A scope's write model (``state_key``) maps resource id -> "hash|version" (tombstone:
-# "|version") plus three fields no id can take (ids never contain NUL): the marker that
-# it was loaded from PostgreSQL, holding the format it was loaded in (an older format is
-# loaded again), and the counts of live and of deleted ids, kept by every writer with
-# HINCRBY (so live + dead + 3 == HLEN checks them).
+# A scope's write model (``state_key``; layout and codec in :mod:`shared.redis.writemodel`):
+# resource id -> "hash|version" (tombstone "|version") plus three fields no id can take
+# (ids never contain NUL): the marker that it was loaded from PostgreSQL, holding the
+# format it was loaded in (an older format is loaded again), and the counts of live and
+# of deleted ids, kept by every writer with HINCRBY (so live + dead + 3 == HLEN).
 STATE_LOADED_FIELD = "\x00loaded"
 STATE_FORMAT = b"2"
 STATE_LIVE_FIELD = "\x00live"
@@ -65,6 +68,54 @@ def receipt_key(event_id: str) -> str:
     return f"{PREFIX}:receipt:{event_id}"
 
 
+class SessionState(StrEnum):
+    """The ``state`` field of a snapshot session (:mod:`shared.redis.sessions`)."""
+
+    OPEN = "open"  # taking parts
+    QUEUED = "queued"  # complete; its commit event is in the ingest stream
+    DONE = "done"  # applied or refused by the worker; the header answers retries
+    SUPERSEDED = "superseded"  # a snapshot of the scope opened later was applied first
+    ABORTED = "aborted"  # DELETE …/sessions/{id}
+
+
+class SessionField(StrEnum):
+    """Fields of a session hash (``session_key``); parts and digests are ``p:N``/``d:N``."""
+
+    EVENT_ID = "eid"  # the snapshot's event id (every part's 202 names it)
+    INTEGRATION = "int"  # the owner; another integration's parts are refused
+    SEQ = "seq"  # number the scope gave the session when it opened
+    TTL = "ttl"  # seconds the session lives after its latest part
+    RECEIVED = "n"  # parts stored
+    HIGHEST = "max"  # highest part number stored
+    STATE = "state"  # a SessionState
+    TOTAL = "total"  # the final part's number, once known
+    COMMIT = "commit"  # the commit event's metadata, stored with the final part
+    OPENED = "opened"  # epoch ms of the first part
+
+
+PART_PREFIX = "p:"
+DIGEST_PREFIX = "d:"
+
+
+def part_field(n: int) -> str:
+    return f"{PART_PREFIX}{n}"
+
+
+def digest_field(n: int) -> str:
+    return f"{DIGEST_PREFIX}{n}"
+
+
+class SnapshotsField(StrEnum):
+    """Fields of a scope's snapshot sequence (``snapshots_key``)."""
+
+    NEXT = "next"  # last number handed to an opening session
+    COMMITTED = "committed"  # number of the newest snapshot applied
+
+
+# a single-request bulk is stored as a one-part session named IMPLICIT + its event id
+IMPLICIT_SESSION = "="
+
+
 def session_key(p: int, resource_type: str, group_key: str, session: str) -> str:
     """A bulk upload session: its parts, their digests and its commit event (a hash).
 
@@ -74,8 +125,7 @@ def session_key(p: int, resource_type: str, group_key: str, session: str) -> str
 
 
 def snapshots_key(p: int, resource_type: str, group_key: str) -> str:
-    """Per-scope snapshot sequence: ``next`` (last number handed to an opening session)
-    and ``committed`` (number of the newest snapshot applied)."""
+    """Per-scope snapshot sequence (:class:`SnapshotsField`)."""
     return f"{_tag(p)}:snapshots:{resource_type}\x00{group_key}"
 
 
