@@ -34,6 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared import pointer
 from shared.codes import Code
 from shared.events import Change, Effect, RawMeta
 from shared.processing import MAX_ISSUES, ScopeState, apply_delete, apply_upsert
@@ -61,7 +62,7 @@ DUPLICATE = "D"  # prefix added once the id is seen a second time
 def _pointer(steps: tuple[Step, ...] | None) -> str | None:
     if not steps:
         return None
-    return "".join("/" + str(k).replace("~", "~0").replace("/", "~1") for _, k in steps)
+    return pointer.join(k for _, k in steps)
 
 
 class FastExtractor:

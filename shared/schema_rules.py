@@ -22,6 +22,7 @@ import jsonpath
 import jsonschema_rs
 import orjson
 
+from shared import pointer
 from shared.codes import Code
 from shared.errors import SchemaRuleError
 
@@ -167,7 +168,7 @@ def _validator(schema: dict[str, Any]) -> Any:
 
 
 def _pointer(parts: Any) -> str:
-    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+    return pointer.join(parts)
 
 
 def _printable(text: str) -> str:

@@ -47,6 +47,7 @@ from xml.etree.ElementTree import Element, ParseError
 import defusedxml
 from defusedxml import ElementTree as SafeET
 
+from shared import pointer
 from shared.codes import Code
 
 XML_TYPES = frozenset({"application/xml", "text/xml"})
@@ -100,7 +101,7 @@ class _Schemas:
         def merge() -> dict[str, Any]:
             target: Any = self.root
             for raw in ref[1:].split("/")[1:]:
-                key = raw.replace("~1", "/").replace("~0", "~")
+                key = pointer.unescape(raw)
                 target = target.get(key) if isinstance(target, dict) else None
             if not isinstance(target, dict):
                 return s

@@ -19,6 +19,7 @@ from aiohttp import web
 from shared import xmlcodec
 from shared.codes import Code
 from shared.errors import ApiError
+from shared.pointer import join as join_pointer
 
 log = logging.getLogger("ingestd.gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -211,7 +212,7 @@ def refuse_nul(value: Any, pointer: str) -> None:
         if isinstance(v, dict):
             for k, item in v.items():
                 stack.append((k, ptr))
-                stack.append((item, f"{ptr}/{k.replace('~', '~0').replace('/', '~1')}"))
+                stack.append((item, join_pointer([k], ptr)))
         elif isinstance(v, list):
             stack.extend((item, f"{ptr}/{n}") for n, item in enumerate(v))
         elif isinstance(v, str) and "\x00" in v:
