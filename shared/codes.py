@@ -95,29 +95,7 @@ class Code(StrEnum):
 
 
 C = Code
-#: codes of HTTP error bodies (the README's "Error codes" table)
-API_ERRORS: frozenset[Code] = frozenset(
-    c
-    for c in Code
-    if c
-    not in {
-        C.SCHEMA_VIOLATION,
-        C.UNKNOWN_FIELD,
-        C.MISSING_FIELD,
-        C.MISSING_ID,
-        C.INVALID_ID,
-        C.DUPLICATE_ID,
-        C.NOT_AN_OBJECT,
-        C.TOO_DEEP,
-        C.DELETIONS_SKIPPED,
-        C.SNAPSHOT_SUPERSEDED,
-        C.SESSION_EXPIRED,
-        C.SESSION_MISSING,
-        C.UNPROCESSABLE,
-    }
-)
-#: codes of issues in receipts and ``sync_issues`` (the README's list below that table)
-ISSUES: frozenset[Code] = frozenset(
+_ISSUES_ONLY = frozenset(
     {
         C.SCHEMA_VIOLATION,
         C.UNKNOWN_FIELD,
@@ -126,16 +104,22 @@ ISSUES: frozenset[Code] = frozenset(
         C.INVALID_ID,
         C.DUPLICATE_ID,
         C.NOT_AN_OBJECT,
-        C.INVALID_JSON,
-        C.INVALID_CHARACTER,
         C.TOO_DEEP,
-        C.TABLE_NOT_FOUND,
         C.DELETIONS_SKIPPED,
         C.SNAPSHOT_SUPERSEDED,
-        C.SESSION_SUPERSEDED,
-        C.SESSION_ABORTED,
         C.SESSION_EXPIRED,
         C.SESSION_MISSING,
         C.UNPROCESSABLE,
     }
 )
+#: codes of HTTP error bodies (the README's "Error codes" table)
+API_ERRORS: frozenset[Code] = frozenset(Code) - _ISSUES_ONLY
+#: codes of issues in receipts and ``sync_issues`` (the README's list below that table):
+#: those above, and a few an HTTP answer uses too
+ISSUES: frozenset[Code] = _ISSUES_ONLY | {
+    C.INVALID_JSON,
+    C.INVALID_CHARACTER,
+    C.TABLE_NOT_FOUND,
+    C.SESSION_SUPERSEDED,
+    C.SESSION_ABORTED,
+}
