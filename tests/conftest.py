@@ -29,8 +29,9 @@ from services.gateway.app import create_app
 from services.projector.main import Projector
 from services.worker.drain import Drainer
 from shared.config import Settings
-from shared.db import create_pool, migrate
 from shared.embedded import EmbeddedPostgres, EmbeddedRedis
+from shared.pg.migrate import migrate
+from shared.pg.pool import create_pool
 from shared.registry import RegistryCache
 
 ADMIN_TOKEN = "test-admin-token"

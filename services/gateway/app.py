@@ -15,8 +15,9 @@ from services.gateway.appender import Appender
 from services.gateway.http import error_middleware, json_response
 from services.gateway.state import APPENDER, PG, REDIS, REGISTRY, SETTINGS
 from shared.config import Settings
-from shared.db import create_pool, require_migrated
 from shared.errors import ConfigError
+from shared.pg.migrate import require_migrated
+from shared.pg.pool import create_pool, ping
 from shared.registry import RegistryCache
 
 log = logging.getLogger("ingestd.gateway")
@@ -64,7 +65,7 @@ async def _probe(name: str, check: Awaitable[Any]) -> str | None:
 async def healthz(request: web.Request) -> web.Response:
     results = await asyncio.gather(
         _probe("redis", request.app[REDIS].ping()),
-        _probe("postgres", request.app[PG].fetchval("SELECT 1")),
+        _probe("postgres", ping(request.app[PG])),
     )
     problems = [p for p in results if p]
     if problems:

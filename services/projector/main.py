@@ -14,7 +14,8 @@ from redis.asyncio import Redis
 from services.projector.apply import apply_batch
 from shared import streams
 from shared.config import Settings
-from shared.db import create_pool, require_migrated
+from shared.pg.migrate import require_migrated
+from shared.pg.pool import create_pool
 from shared.streamio import Lease, claim_pending, consumer_name, ensure_group
 
 log = logging.getLogger("ingestd.projector")

@@ -22,7 +22,8 @@ from redis.asyncio import Redis
 from services.worker.drain import Drainer
 from shared import streams
 from shared.config import Settings
-from shared.db import create_pool, require_migrated
+from shared.pg.migrate import require_migrated
+from shared.pg.pool import create_pool
 from shared.registry import RegistryCache
 from shared.streamio import consumer_name
 

@@ -40,9 +40,10 @@ from redis.asyncio import Redis
 from services.gateway.bulk import ADD_SCRIPT, BULK_LIMIT, OPEN_SCRIPT
 from services.worker.drain import Drainer
 from shared import registry, streams
-from shared.db import create_pool, migrate
 from shared.embedded import EmbeddedPostgres, EmbeddedRedis
 from shared.events import RawMeta, new_event_id
+from shared.pg.migrate import migrate
+from shared.pg.pool import create_pool
 from shared.registry import RegistryCache
 from shared.schema_rules import content_hash
 from tests.conftest import EMPLOYEE_SCHEMA, TABLES

@@ -33,8 +33,9 @@ from redis.asyncio import Redis
 
 from shared import registry, streams
 from shared.config import Settings
-from shared.db import create_pool, migrate
 from shared.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from shared.pg.migrate import migrate
+from shared.pg.pool import create_pool
 from tests.conftest import EMPLOYEE_SCHEMA, TABLES
 from tests.e2e.procs import INGESTD, Stage, stage_env, wait_healthy
 

@@ -25,8 +25,8 @@ import asyncpg
 from redis.asyncio import Redis
 
 from shared import streams
-from shared.db import create_pool
 from shared.events import RawMeta, new_event_id
+from shared.pg.pool import create_pool
 from shared.schema_rules import content_hash
 from tests.bench.core import Bench, Figure, cpus, employee, single_body
 from tests.bench.env import CpuMeter, Seeded, ServerCpu, Spy, fresh, group_keys, procs

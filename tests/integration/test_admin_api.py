@@ -612,8 +612,8 @@ async def test_gateway_starts_without_redis_and_says_so(settings: Settings, seed
 
 
 async def test_a_stage_refuses_a_database_missing_a_migration(pool: asyncpg.Pool) -> None:
-    from shared.db import require_migrated
     from shared.errors import ConfigError
+    from shared.pg.migrate import require_migrated
 
     await require_migrated(pool)  # the test database is current
     async with pool.acquire() as conn:
