@@ -16,12 +16,13 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import jsonpath
 import jsonschema_rs
 import orjson
 
+from shared.codes import Code
 from shared.errors import SchemaRuleError
 
 DRAFT_2020_12 = {
@@ -34,11 +35,14 @@ IDENTIFIER = re.compile(r"^_?[a-z][a-z0-9_]{0,30}$")
 MAX_ISSUES_PER_RESOURCE = 20
 
 
-def check_identifier(value: Any, field: str) -> str:
+_IDENTIFIER_CODES: dict[str, Code] = {"prefix": Code.INVALID_PREFIX, "table": Code.INVALID_TABLE}
+
+
+def check_identifier(value: Any, field: Literal["prefix", "table"]) -> str:
     # fullmatch: with re.match, "$" would also accept a trailing newline ("employee\n")
     if not isinstance(value, str) or not IDENTIFIER.fullmatch(value):
         raise SchemaRuleError(
-            f"invalid_{field}",
+            _IDENTIFIER_CODES[field],
             f"{field} must match {IDENTIFIER.pattern} (lower-case letters, digits and "
             f"underscores, at most 32 characters), got {value!r}",
             pointer=f"/{field}",
@@ -59,22 +63,24 @@ def normalise_path(path: str) -> str:
 def compile_path(path: Any, pointer: str, *, singular: bool) -> jsonpath.JSONPath:
     if not isinstance(path, str) or not path.strip():
         raise SchemaRuleError(
-            "invalid_resmo_path", "must be a non-empty JSONPath string", pointer=pointer
+            Code.INVALID_RESMO_PATH, "must be a non-empty JSONPath string", pointer=pointer
         )
     try:
         compiled = jsonpath.compile(normalise_path(path))
     except jsonpath.JSONPathError as e:
         first = str(e).splitlines()[0]
         raise SchemaRuleError(
-            "invalid_resmo_path", f"{path!r} is not a valid JSONPath: {first}", pointer=pointer
+            Code.INVALID_RESMO_PATH, f"{path!r} is not a valid JSONPath: {first}", pointer=pointer
         ) from e
     if not isinstance(compiled, jsonpath.JSONPath):
         raise SchemaRuleError(
-            "invalid_resmo_path", f"{path!r}: compound JSONPath is not supported", pointer=pointer
+            Code.INVALID_RESMO_PATH,
+            f"{path!r}: compound JSONPath is not supported",
+            pointer=pointer,
         )
     if singular and not compiled.singular_query():
         raise SchemaRuleError(
-            "resmo_path_not_singular",
+            Code.RESMO_PATH_NOT_SINGULAR,
             f"{path!r} may select more than one node; id and name must be singular paths "
             "(names and indexes only, no wildcards, slices, filters or '..')",
             pointer=pointer,
@@ -93,20 +99,20 @@ def check_resmo(schema: dict[str, Any], base: str = "") -> ResmoSpec:
     resmo = schema.get("resmo")
     if not isinstance(resmo, dict):
         raise SchemaRuleError(
-            "missing_resmo",
+            Code.MISSING_RESMO,
             "the schema root must have a 'resmo' object with at least an 'id' JSONPath",
             pointer=f"{base}/resmo",
         )
     unknown = set(resmo) - {"id", "name", "importantFields"}
     if unknown:
         raise SchemaRuleError(
-            "invalid_resmo",
+            Code.INVALID_RESMO,
             f"unknown keys in resmo: {sorted(unknown)}; allowed: id, name, importantFields",
             pointer=f"{base}/resmo",
         )
     if "id" not in resmo:
         raise SchemaRuleError(
-            "missing_resmo_id", "resmo.id is required", pointer=f"{base}/resmo/id"
+            Code.MISSING_RESMO_ID, "resmo.id is required", pointer=f"{base}/resmo/id"
         )
     compile_path(resmo["id"], f"{base}/resmo/id", singular=True)
     name = resmo.get("name")
@@ -115,7 +121,7 @@ def check_resmo(schema: dict[str, Any], base: str = "") -> ResmoSpec:
     fields = resmo.get("importantFields", [])
     if not isinstance(fields, list):
         raise SchemaRuleError(
-            "invalid_resmo_path",
+            Code.INVALID_RESMO_PATH,
             "resmo.importantFields must be a list of JSONPath strings",
             pointer=f"{base}/resmo/importantFields",
         )
@@ -128,18 +134,18 @@ def prepare_schema(schema: Any) -> dict[str, Any]:
     """Check every rule of seed 000; return the body to store (with unevaluatedProperties)."""
     if not isinstance(schema, dict) or not schema:
         raise SchemaRuleError(
-            "schema_not_object", "the schema must be a non-empty JSON object", pointer="/schema"
+            Code.SCHEMA_NOT_OBJECT, "the schema must be a non-empty JSON object", pointer="/schema"
         )
     if schema.get("type") != "object":
         raise SchemaRuleError(
-            "schema_root_not_object",
+            Code.SCHEMA_ROOT_NOT_OBJECT,
             'the schema root must have "type": "object" (resources are JSON objects)',
             pointer="/schema/type",
         )
     dialect = schema.get("$schema")
     if dialect is not None and (not isinstance(dialect, str) or dialect not in DRAFT_2020_12):
         raise SchemaRuleError(
-            "unsupported_draft",
+            Code.UNSUPPORTED_DRAFT,
             f"only JSON Schema draft 2020-12 is supported, got $schema {dialect!r}",
             pointer="/schema/$schema",
         )
@@ -150,7 +156,7 @@ def prepare_schema(schema: Any) -> dict[str, Any]:
         _validator(stored)
     except (jsonschema_rs.ValidationError, jsonschema_rs.ReferencingError, ValueError) as e:
         raise SchemaRuleError(
-            "invalid_schema",
+            Code.INVALID_SCHEMA,
             "not a valid JSON Schema 2020-12: " + str(e).splitlines()[0],
             pointer="/schema" + _pointer(getattr(e, "instance_path", [])),
         ) from e
@@ -216,10 +222,10 @@ def storable_json(data: Any) -> bytes | Issue:
     try:
         raw = orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError:
-        return Issue("too_deep", "the resource nests too deeply to be stored", "")
+        return Issue(Code.TOO_DEEP, "the resource nests too deeply to be stored", "")
     if b"\\u0000" in raw and _NUL.search(raw):
         return Issue(
-            "invalid_character", "U+0000 (NUL) cannot be stored (PostgreSQL text refuses it)", ""
+            Code.INVALID_CHARACTER, "U+0000 (NUL) cannot be stored (PostgreSQL text refuses it)", ""
         )
     return raw
 
@@ -302,7 +308,7 @@ class CompiledSchema:
 
     def validate(self, data: Any) -> list[Issue]:
         if not isinstance(data, dict):
-            return [Issue("not_an_object", "a resource must be a JSON object", "")]
+            return [Issue(Code.NOT_AN_OBJECT, "a resource must be a JSON object", "")]
         if self._validator.is_valid(data):
             return []
         issues = []
@@ -320,11 +326,11 @@ class CompiledSchema:
         if rid is None:
             match = self._id.match(data)
             if match is None:
-                return Issue("missing_id", "the resource has no id at the resmo.id path", None)
+                return Issue(Code.MISSING_ID, "the resource has no id at the resmo.id path", None)
             rid = scalar_id(match.obj)
             if rid is None:
                 return Issue(
-                    "invalid_id",
+                    Code.INVALID_ID,
                     "the id must be a non-empty string or an integer",
                     _pointer(match.parts),
                 )
@@ -365,7 +371,7 @@ def _issue_from_error(e: Any) -> Issue:
         unexpected = list(getattr(e.kind, "unexpected", []) or [])
         if unexpected:
             pointer = pointer + _pointer([unexpected[0]])
-        return Issue("unknown_field", e.message, pointer)
+        return Issue(Code.UNKNOWN_FIELD, e.message, pointer)
     if kind == "Required":
-        return Issue("missing_field", e.message, pointer)
-    return Issue("schema_violation", e.message, pointer)
+        return Issue(Code.MISSING_FIELD, e.message, pointer)
+    return Issue(Code.SCHEMA_VIOLATION, e.message, pointer)

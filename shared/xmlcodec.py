@@ -47,6 +47,8 @@ from xml.etree.ElementTree import Element, ParseError
 import defusedxml
 from defusedxml import ElementTree as SafeET
 
+from shared.codes import Code
+
 XML_TYPES = frozenset({"application/xml", "text/xml"})
 MAX_DEPTH = 64
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
@@ -59,7 +61,7 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9._-]*$")
 class XmlError(Exception):
     """The body is not acceptable XML; ``code`` is stable, ``message`` says where."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: Code, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -232,7 +234,7 @@ class _Empty:
 
 def _mixed(elem: Element) -> XmlError:
     return XmlError(
-        "xml_mixed_content",
+        Code.XML_MIXED_CONTENT,
         f"<{_local(elem.tag)}> mixes text with child elements or attributes; "
         "put the text in a child element",
     )
@@ -282,7 +284,7 @@ class _Converter:
         name = _local(elem.tag)
         if name in parent.attrs:
             raise XmlError(
-                "xml_duplicate_property",
+                Code.XML_DUPLICATE_PROPERTY,
                 f"{name!r} is given both as an attribute and as a child element",
             )
         parent.props.setdefault(name, []).append(self.value(elem, frame))
@@ -290,7 +292,7 @@ class _Converter:
 
 def _forbidden(e: Exception) -> XmlError:
     return XmlError(
-        "xml_forbidden",
+        Code.XML_FORBIDDEN,
         "XML with a DTD, entity declarations or external references is refused "
         f"(no entity is ever expanded): {type(e).__name__}",
     )
@@ -336,7 +338,7 @@ def _convert(body: bytes, schema: dict[str, Any], bulk: bool) -> Any:
     except ParseError as e:
         line, col = getattr(e, "position", (0, 0))
         raise XmlError(
-            "invalid_xml", f"the body is not well-formed XML at line {line} column {col}"
+            Code.INVALID_XML, f"the body is not well-formed XML at line {line} column {col}"
         ) from e
     except defusedxml.DefusedXmlException as e:
         raise _forbidden(e) from e
@@ -348,7 +350,7 @@ def _start(
 ) -> _Frame:
     depth = len(stack)
     if depth >= MAX_DEPTH:
-        raise XmlError("xml_too_deep", f"elements are nested deeper than {MAX_DEPTH} levels")
+        raise XmlError(Code.XML_TOO_DEEP, f"elements are nested deeper than {MAX_DEPTH} levels")
     if depth == 0 and bulk:
         return _Frame(_NO_SCHEMA)  # the container: its attributes mean nothing
     if depth == 0 or (depth == 1 and bulk):

@@ -14,6 +14,7 @@ from services.gateway import admin, bulk, ingest, read
 from services.gateway.appender import Appender
 from services.gateway.http import error_middleware, json_response
 from services.gateway.state import APPENDER, PG, REDIS, REGISTRY, SETTINGS
+from shared.codes import Code
 from shared.config import Settings
 from shared.errors import ConfigError
 from shared.pg.migrate import require_migrated
@@ -69,7 +70,7 @@ async def healthz(request: web.Request) -> web.Response:
     )
     problems = [p for p in results if p]
     if problems:
-        return json_response({"code": "unhealthy", "message": "; ".join(problems)}, status=503)
+        return json_response({"code": Code.UNHEALTHY, "message": "; ".join(problems)}, status=503)
     return json_response({"status": "ok"})
 
 

@@ -28,6 +28,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from shared import resp, streams
+from shared.codes import Code
 from shared.errors import ApiError
 from shared.streamio import HeldConnection
 
@@ -46,7 +47,7 @@ class Pending:
 
 
 def _unavailable(message: str) -> ApiError:
-    return ApiError("unavailable", message, status=503, headers={"Retry-After": "1"})
+    return ApiError(Code.UNAVAILABLE, message, status=503, headers={"Retry-After": "1"})
 
 
 class Appender:

@@ -55,6 +55,7 @@ from services.gateway.ingest import (
 from services.gateway.state import REDIS, SETTINGS
 from shared import streams, xmlcodec
 from shared.bulk import IMPLICIT
+from shared.codes import Code
 from shared.config import Settings
 from shared.errors import ApiError
 from shared.events import RawMeta, new_event_id
@@ -154,32 +155,32 @@ redis.call('HSET', KEYS[1], 'state', 'aborted')
 return 'aborted'
 """
 
-_REFUSALS: dict[str, tuple[str, str]] = {
+_REFUSALS: dict[str, tuple[Code, str]] = {
     "part_conflict": (
-        "part_conflict",
+        Code.PART_CONFLICT,
         "part {part} of session {session!r} was already received with a different body",
     ),
     "final_conflict": (
-        "final_conflict",
+        Code.FINAL_CONFLICT,
         "session {session!r} has part {total} as its final part (or already holds a part "
         "after {part}); the final part must be the highest",
     ),
     "part_after_final": (
-        "part_after_final",
+        Code.PART_AFTER_FINAL,
         "session {session!r} ends at part {total}; part {part} is beyond its final part",
     ),
     "queued": (
-        "session_closed",
+        Code.SESSION_CLOSED,
         "session {session!r} is complete and being applied; start a new session",
     ),
-    "done": ("session_closed", "session {session!r} was already applied; start a new session"),
+    "done": (Code.SESSION_CLOSED, "session {session!r} was already applied; start a new session"),
     "superseded": (
-        "session_superseded",
+        Code.SESSION_SUPERSEDED,
         "a snapshot of this scope opened after session {session!r} was applied; "
         "this session is discarded so it cannot overwrite newer data",
     ),
-    "aborted": ("session_aborted", "session {session!r} was aborted; start a new session"),
-    "foreign": ("session_conflict", "session id {session!r} is in use by another integration"),
+    "aborted": (Code.SESSION_ABORTED, "session {session!r} was aborted; start a new session"),
+    "foreign": (Code.SESSION_CONFLICT, "session id {session!r} is in use by another integration"),
 }
 
 
@@ -201,7 +202,9 @@ def _flag(request: web.Request, name: str) -> bool | None:
         return True
     if value in ("false", "0", "no", ""):
         return False
-    raise ApiError("invalid_parameter", f"{name} must be true or false", pointer=f"/query/{name}")
+    raise ApiError(
+        Code.INVALID_PARAMETER, f"{name} must be true or false", pointer=f"/query/{name}"
+    )
 
 
 def upload_params(request: web.Request, candidate_id: str) -> Upload:
@@ -212,21 +215,21 @@ def upload_params(request: web.Request, candidate_id: str) -> Upload:
     if session is None:
         if part_raw is not None or final is not None:
             raise ApiError(
-                "invalid_parameter",
+                Code.INVALID_PARAMETER,
                 "part and final belong to a session upload: add session=<id>",
                 pointer="/query/session",
             )
         return Upload(IMPLICIT + candidate_id, 1, True, partial, explicit=False)
     if not SESSION_ID.match(session):
         raise ApiError(
-            "invalid_parameter",
+            Code.INVALID_PARAMETER,
             "session must be 1-128 characters: letters, digits and . _ : - "
             "(starting with a letter or digit)",
             pointer="/query/session",
         )
     if part_raw is None or not part_raw.isdigit() or not 1 <= int(part_raw) <= MAX_PARTS:
         raise ApiError(
-            "invalid_parameter",
+            Code.INVALID_PARAMETER,
             f"a session upload needs part=<n>, an integer from 1 to {MAX_PARTS}",
             pointer="/query/part",
         )
@@ -239,7 +242,7 @@ async def snapshot_body(body: bytes, ctype: str, table: TableInfo) -> bytes:
         return orjson.dumps(await from_xml(xmlcodec.resources_from_xml, body, table))
     if not is_json_array(body):
         raise ApiError(
-            "body_not_array",
+            Code.BODY_NOT_ARRAY,
             "a bulk body must be a JSON array holding the complete set of resources",
             pointer="",
         )
@@ -284,7 +287,7 @@ async def store_part(
         )  # fmt: skip
         if outcome != b"gone":
             return Stored(eid.decode(), outcome.decode(), int(received), int(total))
-    raise ApiError("unavailable", "the session kept disappearing; retry", status=503)
+    raise ApiError(Code.UNAVAILABLE, "the session kept disappearing; retry", status=503)
 
 
 async def store_single(
@@ -361,7 +364,7 @@ async def post_bulk(request: web.Request) -> web.Response:
 
 
 def _refusal(result: str, up: Upload, total: int, part: int) -> ApiError:
-    code, template = _REFUSALS.get(result, ("session_closed", "session {session!r} is closed"))
+    code, template = _REFUSALS.get(result, (Code.SESSION_CLOSED, "session {session!r} is closed"))
     return ApiError(code, template.format(session=up.session, part=part, total=total), status=409)
 
 
@@ -446,7 +449,7 @@ async def get_session(request: web.Request) -> web.Response:
     session, skey, snapshots = _session_keys(request, table)
     info = await session_status(request.app[REDIS], skey, snapshots)
     if info is None or info.pop("integration") != key.integration_id:
-        raise ApiError("session_not_found", f"no session {session!r} for this scope", status=404)
+        raise ApiError(Code.SESSION_NOT_FOUND, f"no session {session!r} for this scope", status=404)
     return respond(request, {"session": session, **info}, root="session")
 
 
@@ -461,6 +464,6 @@ async def abort_session(request: web.Request) -> web.Response:
     if result == "aborted":
         return web.Response(status=204)
     if result == "gone" or result == "foreign":
-        raise ApiError("session_not_found", f"no session {session!r} for this scope", status=404)
+        raise ApiError(Code.SESSION_NOT_FOUND, f"no session {session!r} for this scope", status=404)
     up = Upload(session, 0, False, False, True)
     raise _refusal(result, up, 0, 0)

@@ -17,6 +17,7 @@ import simdjson
 from aiohttp import web
 
 from shared import xmlcodec
+from shared.codes import Code
 from shared.errors import ApiError
 
 log = logging.getLogger("ingestd.gateway")
@@ -96,7 +97,7 @@ def error_response(e: ApiError, request: web.BaseRequest | None = None) -> web.R
     return json_response(e.body(), status=e.status, headers=e.headers or None)
 
 
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+_HTTP_CODES = {404: Code.NOT_FOUND, 405: Code.METHOD_NOT_ALLOWED, 413: Code.BODY_TOO_LARGE}
 
 
 @web.middleware
@@ -108,12 +109,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        code = _HTTP_CODES.get(e.status, "http_error")
+        code = _HTTP_CODES.get(e.status, Code.HTTP_ERROR)
         return error_response(ApiError(code, e.reason, status=e.status), request)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(
-            ApiError("internal_error", "internal server error", status=500), request
+            ApiError(Code.INTERNAL_ERROR, "internal server error", status=500), request
         )
 
 
@@ -122,7 +123,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     length = request.content_length
     if length is not None and length > limit:
         raise ApiError(
-            "body_too_large", f"the body is {length} bytes; the limit is {limit}", status=413
+            Code.BODY_TOO_LARGE, f"the body is {length} bytes; the limit is {limit}", status=413
         )
     if length is not None:
         return await request.content.readexactly(length) if length else b""
@@ -132,7 +133,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         size += len(chunk)
         if size > limit:
             raise ApiError(
-                "body_too_large", f"the body exceeds the limit of {limit} bytes", status=413
+                Code.BODY_TOO_LARGE, f"the body exceeds the limit of {limit} bytes", status=413
             )
         chunks.append(chunk)
     return b"".join(chunks)
@@ -143,7 +144,7 @@ def parse_json(body: bytes, what: str = "body") -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as e:
         raise ApiError(
-            "invalid_json",
+            Code.INVALID_JSON,
             f"the {what} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
             f" (byte {e.pos})",
         ) from e
@@ -169,7 +170,7 @@ def is_json_array(body: bytes) -> bool:
 async def json_object(request: web.Request, limit: int = 1 << 20) -> dict[str, Any]:
     data = parse_json(await read_body(request, limit))
     if not isinstance(data, dict):
-        raise ApiError("body_not_object", "the body must be a JSON object", pointer="")
+        raise ApiError(Code.BODY_NOT_OBJECT, "the body must be a JSON object", pointer="")
     return data
 
 
@@ -185,14 +186,14 @@ def require_admin(request: web.Request, admin_token: str) -> None:
     token = bearer(request)
     if token is None:
         raise ApiError(
-            "unauthorized",
+            Code.UNAUTHORIZED,
             "admin API needs 'Authorization: Bearer <admin token>'",
             status=401,
             headers={"WWW-Authenticate": "Bearer"},
         )
     if not hmac.compare_digest(token.encode(), admin_token.encode()):
         raise ApiError(
-            "unauthorized",
+            Code.UNAUTHORIZED,
             "invalid admin token",
             status=401,
             headers={"WWW-Authenticate": "Bearer"},
@@ -215,7 +216,7 @@ def refuse_nul(value: Any, pointer: str) -> None:
             stack.extend((item, f"{ptr}/{n}") for n, item in enumerate(v))
         elif isinstance(v, str) and "\x00" in v:
             raise ApiError(
-                "invalid_character",
+                Code.INVALID_CHARACTER,
                 "text must not contain the NUL character (U+0000): PostgreSQL cannot store it",
                 pointer=ptr,
             )

@@ -18,6 +18,7 @@ from aiohttp import web
 from services.gateway.http import bearer, parse_json, read_body, refuse_nul, respond
 from services.gateway.state import APPENDER, PG, REDIS, REGISTRY, SETTINGS
 from shared import streams, xmlcodec
+from shared.codes import Code
 from shared.errors import ApiError
 from shared.events import Kind, RawMeta, new_event_id
 from shared.registry import KeyInfo, TableInfo
@@ -39,14 +40,14 @@ def authenticate(request: web.Request) -> KeyInfo:
     key = request.headers.get("X-Ingest-Key") or bearer(request)
     if not key:
         raise ApiError(
-            "missing_ingest_key",
+            Code.MISSING_INGEST_KEY,
             "send the integration's ingest key in the X-Ingest-Key header "
             "(or Authorization: Bearer)",
             status=401,
         )
     info = request.app[REGISTRY].snapshot.authenticate(key)
     if info is None:
-        raise ApiError("invalid_ingest_key", "unknown or revoked ingest key", status=401)
+        raise ApiError(Code.INVALID_INGEST_KEY, "unknown or revoked ingest key", status=401)
     return info
 
 
@@ -55,7 +56,7 @@ def resolve_table(request: web.Request, key: KeyInfo) -> TableInfo:
     info = request.app[REGISTRY].snapshot.tables.get((key.group_id, table))
     if info is None:
         raise ApiError(
-            "table_not_found",
+            Code.TABLE_NOT_FOUND,
             f"table {table!r} is not in this integration's schema group",
             status=404,
         )
@@ -66,7 +67,7 @@ def _param(request: web.Request, name: str, limit: int) -> str | None:
     value = request.query.get(name)
     if value is not None and len(value) > limit:
         raise ApiError(
-            "invalid_parameter",
+            Code.INVALID_PARAMETER,
             f"{name} is {len(value)} characters; at most {limit} are allowed",
             pointer=f"/query/{name}",
         )
@@ -87,13 +88,13 @@ def common_params(request: web.Request) -> tuple[str, str | None, Any]:
             actor = orjson.loads(actor_raw)
         except orjson.JSONDecodeError as e:
             raise ApiError(
-                "invalid_parameter",
+                Code.INVALID_PARAMETER,
                 f'actor must be JSON (e.g. {{"name":"alice"}} or "alice"): {e.msg}',
                 pointer="/query/actor",
             ) from e
         if isinstance(storable_hash(actor), Issue):
             raise ApiError(
-                "invalid_parameter",
+                Code.INVALID_PARAMETER,
                 "actor must not contain U+0000 nor nest deeper than 254 levels",
                 pointer="/query/actor",
             )
@@ -107,7 +108,7 @@ def check_content_type(request: web.Request, allowed: set[str]) -> str:
     ctype = request.content_type
     if ctype not in allowed:
         raise ApiError(
-            "unsupported_media_type",
+            Code.UNSUPPORTED_MEDIA_TYPE,
             f"Content-Type {ctype!r} is not supported; use one of {sorted(allowed)}",
             status=415,
         )
@@ -135,7 +136,7 @@ def partition(request: web.Request, table: TableInfo, group_key: str) -> int:
     backlog = request.app[APPENDER].backlog[p]
     if backlog > settings.max_backlog:
         raise ApiError(
-            "backlog_full",
+            Code.BACKLOG_FULL,
             f"partition {p} has {backlog} unprocessed events; retry later",
             status=429,
             headers={"Retry-After": "1"},
@@ -186,14 +187,14 @@ async def post_event(request: web.Request) -> web.Response:
         data = await from_xml(xmlcodec.resource_from_xml, body, table)
         if not isinstance(data, dict):
             raise ApiError(
-                "body_not_object", "the XML root element must hold the resource's properties"
+                Code.BODY_NOT_OBJECT, "the XML root element must hold the resource's properties"
             )
         body = orjson.dumps(data)
     else:
         data = parse_json(body)
     if not isinstance(data, dict):
         raise ApiError(
-            "body_not_object", "the body must be one JSON object (a resource)", pointer=""
+            Code.BODY_NOT_OBJECT, "the body must be one JSON object (a resource)", pointer=""
         )
     return await enqueue(request, key, table, "single", body, params=params)
 
@@ -208,13 +209,13 @@ async def delete_resources(request: web.Request) -> web.Response:
     ids = [i for i in (raw or "").split(",") if i]
     if not ids:
         raise ApiError(
-            "invalid_parameter",
+            Code.INVALID_PARAMETER,
             "resourceIds must list at least one id (a,b,c)",
             pointer="/query/resourceIds",
         )
     if len(ids) > MAX_DELETE_IDS:
         raise ApiError(
-            "invalid_parameter",
+            Code.INVALID_PARAMETER,
             f"at most {MAX_DELETE_IDS} resourceIds per request",
             pointer="/query/resourceIds",
         )
@@ -255,14 +256,14 @@ async def get_receipt(request: web.Request) -> web.Response:
     row = await request.app[PG].fetchrow(RECEIPT_SQL, event_id)
     if row is not None:
         if str(row["integration_id"]) != key.integration_id:
-            raise ApiError("event_not_found", f"no event {event_id!r}", status=404)
+            raise ApiError(Code.EVENT_NOT_FOUND, f"no event {event_id!r}", status=404)
         return respond(request, receipt_json(row), root="receipt")
 
     redis = request.app[REDIS]
     raw = await redis.get(streams.receipt_key(event_id))
     marker = orjson.loads(raw) if raw is not None else {}
     if marker.get("i") != key.integration_id:
-        raise ApiError("event_not_found", f"no event {event_id!r}", status=404)
+        raise ApiError(Code.EVENT_NOT_FOUND, f"no event {event_id!r}", status=404)
     receipt: dict[str, Any] = {
         "eventId": event_id,
         "status": "pending",

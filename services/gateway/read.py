@@ -13,6 +13,7 @@ from aiohttp import web
 from services.gateway.admin import admin
 from services.gateway.http import json_response
 from services.gateway.state import PG, REGISTRY
+from shared.codes import Code
 from shared.errors import ApiError, NotFoundError
 
 routes = web.RouteTableDef()
@@ -26,7 +27,7 @@ def _limit(request: web.Request, default: int = 100) -> int:
     # ASCII digits only: str.isdigit() also accepts "²", which int() refuses
     if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
         raise ApiError(
-            "invalid_parameter",
+            Code.INVALID_PARAMETER,
             f"limit must be an integer from 1 to {MAX_LIMIT}",
             pointer="/query/limit",
         )
@@ -39,7 +40,7 @@ def _text(request: web.Request, name: str, default: str | None = None) -> str | 
     value = request.query.get(name, default)
     if value is not None and "\x00" in value:
         raise ApiError(
-            "invalid_parameter", f"{name} must not contain U+0000", pointer=f"/query/{name}"
+            Code.INVALID_PARAMETER, f"{name} must not contain U+0000", pointer=f"/query/{name}"
         )
     return value
 
@@ -51,14 +52,14 @@ def _group_key(request: web.Request) -> str:
 def _resource_id(request: web.Request, rt: str) -> str:
     rid = request.match_info["id"]
     if "\x00" in rid:  # cannot be stored, so there is no such resource
-        raise NotFoundError("resource_not_found", f"no {rt} resource {rid!r} in this group")
+        raise NotFoundError(Code.RESOURCE_NOT_FOUND, f"no {rt} resource {rid!r} in this group")
     return rid
 
 
 def _resource_type(request: web.Request) -> str:
     rt = request.match_info["resourceType"]
     if rt not in request.app[REGISTRY].snapshot.by_type:
-        raise NotFoundError("resource_type_not_found", f"no resource type {rt!r}")
+        raise NotFoundError(Code.RESOURCE_TYPE_NOT_FOUND, f"no resource type {rt!r}")
     return rt
 
 
@@ -92,11 +93,11 @@ def _decode_cursor(raw: str) -> str:
         rid = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeError) as e:
         raise ApiError(
-            "invalid_cursor", "cursor is not one this API returned", pointer="/query/cursor"
+            Code.INVALID_CURSOR, "cursor is not one this API returned", pointer="/query/cursor"
         ) from e
     if not rid or "\x00" in rid:
         raise ApiError(
-            "invalid_cursor", "cursor is not one this API returned", pointer="/query/cursor"
+            Code.INVALID_CURSOR, "cursor is not one this API returned", pointer="/query/cursor"
         )
     return rid
 
@@ -135,7 +136,7 @@ async def get_resource(request: web.Request) -> web.Response:
         rid,
     )
     if row is None:
-        raise NotFoundError("resource_not_found", f"no {rt} resource {rid!r} in this group")
+        raise NotFoundError(Code.RESOURCE_NOT_FOUND, f"no {rt} resource {rid!r} in this group")
     return json_response(resource_json(row))
 
 
@@ -175,7 +176,7 @@ def _since(request: web.Request) -> datetime | None:
         return datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError as e:
         raise ApiError(
-            "invalid_parameter", "since must be an ISO-8601 timestamp", pointer="/query/since"
+            Code.INVALID_PARAMETER, "since must be an ISO-8601 timestamp", pointer="/query/since"
         ) from e
 
 
@@ -187,7 +188,7 @@ def _integration(request: web.Request) -> UUID | None:
         return UUID(raw)
     except ValueError as e:
         raise ApiError(
-            "invalid_parameter",
+            Code.INVALID_PARAMETER,
             "integration must be an integration id",
             pointer="/query/integration",
         ) from e

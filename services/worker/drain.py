@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 
 from services.worker.bulk import BulkCommit
 from shared import resp, streams
+from shared.codes import Code
 from shared.events import Change, RawMeta
 from shared.processing import (
     Prepared,
@@ -149,7 +150,7 @@ class Drainer:
             raise
         except Exception as exc:
             log.exception("partition %s: snapshot %r could not be processed", self.p, e.sid)
-            issue = Issue("unprocessable", f"the worker could not process this snapshot: {exc}")
+            issue = Issue(Code.UNPROCESSABLE, f"the worker could not process this snapshot: {exc}")
             change = Change(
                 e.meta, "rejected", rejected=1, issues=[issue.as_dict()], issues_total=1
             )
@@ -181,13 +182,13 @@ class Drainer:
             await self.registry.refresh(force=True)
             table = self.registry.snapshot.by_type.get(e.meta.resource_type)
         if table is None:
-            issue = Issue("table_not_found", f"no table {e.meta.resource_type!r} anymore", None)
+            issue = Issue(Code.TABLE_NOT_FOUND, f"no table {e.meta.resource_type!r} anymore", None)
             return Prepared({}, None, [issue])
         try:
             return prepare_single(e.body, self.registry.snapshot.compiled(table))
         except Exception as exc:
             log.exception("partition %s: entry %r could not be processed", self.p, e.sid)
-            issue = Issue("unprocessable", f"the worker could not process this event: {exc}")
+            issue = Issue(Code.UNPROCESSABLE, f"the worker could not process this event: {exc}")
             return Prepared({}, None, [issue])
 
     def _ids(self, e: Entry) -> list[str]:
