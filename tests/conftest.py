@@ -32,7 +32,7 @@ from shared.config import Settings
 from shared.embedded import EmbeddedPostgres, EmbeddedRedis
 from shared.pg.migrate import migrate
 from shared.pg.pool import create_pool
-from shared.registry import RegistryCache
+from shared.pg.registry import RegistryCache, RegistryStore
 
 ADMIN_TOKEN = "test-admin-token"
 TEST_DB = f"ingestd_test_{os.getpid()}"
@@ -251,7 +251,7 @@ class InlinePipeline:
         self.settings = settings
         self.pool = pool
         self.redis = redis
-        self.registry = RegistryCache(pool, 100)
+        self.registry = RegistryCache(RegistryStore(pool), 100)
         self.projector = Projector(redis, pool, settings.partitions)
 
     async def run(self) -> None:

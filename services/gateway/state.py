@@ -8,10 +8,11 @@ from redis.asyncio import Redis
 
 from services.gateway.appender import Appender
 from shared.config import Settings
-from shared.registry import RegistryCache
+from shared.pg.registry import RegistryCache, RegistryStore
 
 SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", Redis)
 PG = web.AppKey("pg", asyncpg.Pool)
 REGISTRY = web.AppKey("registry", RegistryCache)
+REGISTRY_STORE = web.AppKey("registry_store", RegistryStore)
 APPENDER = web.AppKey("appender", Appender)

@@ -19,6 +19,7 @@ from services.worker.bulk import BulkCommit
 from shared import resp, streams
 from shared.codes import Code
 from shared.events import Change, RawMeta
+from shared.pg.registry import RegistryCache
 from shared.processing import (
     Prepared,
     ScopeState,
@@ -26,7 +27,6 @@ from shared.processing import (
     decide_single,
     prepare_single,
 )
-from shared.registry import RegistryCache
 from shared.schema_rules import Issue
 from shared.streamio import HeldConnection, Lease, claim_pending, ensure_group
 

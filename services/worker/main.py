@@ -24,7 +24,7 @@ from shared import streams
 from shared.config import Settings
 from shared.pg.migrate import require_migrated
 from shared.pg.pool import create_pool
-from shared.registry import RegistryCache
+from shared.pg.registry import RegistryCache, RegistryStore
 from shared.streamio import consumer_name
 
 log = logging.getLogger("ingestd.worker")
@@ -36,7 +36,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["streams"] = Redis.from_url(redis_url)
     ctx["pg"] = await create_pool(dsn, max_size=4)
     await require_migrated(ctx["pg"])
-    registry = RegistryCache(ctx["pg"], settings.registry_poll_ms)
+    registry = RegistryCache(RegistryStore(ctx["pg"]), settings.registry_poll_ms)
     await registry.start()
     ctx["registry"] = registry
     ctx["consumer"] = consumer_name()

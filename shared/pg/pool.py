@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, TypeAlias
 
 import asyncpg
 import orjson
@@ -10,6 +12,8 @@ import orjson
 from shared.errors import TransientError
 
 Pool = asyncpg.Pool
+#: what a store runs on: a pool, or one connection (a test's, or a caller's transaction)
+Db: TypeAlias = "asyncpg.Pool | asyncpg.Connection"
 
 
 def _encode_jsonb(value: Any) -> bytes:
@@ -49,6 +53,16 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
     return pool
 
 
-async def ping(db: asyncpg.Pool | asyncpg.Connection) -> None:
+async def ping(db: Db) -> None:
     """One round trip: raises whatever the driver raises when PostgreSQL does not answer."""
     await db.fetchval("SELECT 1")
+
+
+@asynccontextmanager
+async def connection(db: Db) -> AsyncIterator[asyncpg.Connection]:
+    """One connection of ``db`` for the block: acquired from a pool, or ``db`` itself."""
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn:
+            yield conn
+    else:
+        yield db
