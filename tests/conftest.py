@@ -33,6 +33,7 @@ from shared.embedded import EmbeddedPostgres, EmbeddedRedis
 from shared.pg.migrate import migrate
 from shared.pg.pool import create_pool
 from shared.pg.registry import RegistryCache, RegistryStore
+from shared.pg.resources import ResourceStore
 
 ADMIN_TOKEN = "test-admin-token"
 TEST_DB = f"ingestd_test_{os.getpid()}"
@@ -251,14 +252,20 @@ class InlinePipeline:
         self.settings = settings
         self.pool = pool
         self.redis = redis
+        self.resources = ResourceStore(pool)
         self.registry = RegistryCache(RegistryStore(pool), 100)
-        self.projector = Projector(redis, pool, settings.partitions)
+        self.projector = Projector(redis, self.resources, settings.partitions)
 
     async def run(self) -> None:
         await self.registry.refresh(force=True)
         for p in range(self.settings.partitions):
             d = Drainer(
-                self.redis, self.pool, self.registry, p, self.settings.drain_batch, "test-worker"
+                self.redis,
+                self.resources,
+                self.registry,
+                p,
+                self.settings.drain_batch,
+                "test-worker",
             )
             # project alongside: a worker rebuilding a scope waits for the projector
             done = asyncio.Event()

@@ -13,13 +13,22 @@ from redis.asyncio import Redis
 from services.gateway import admin, bulk, ingest, read
 from services.gateway.appender import Appender
 from services.gateway.http import error_middleware, json_response
-from services.gateway.state import APPENDER, PG, REDIS, REGISTRY, REGISTRY_STORE, SETTINGS
+from services.gateway.state import (
+    APPENDER,
+    PG,
+    REDIS,
+    REGISTRY,
+    REGISTRY_STORE,
+    RESOURCES,
+    SETTINGS,
+)
 from shared.codes import Code
 from shared.config import Settings
 from shared.errors import ConfigError
 from shared.pg.migrate import require_migrated
 from shared.pg.pool import create_pool, ping
 from shared.pg.registry import RegistryCache, RegistryStore
+from shared.pg.resources import ResourceStore
 
 log = logging.getLogger("ingestd.gateway")
 MAX_BODY = 5 << 20
@@ -38,6 +47,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[REDIS] = redis
     app[PG] = pool
     app[REGISTRY_STORE] = RegistryStore(pool)
+    app[RESOURCES] = ResourceStore(pool)
     registry = RegistryCache(app[REGISTRY_STORE], settings.registry_poll_ms)
     await registry.start()
     app[REGISTRY] = registry

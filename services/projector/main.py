@@ -16,6 +16,7 @@ from shared import streams
 from shared.config import Settings
 from shared.pg.migrate import require_migrated
 from shared.pg.pool import create_pool
+from shared.pg.resources import ResourceStore
 from shared.streamio import Lease, claim_pending, consumer_name, ensure_group
 
 log = logging.getLogger("ingestd.projector")
@@ -42,10 +43,10 @@ def transactions(rows: list[Any]) -> list[list[Any]]:
 
 class Projector:
     def __init__(
-        self, redis: Redis, pool: asyncpg.Pool, partitions: int, batch: int = 1000
+        self, redis: Redis, resources: ResourceStore, partitions: int, batch: int = 1000
     ) -> None:
         self.redis = redis
-        self.pool = pool
+        self.resources = resources
         self.partitions = partitions
         self.batch = batch
         self.consumer = consumer_name()
@@ -105,8 +106,7 @@ class Projector:
                 if not await lease.refresh():
                     return
                 entries = [(sid, f[streams.F_CHANGE]) for sid, f in chunk if f]
-                async with self.pool.acquire() as conn:
-                    self.applied += await apply_batch(conn, p, entries)
+                self.applied += await apply_batch(self.resources, p, entries)
                 ids = [sid for sid, _ in chunk]
                 pipe = self.redis.pipeline(transaction=True)
                 pipe.xack(stream, streams.PROJECTOR_GROUP, *ids)
@@ -122,7 +122,7 @@ async def serve(settings: Settings) -> None:
     redis = Redis.from_url(redis_url)
     pool = await create_pool(dsn, max_size=max(4, settings.partitions // 2))
     await require_migrated(pool)
-    projector = Projector(redis, pool, settings.partitions)
+    projector = Projector(redis, ResourceStore(pool), settings.partitions)
     task = asyncio.create_task(projector.run())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -20,6 +20,7 @@ from shared import resp, streams
 from shared.codes import Code
 from shared.events import Change, RawMeta
 from shared.pg.registry import RegistryCache
+from shared.pg.resources import ResourceStore
 from shared.processing import (
     Prepared,
     ScopeState,
@@ -32,17 +33,6 @@ from shared.streamio import HeldConnection, Lease, claim_pending, ensure_group
 
 log = logging.getLogger("ingestd.worker")
 LOAD_CHUNK = 2000
-REBUILD_LIVE_SQL = (
-    "SELECT resource_id, content_hash, version FROM resources"
-    " WHERE resource_type = $1 AND group_key = $2"
-)
-REBUILD_TOMBSTONES_SQL = (
-    "SELECT c.resource_id, max(c.version) AS v FROM resource_changes c"
-    " WHERE c.resource_type = $1 AND c.group_key = $2 AND NOT EXISTS ("
-    " SELECT 1 FROM resources r WHERE r.resource_type = c.resource_type"
-    " AND r.group_key = c.group_key AND r.resource_id = c.resource_id)"
-    " GROUP BY c.resource_id"
-)
 
 
 @dataclass(slots=True)
@@ -64,14 +54,14 @@ class Drainer:
     def __init__(
         self,
         redis: Redis,
-        pool: asyncpg.Pool,
+        resources: ResourceStore,
         registry: RegistryCache,
         p: int,
         batch: int,
         consumer: str,
     ) -> None:
         self.redis = redis
-        self.pool = pool
+        self.resources = resources
         self.registry = registry
         self.p = p
         self.batch = batch
@@ -247,15 +237,13 @@ class Drainer:
                 raise LostLease
             batch = {}
 
-        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
-            async for r in conn.cursor(REBUILD_LIVE_SQL, resource_type, group_key):
-                batch[r["resource_id"]] = f"{r['content_hash']}|{r['version']}"
-                live += 1
-                if len(batch) >= LOAD_CHUNK:
-                    await flush()
-            async for r in conn.cursor(REBUILD_TOMBSTONES_SQL, resource_type, group_key):
-                batch[r["resource_id"]] = f"|{r['v']}"
-                dead += 1
+        async with contextlib.aclosing(self.resources.scope_rows(resource_type, group_key)) as rows:
+            async for rid, content_hash, version in rows:
+                batch[rid] = f"{content_hash}|{version}"
+                if content_hash:
+                    live += 1
+                else:
+                    dead += 1
                 if len(batch) >= LOAD_CHUNK:
                     await flush()
             await flush(final=True)
@@ -273,11 +261,8 @@ class Drainer:
             if not last:
                 return
             last_id = streams.stream_id_tuple(last[0][0])
-            row = await self.pool.fetchrow(
-                "SELECT stream_ms, stream_seq FROM projector_positions WHERE partition = $1",
-                self.p,
-            )
-            if row is not None and (row["stream_ms"], row["stream_seq"]) >= last_id:
+            position = await self.resources.position(self.p)
+            if position is not None and position >= last_id:
                 return
             if not await self.lease.refresh():
                 raise LostLease

@@ -25,6 +25,7 @@ from shared.config import Settings
 from shared.pg.migrate import require_migrated
 from shared.pg.pool import create_pool
 from shared.pg.registry import RegistryCache, RegistryStore
+from shared.pg.resources import ResourceStore
 from shared.streamio import consumer_name
 
 log = logging.getLogger("ingestd.worker")
@@ -36,6 +37,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["streams"] = Redis.from_url(redis_url)
     ctx["pg"] = await create_pool(dsn, max_size=4)
     await require_migrated(ctx["pg"])
+    ctx["resources"] = ResourceStore(ctx["pg"])
     registry = RegistryCache(RegistryStore(ctx["pg"]), settings.registry_poll_ms)
     await registry.start()
     ctx["registry"] = registry
@@ -54,7 +56,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 async def drain(ctx: dict[str, Any], p: int) -> int:
     settings: Settings = ctx["settings"]
     d = Drainer(
-        ctx["streams"], ctx["pg"], ctx["registry"], p, settings.drain_batch, ctx["consumer"]
+        ctx["streams"], ctx["resources"], ctx["registry"], p, settings.drain_batch, ctx["consumer"]
     )
     # a jittered slice: partitions started together would otherwise hand over together,
     # and whichever worker polls first would take them all again

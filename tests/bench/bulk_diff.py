@@ -45,6 +45,7 @@ from shared.events import RawMeta, new_event_id
 from shared.pg.migrate import migrate
 from shared.pg.pool import create_pool
 from shared.pg.registry import RegistryCache, RegistryStore
+from shared.pg.resources import ResourceStore
 from shared.schema_rules import content_hash, prepare_schema
 from tests.conftest import EMPLOYEE_SCHEMA, TABLES
 
@@ -235,7 +236,7 @@ async def child(dsn: str, redis_url: str, p: int) -> dict[str, Any]:
     reg = RegistryCache(RegistryStore(pool), 500)
     await reg.refresh(force=True)
     base_rss = peak_rss_mib()
-    d = Drainer(redis, pool, reg, p, 500, "bench-worker")
+    d = Drainer(redis, ResourceStore(pool), reg, p, 500, "bench-worker")
     t0 = time.perf_counter()
     assert await d.run(3600, idle_exit=True)
     wall = time.perf_counter() - t0
