@@ -96,47 +96,52 @@ def build_rows(changes: list[Change], prev: dict[Key, Any], now: datetime) -> Ba
                 out.final[key] = None
             else:
                 out.final[key] = (e.name, e.important or {}, after, e.content_hash, e.version, m.id)
-        if not ch.last:
-            continue
-        c = ch.counts()
-        integration = m.integration  # asyncpg takes a uuid column's value as text
-        out.events.append(
+        if ch.last:
+            _receipt_rows(out, ch, received, now)
+    return out
+
+
+def _receipt_rows(out: BatchRows, ch: Change, received: datetime, now: datetime) -> None:
+    """The ``ingest_events`` row of a change's last entry, and its sync issues."""
+    m = ch.meta
+    c = ch.counts()
+    integration = m.integration  # asyncpg takes a uuid column's value as text
+    out.events.append(
+        (
+            m.id,
+            integration,
+            m.table,
+            m.resource_type,
+            m.group_key,
+            m.kind,
+            ch.status,
+            m.event,
+            m.actor,
+            c["created"],
+            c["updated"],
+            c["deleted"],
+            c["unchanged"],
+            c["rejected"],
+            ch.ignored,
+            ch.issues,
+            ch.issues_total,
+            received,
+            now,
+        )
+    )
+    for i in ch.issues:
+        out.issues.append(
             (
                 m.id,
                 integration,
                 m.table,
                 m.resource_type,
                 m.group_key,
-                m.kind,
-                ch.status,
-                m.event,
-                m.actor,
-                c["created"],
-                c["updated"],
-                c["deleted"],
-                c["unchanged"],
-                c["rejected"],
-                ch.ignored,
-                ch.issues,
-                ch.issues_total,
-                received,
+                i.get("resourceId"),
+                i.get("index"),
+                i["code"],
+                i["message"],
+                i.get("pointer"),
                 now,
             )
         )
-        for i in ch.issues:
-            out.issues.append(
-                (
-                    m.id,
-                    integration,
-                    m.table,
-                    m.resource_type,
-                    m.group_key,
-                    i.get("resourceId"),
-                    i.get("index"),
-                    i["code"],
-                    i["message"],
-                    i.get("pointer"),
-                    now,
-                )
-            )
-    return out

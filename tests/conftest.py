@@ -286,3 +286,29 @@ class InlinePipeline:
 @pytest.fixture
 async def pipeline(settings: Settings, pool: asyncpg.Pool, redis: Redis) -> InlinePipeline:
     return InlinePipeline(settings, pool, redis)
+
+
+@pytest.fixture
+def registry_store(pool: asyncpg.Pool) -> RegistryStore:
+    return RegistryStore(pool)
+
+
+@pytest.fixture
+def resource_store(pool: asyncpg.Pool) -> ResourceStore:
+    return ResourceStore(pool)
+
+
+@pytest.fixture
+async def scratch_dsn(settings: Settings) -> AsyncIterator[str]:
+    """An empty database of its own on the test server (no migration applied), dropped
+    afterwards: for tests of the migration runner itself."""
+    assert settings.database_url
+    name = f"{TEST_DB}_scratch"
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+        yield urlunparse(urlparse(settings.database_url)._replace(path="/" + name))
+    finally:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
