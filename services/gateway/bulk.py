@@ -402,9 +402,9 @@ async def session_status(redis: Redis, skey: str, snapshots: str) -> dict[str, A
 
 
 _DISCARDED = {
-    "superseded": ("session_superseded", "a snapshot of this scope opened later was applied"),
-    "aborted": ("session_aborted", "the session was aborted"),
-    "expired": ("session_expired", "the session expired before all its parts arrived"),
+    "superseded": (Code.SESSION_SUPERSEDED, "a snapshot of this scope opened later was applied"),
+    "aborted": (Code.SESSION_ABORTED, "the session was aborted"),
+    "expired": (Code.SESSION_EXPIRED, "the session expired before all its parts arrived"),
 }
 
 
