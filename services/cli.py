@@ -36,7 +36,7 @@ def main() -> None:
 @main.command()
 def migrate() -> None:
     """Apply pending database migrations."""
-    from shared.db import migrate as run_migrations
+    from shared.pg.migrate import migrate as run_migrations
 
     s = _settings()
     dsn, _ = s.require_servers()

@@ -19,8 +19,8 @@ from dataclasses import replace
 from types import FrameType
 
 from shared.config import Settings
-from shared.db import migrate
 from shared.embedded import EmbeddedPostgres, EmbeddedRedis
+from shared.pg.migrate import migrate
 
 log = logging.getLogger("ingestd.dev")
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import jsonpath
 import jsonschema_rs
@@ -36,11 +36,14 @@ IDENTIFIER = re.compile(r"^_?[a-z][a-z0-9_]{0,30}$")
 MAX_ISSUES_PER_RESOURCE = 20
 
 
-def check_identifier(value: Any, field: str) -> str:
+_IDENTIFIER_CODES: dict[str, Code] = {"prefix": Code.INVALID_PREFIX, "table": Code.INVALID_TABLE}
+
+
+def check_identifier(value: Any, field: Literal["prefix", "table"]) -> str:
     # fullmatch: with re.match, "$" would also accept a trailing newline ("employee\n")
     if not isinstance(value, str) or not IDENTIFIER.fullmatch(value):
         raise SchemaRuleError(
-            Code(f"invalid_{field}"),
+            _IDENTIFIER_CODES[field],
             f"{field} must match {IDENTIFIER.pattern} (lower-case letters, digits and "
             f"underscores, at most 32 characters), got {value!r}",
             pointer=f"/{field}",

@@ -29,9 +29,11 @@ from services.gateway.app import create_app
 from services.projector.main import Projector
 from services.worker.drain import Drainer
 from shared.config import Settings
-from shared.db import create_pool, migrate
 from shared.embedded import EmbeddedPostgres, EmbeddedRedis
-from shared.registry import RegistryCache
+from shared.pg.migrate import migrate
+from shared.pg.pool import create_pool
+from shared.pg.registry import RegistryCache, RegistryStore
+from shared.pg.resources import ResourceStore
 
 ADMIN_TOKEN = "test-admin-token"
 TEST_DB = f"ingestd_test_{os.getpid()}"
@@ -250,14 +252,20 @@ class InlinePipeline:
         self.settings = settings
         self.pool = pool
         self.redis = redis
-        self.registry = RegistryCache(pool, 100)
-        self.projector = Projector(redis, pool, settings.partitions)
+        self.resources = ResourceStore(pool)
+        self.registry = RegistryCache(RegistryStore(pool), 100)
+        self.projector = Projector(redis, self.resources, settings.partitions)
 
     async def run(self) -> None:
         await self.registry.refresh(force=True)
         for p in range(self.settings.partitions):
             d = Drainer(
-                self.redis, self.pool, self.registry, p, self.settings.drain_batch, "test-worker"
+                self.redis,
+                self.resources,
+                self.registry,
+                p,
+                self.settings.drain_batch,
+                "test-worker",
             )
             # project alongside: a worker rebuilding a scope waits for the projector
             done = asyncio.Event()
@@ -278,3 +286,29 @@ class InlinePipeline:
 @pytest.fixture
 async def pipeline(settings: Settings, pool: asyncpg.Pool, redis: Redis) -> InlinePipeline:
     return InlinePipeline(settings, pool, redis)
+
+
+@pytest.fixture
+def registry_store(pool: asyncpg.Pool) -> RegistryStore:
+    return RegistryStore(pool)
+
+
+@pytest.fixture
+def resource_store(pool: asyncpg.Pool) -> ResourceStore:
+    return ResourceStore(pool)
+
+
+@pytest.fixture
+async def scratch_dsn(settings: Settings) -> AsyncIterator[str]:
+    """An empty database of its own on the test server (no migration applied), dropped
+    afterwards: for tests of the migration runner itself."""
+    assert settings.database_url
+    name = f"{TEST_DB}_scratch"
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+        yield urlunparse(urlparse(settings.database_url)._replace(path="/" + name))
+    finally:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()

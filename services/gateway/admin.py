@@ -1,4 +1,10 @@
-"""Admin API: schema groups, custom schemas, integrations and ingest keys."""
+"""Admin API: schema groups, custom schemas, integrations and ingest keys.
+
+Bodies are checked here, with pointers into them, before the registry store sees
+them: names and titles, identifiers (:func:`~shared.schema_rules.check_identifier`)
+and the schema itself (:func:`~shared.schema_rules.prepare_schema`, whose result is
+what the store keeps). The store only looks things up and writes.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,16 @@ from typing import Any
 
 from aiohttp import web
 
+from services.gateway import views
 from services.gateway.http import json_object, json_response, refuse_nul, require_admin
-from services.gateway.state import PG, REGISTRY, SETTINGS
-from shared import registry
+from services.gateway.state import REGISTRY, REGISTRY_STORE, SETTINGS
+from shared.codes import Code
+from shared.errors import ApiError
+from shared.pg.registry import RegistryStore
+from shared.schema_rules import check_identifier, prepare_schema
 
 SCHEMA_LIMIT = 1 << 20
+MAX_NAME = 200
 routes = web.RouteTableDef()
 BASE = "/admin/v1"
 
@@ -34,55 +45,91 @@ async def admin_body(request: web.Request, limit: int = 1 << 20) -> dict[str, An
     return body
 
 
+def _store(request: web.Request) -> RegistryStore:
+    return request.app[REGISTRY_STORE]
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME:
+        raise ApiError(
+            Code.INVALID_NAME,
+            f"name must be a non-empty string of at most {MAX_NAME} characters",
+            pointer="/name",
+        )
+    return value
+
+
+def _title(value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or len(value) > MAX_NAME):
+        raise ApiError(
+            Code.INVALID_TITLE,
+            f"title must be a string of at most {MAX_NAME} characters",
+            pointer="/title",
+        )
+    return value
+
+
+def _group_ref(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ApiError(
+            Code.INVALID_SCHEMA_GROUP,
+            "schemaGroup must be a schema group id",
+            pointer="/schemaGroup",
+        )
+    return value
+
+
 @routes.post(f"{BASE}/schema-groups")
 async def create_group(request: web.Request) -> web.Response:
     admin(request)
     body = await admin_body(request)
-    out = await registry.create_group(request.app[PG], body.get("name"), body.get("prefix"))
+    name = _name(body.get("name"))
+    prefix = check_identifier(body.get("prefix"), "prefix")
+    group = await _store(request).create_group(name, prefix)
     await _changed(request)
-    return json_response(out, status=201)
+    return json_response(views.group_view(group), status=201)
 
 
 @routes.get(f"{BASE}/schema-groups")
 async def list_groups(request: web.Request) -> web.Response:
     admin(request)
-    return json_response({"items": await registry.list_groups(request.app[PG])})
+    groups = await _store(request).list_groups()
+    return json_response({"items": [views.group_view(g) for g in groups]})
 
 
 @routes.get(f"{BASE}/schema-groups/{{groupId}}")
 async def get_group(request: web.Request) -> web.Response:
     admin(request)
-    row = await registry.get_group(request.app[PG], request.match_info["groupId"])
-    return json_response(registry.group_json(row))
+    group = await _store(request).get_group(request.match_info["groupId"])
+    return json_response(views.group_view(group))
 
 
 @routes.post(f"{BASE}/schema-groups/{{groupId}}/schemas")
 async def create_schema(request: web.Request) -> web.Response:
     admin(request)
     body = await admin_body(request, SCHEMA_LIMIT)
-    out = await registry.create_schema(
-        request.app[PG],
-        request.match_info["groupId"],
-        body.get("table"),
-        body.get("schema"),
-        body.get("title"),
-    )
+    table = check_identifier(body.get("table"), "table")
+    title = _title(body.get("title"))
+    schema = prepare_schema(body.get("schema"))
+    out = await _store(request).create_schema(request.match_info["groupId"], table, schema, title)
     await _changed(request)
-    return json_response(out, status=201)
+    return json_response(views.schema_view(out), status=201)
 
 
 @routes.get(f"{BASE}/schema-groups/{{groupId}}/schemas")
 async def list_schemas(request: web.Request) -> web.Response:
     admin(request)
-    items = await registry.list_schemas(request.app[PG], request.match_info["groupId"])
-    return json_response({"items": items})
+    items = await _store(request).list_schemas(request.match_info["groupId"])
+    return json_response({"items": [views.schema_view(s) for s in items]})
 
 
 @routes.get(f"{BASE}/schema-groups/{{groupId}}/schemas/{{table}}")
 async def get_schema(request: web.Request) -> web.Response:
     admin(request)
     m = request.match_info
-    return json_response(await registry.get_schema(request.app[PG], m["groupId"], m["table"]))
+    return json_response(
+        views.schema_view(await _store(request).get_schema(m["groupId"], m["table"]))
+    )
 
 
 @routes.put(f"{BASE}/schema-groups/{{groupId}}/schemas/{{table}}")
@@ -90,58 +137,59 @@ async def update_schema(request: web.Request) -> web.Response:
     admin(request)
     body = await admin_body(request, SCHEMA_LIMIT)
     m = request.match_info
-    out = await registry.update_schema(
-        request.app[PG], m["groupId"], m["table"], body.get("schema"), body.get("title")
+    schema = prepare_schema(body.get("schema"))
+    title = body.get("title")  # a non-string title is ignored: the table keeps its own
+    out = await _store(request).update_schema(
+        m["groupId"], m["table"], schema, title if isinstance(title, str) else None
     )
     await _changed(request)
-    return json_response(out)
+    return json_response(views.schema_view(out))
 
 
 @routes.get(f"{BASE}/schema-groups/{{groupId}}/schemas/{{table}}/versions")
 async def list_versions(request: web.Request) -> web.Response:
     admin(request)
     m = request.match_info
-    items = await registry.list_versions(request.app[PG], m["groupId"], m["table"])
-    return json_response({"items": items})
+    items = await _store(request).list_versions(m["groupId"], m["table"])
+    return json_response({"items": [views.schema_view(s) for s in items]})
 
 
 @routes.post(f"{BASE}/integrations")
 async def create_integration(request: web.Request) -> web.Response:
     admin(request)
     body = await admin_body(request)
-    out = await registry.create_integration(
-        request.app[PG], body.get("name"), body.get("schemaGroup")
-    )
+    name = _name(body.get("name"))
+    group_id = _group_ref(body.get("schemaGroup"))
+    integration, key = await _store(request).create_integration(name, group_id)
     await _changed(request)
-    return json_response(out, status=201)
+    return json_response(views.new_integration_view(integration, key), status=201)
 
 
 @routes.get(f"{BASE}/integrations")
 async def list_integrations(request: web.Request) -> web.Response:
     admin(request)
-    return json_response({"items": await registry.list_integrations(request.app[PG])})
+    items = await _store(request).list_integrations()
+    return json_response({"items": [views.integration_view(i) for i in items]})
 
 
 @routes.post(f"{BASE}/integrations/{{id}}/keys")
 async def add_key(request: web.Request) -> web.Response:
     admin(request)
-    out = await registry.add_key(request.app[PG], request.match_info["id"])
+    key = await _store(request).add_key(request.match_info["id"])
     await _changed(request)
-    return json_response(out, status=201)
+    return json_response(views.issued_key_view(key), status=201)
 
 
 @routes.get(f"{BASE}/integrations/{{id}}/keys")
 async def list_keys(request: web.Request) -> web.Response:
     admin(request)
-    items = await registry.list_keys(request.app[PG], request.match_info["id"])
-    return json_response({"items": items})
+    items = await _store(request).list_keys(request.match_info["id"])
+    return json_response({"items": [views.key_view(k) for k in items]})
 
 
 @routes.delete(f"{BASE}/integrations/{{id}}/keys/{{keyId}}")
 async def revoke_key(request: web.Request) -> web.Response:
     admin(request)
-    await registry.revoke_key(
-        request.app[PG], request.match_info["id"], request.match_info["keyId"]
-    )
+    await _store(request).revoke_key(request.match_info["id"], request.match_info["keyId"])
     await _changed(request)
     return web.Response(status=204)

@@ -13,13 +13,24 @@ from redis.asyncio import Redis
 from services.gateway import admin, bulk, ingest, read, receipts
 from services.gateway.appender import Appender
 from services.gateway.http import error_middleware, json_response
-from services.gateway.state import APPENDER, PG, REDIS, REGISTRY, SESSIONS, SETTINGS
+from services.gateway.state import (
+    APPENDER,
+    PG,
+    REDIS,
+    REGISTRY,
+    REGISTRY_STORE,
+    RESOURCES,
+    SESSIONS,
+    SETTINGS,
+)
 from shared.codes import Code
 from shared.config import Settings
-from shared.db import create_pool, require_migrated
 from shared.errors import ConfigError
+from shared.pg.migrate import require_migrated
+from shared.pg.pool import create_pool, ping
+from shared.pg.registry import RegistryCache, RegistryStore
+from shared.pg.resources import ResourceStore
 from shared.redis.sessions import SessionStore
-from shared.registry import RegistryCache
 
 log = logging.getLogger("ingestd.gateway")
 MAX_BODY = 5 << 20
@@ -38,7 +49,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[REDIS] = redis
     app[PG] = pool
     app[SESSIONS] = SessionStore(redis)
-    registry = RegistryCache(pool, settings.registry_poll_ms)
+    app[REGISTRY_STORE] = RegistryStore(pool)
+    app[RESOURCES] = ResourceStore(pool)
+    registry = RegistryCache(app[REGISTRY_STORE], settings.registry_poll_ms)
     await registry.start()
     app[REGISTRY] = registry
     appender = Appender(redis, settings.partitions, settings.receipt_ttl)
@@ -67,7 +80,7 @@ async def _probe(name: str, check: Awaitable[Any]) -> str | None:
 async def healthz(request: web.Request) -> web.Response:
     results = await asyncio.gather(
         _probe("redis", request.app[REDIS].ping()),
-        _probe("postgres", request.app[PG].fetchval("SELECT 1")),
+        _probe("postgres", ping(request.app[PG])),
     )
     problems = [p for p in results if p]
     if problems:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import datetime
-from typing import Any
 from uuid import UUID
 
 from aiohttp import web
 
+from services.gateway import views
 from services.gateway.admin import admin
 from services.gateway.http import json_response
-from services.gateway.state import PG, REGISTRY
+from services.gateway.state import REGISTRY, RESOURCES
 from shared.codes import Code
 from shared.errors import ApiError, NotFoundError
 
@@ -63,24 +63,6 @@ def _resource_type(request: web.Request) -> str:
     return rt
 
 
-def resource_json(r: Any) -> dict[str, Any]:
-    return {
-        "id": r["resource_id"],
-        "name": r["name"],
-        "importantFields": r["important_fields"],
-        "data": r["data"],
-        "_meta": {
-            "resourceType": r["resource_type"],
-            "groupKey": r["group_key"],
-            "version": r["version"],
-            "contentHash": r["content_hash"],
-            "createdAt": r["created_at"].isoformat(),
-            "updatedAt": r["updated_at"].isoformat(),
-            "lastEventId": r["last_event_id"],
-        },
-    }
-
-
 def _encode_cursor(rid: str) -> str:
     return base64.urlsafe_b64encode(rid.encode()).decode().rstrip("=")
 
@@ -110,18 +92,9 @@ async def list_resources(request: web.Request) -> web.Response:
     limit = _limit(request)
     cursor = request.query.get("cursor")
     after = _decode_cursor(cursor) if cursor else None
-    rows = await request.app[PG].fetch(
-        "SELECT * FROM resources WHERE resource_type = $1 AND group_key = $2"
-        " AND ($3::text IS NULL OR resource_id > $3) ORDER BY resource_id LIMIT $4",
-        rt,
-        group_key,
-        after,
-        limit + 1,
-    )
-    more = len(rows) > limit
-    rows = rows[:limit]
-    nxt = _encode_cursor(rows[-1]["resource_id"]) if more else None
-    return json_response({"items": [resource_json(r) for r in rows], "next": nxt})
+    page = await request.app[RESOURCES].list_resources(rt, group_key, after, limit)
+    nxt = _encode_cursor(page.items[-1].resource_id) if page.more else None
+    return json_response({"items": [views.resource_view(r) for r in page.items], "next": nxt})
 
 
 @routes.get("/api/v1/resources/{resourceType}/{id}")
@@ -129,43 +102,20 @@ async def get_resource(request: web.Request) -> web.Response:
     admin(request)
     rt = _resource_type(request)
     rid = _resource_id(request, rt)
-    row = await request.app[PG].fetchrow(
-        "SELECT * FROM resources WHERE resource_type = $1 AND group_key = $2 AND resource_id = $3",
-        rt,
-        _group_key(request),
-        rid,
-    )
-    if row is None:
+    found = await request.app[RESOURCES].get_resource(rt, _group_key(request), rid)
+    if found is None:
         raise NotFoundError(Code.RESOURCE_NOT_FOUND, f"no {rt} resource {rid!r} in this group")
-    return json_response(resource_json(row))
+    return json_response(views.resource_view(found))
 
 
 @routes.get("/api/v1/resources/{resourceType}/{id}/history")
 async def history(request: web.Request) -> web.Response:
     admin(request)
     rt = _resource_type(request)
-    rows = await request.app[PG].fetch(
-        "SELECT * FROM resource_changes WHERE resource_type = $1 AND group_key = $2"
-        " AND resource_id = $3 ORDER BY version",
-        rt,
-        _group_key(request),
-        _resource_id(request, rt),
+    entries = await request.app[RESOURCES].history(
+        rt, _group_key(request), _resource_id(request, rt)
     )
-    items = [
-        {
-            "version": r["version"],
-            "op": r["op"],
-            "event": r["event"],
-            "actor": r["actor"],
-            "patch": r["patch"],
-            "after": r["after"],
-            "eventId": r["event_id"],
-            "receivedAt": r["received_at"].isoformat(),
-            "appliedAt": r["applied_at"].isoformat(),
-        }
-        for r in rows
-    ]
-    return json_response({"items": items})
+    return json_response({"items": [views.history_view(h) for h in entries]})
 
 
 def _since(request: web.Request) -> datetime | None:
@@ -197,31 +147,7 @@ def _integration(request: web.Request) -> UUID | None:
 @routes.get("/api/v1/sync-issues")
 async def sync_issues(request: web.Request) -> web.Response:
     admin(request)
-    rows = await request.app[PG].fetch(
-        "SELECT * FROM sync_issues WHERE ($1::text IS NULL OR table_name = $1)"
-        " AND ($2::uuid IS NULL OR integration_id = $2)"
-        " AND ($3::timestamptz IS NULL OR created_at >= $3)"
-        " ORDER BY id DESC LIMIT $4",
-        _text(request, "table"),
-        _integration(request),
-        _since(request),
-        _limit(request),
+    issues = await request.app[RESOURCES].sync_issues(
+        _text(request, "table"), _integration(request), _since(request), _limit(request)
     )
-    items = [
-        {
-            "id": r["id"],
-            "eventId": r["event_id"],
-            "integration": str(r["integration_id"]),
-            "table": r["table_name"],
-            "resourceType": r["resource_type"],
-            "groupKey": r["group_key"],
-            "resourceId": r["resource_id"],
-            "index": r["item_index"],
-            "code": r["code"],
-            "message": r["message"],
-            "pointer": r["pointer"],
-            "createdAt": r["created_at"].isoformat(),
-        }
-        for r in rows
-    ]
-    return json_response({"items": items})
+    return json_response({"items": [views.sync_issue_view(i) for i in issues]})

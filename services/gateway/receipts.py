@@ -11,52 +11,27 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from services.gateway import views
 from services.gateway.bulk import pending_receipt
 from services.gateway.http import respond
 from services.gateway.ingest import authenticate
-from services.gateway.state import PG, REDIS, SESSIONS
+from services.gateway.state import REDIS, RESOURCES, SESSIONS
 from shared.codes import Code
 from shared.errors import ApiError
 from shared.redis import keyspace as ks
 
 routes = web.RouteTableDef()
 
-RECEIPT_SQL = """
-SELECT event_id, integration_id, status, created, updated, deleted, unchanged, rejected,
-       ignored_ids, issues, issues_total, kind, table_name, group_key, received_at, processed_at
-FROM ingest_events WHERE event_id = $1
-"""
-
-
-def receipt_json(r: Any) -> dict[str, Any]:
-    return {
-        "eventId": r["event_id"],
-        "status": r["status"],
-        "kind": r["kind"],
-        "table": r["table_name"],
-        "groupKey": r["group_key"],
-        "created": r["created"],
-        "updated": r["updated"],
-        "deleted": r["deleted"],
-        "unchanged": r["unchanged"],
-        "rejected": r["rejected"],
-        "ignored": r["ignored_ids"],
-        "issues": r["issues"],
-        "issuesTotal": r["issues_total"],
-        "receivedAt": r["received_at"].isoformat(),
-        "processedAt": r["processed_at"].isoformat(),
-    }
-
 
 @routes.get("/integration/custom-data/events/{eventId}")
 async def get_receipt(request: web.Request) -> web.Response:
     key = authenticate(request)
     event_id = request.match_info["eventId"]
-    row = await request.app[PG].fetchrow(RECEIPT_SQL, event_id)
-    if row is not None:
-        if str(row["integration_id"]) != key.integration_id:
+    applied = await request.app[RESOURCES].receipt(event_id)
+    if applied is not None:
+        if applied.integration_id != key.integration_id:
             raise ApiError(Code.EVENT_NOT_FOUND, f"no event {event_id!r}", status=404)
-        return respond(request, receipt_json(row), root="receipt")
+        return respond(request, views.receipt_view(applied), root="receipt")
 
     redis = request.app[REDIS]
     raw = await redis.get(ks.receipt_key(event_id))

@@ -8,12 +8,15 @@ from redis.asyncio import Redis
 
 from services.gateway.appender import Appender
 from shared.config import Settings
+from shared.pg.registry import RegistryCache, RegistryStore
+from shared.pg.resources import ResourceStore
 from shared.redis.sessions import SessionStore
-from shared.registry import RegistryCache
 
 SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", Redis)
 PG = web.AppKey("pg", asyncpg.Pool)
 REGISTRY = web.AppKey("registry", RegistryCache)
+REGISTRY_STORE = web.AppKey("registry_store", RegistryStore)
+RESOURCES = web.AppKey("resources", ResourceStore)
 APPENDER = web.AppKey("appender", Appender)
 SESSIONS = web.AppKey("sessions", SessionStore)

@@ -13,7 +13,9 @@ from redis.asyncio import Redis
 
 from services.projector.apply import apply_batch
 from shared.config import Settings
-from shared.db import create_pool, require_migrated
+from shared.pg.migrate import require_migrated
+from shared.pg.pool import create_pool
+from shared.pg.resources import ResourceStore
 from shared.redis import keyspace as ks
 from shared.redis.consumer import GroupReader, ack, consumer_name
 from shared.redis.lease import Lease, LostLease
@@ -42,10 +44,10 @@ def transactions(rows: list[Any]) -> list[list[Any]]:
 
 class Projector:
     def __init__(
-        self, redis: Redis, pool: asyncpg.Pool, partitions: int, batch: int = 1000
+        self, redis: Redis, resources: ResourceStore, partitions: int, batch: int = 1000
     ) -> None:
         self.redis = redis
-        self.pool = pool
+        self.resources = resources
         self.partitions = partitions
         self.batch = batch
         self.consumer = consumer_name()
@@ -96,8 +98,7 @@ class Projector:
             for chunk in transactions(rows):
                 await lease.keep()
                 entries = [(sid, f[ks.F_CHANGE]) for sid, f in chunk if f]
-                async with self.pool.acquire() as conn:
-                    self.applied += await apply_batch(conn, p, entries)
+                self.applied += await apply_batch(self.resources, p, entries)
                 await ack(self.redis, stream, ks.PROJECTOR_GROUP, [sid for sid, _ in chunk])
 
 
@@ -106,7 +107,7 @@ async def serve(settings: Settings) -> None:
     redis = Redis.from_url(redis_url)
     pool = await create_pool(dsn, max_size=max(4, settings.partitions // 2))
     await require_migrated(pool)
-    projector = Projector(redis, pool, settings.partitions)
+    projector = Projector(redis, ResourceStore(pool), settings.partitions)
     task = asyncio.create_task(projector.run())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

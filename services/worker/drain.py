@@ -22,13 +22,14 @@ from services.worker.bulk import BulkCommit
 from services.worker.partition import Entry, Partition
 from shared.codes import Code
 from shared.events import Change, RawMeta
+from shared.pg.registry import RegistryCache
+from shared.pg.resources import ResourceStore
 from shared.processing import Prepared, ScopeState, decide_delete, decide_single, prepare_single
 from shared.redis import keyspace as ks
 from shared.redis import wire, writemodel
 from shared.redis.consumer import GroupReader, Row, ack_commands
 from shared.redis.lease import Lease, LostLease
 from shared.redis.txn import CommitFailed, commit_guarded
-from shared.registry import RegistryCache
 from shared.schema_rules import Issue
 
 log = logging.getLogger("ingestd.worker")
@@ -48,13 +49,13 @@ class Drainer:
     def __init__(
         self,
         redis: Redis,
-        pool: asyncpg.Pool,
+        resources: ResourceStore,
         registry: RegistryCache,
         p: int,
         batch: int,
         consumer: str,
     ) -> None:
-        self.ctx = Partition(redis, pool, registry, p, Lease(redis, ks.drain_lock(p)))
+        self.ctx = Partition(redis, resources, registry, p, Lease(redis, ks.drain_lock(p)))
         self.p = p
         self.reader = GroupReader(
             redis, self.ctx.stream, ks.INGEST_GROUP, consumer, self.ctx.lease, batch

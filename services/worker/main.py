@@ -21,10 +21,12 @@ from redis.asyncio import Redis
 
 from services.worker.drain import Drainer
 from shared.config import Settings
-from shared.db import create_pool, require_migrated
+from shared.pg.migrate import require_migrated
+from shared.pg.pool import create_pool
+from shared.pg.registry import RegistryCache, RegistryStore
+from shared.pg.resources import ResourceStore
 from shared.redis import keyspace as ks
 from shared.redis.consumer import consumer_name
-from shared.registry import RegistryCache
 
 log = logging.getLogger("ingestd.worker")
 
@@ -35,7 +37,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["streams"] = Redis.from_url(redis_url)
     ctx["pg"] = await create_pool(dsn, max_size=4)
     await require_migrated(ctx["pg"])
-    registry = RegistryCache(ctx["pg"], settings.registry_poll_ms)
+    ctx["resources"] = ResourceStore(ctx["pg"])
+    registry = RegistryCache(RegistryStore(ctx["pg"]), settings.registry_poll_ms)
     await registry.start()
     ctx["registry"] = registry
     ctx["consumer"] = consumer_name()
@@ -53,7 +56,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 async def drain(ctx: dict[str, Any], p: int) -> int:
     settings: Settings = ctx["settings"]
     d = Drainer(
-        ctx["streams"], ctx["pg"], ctx["registry"], p, settings.drain_batch, ctx["consumer"]
+        ctx["streams"], ctx["resources"], ctx["registry"], p, settings.drain_batch, ctx["consumer"]
     )
     # a jittered slice: partitions started together would otherwise hand over together,
     # and whichever worker polls first would take them all again

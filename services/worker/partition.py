@@ -9,33 +9,24 @@ rebuild of a scope's write model from PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
-import asyncpg
 from redis.asyncio import Redis
 
 from shared.events import RawMeta
+from shared.pg.registry import RegistryCache
+from shared.pg.resources import ResourceStore
 from shared.processing import Prepared
 from shared.redis import keyspace as ks
 from shared.redis import writemodel
 from shared.redis.conn import HeldConnection
 from shared.redis.lease import Lease, LostLease
-from shared.registry import RegistryCache, TableInfo
+from shared.registry import TableInfo
 
 log = logging.getLogger("ingestd.worker")
 LOAD_CHUNK = 2000
-REBUILD_LIVE_SQL = (
-    "SELECT resource_id, content_hash, version FROM resources"
-    " WHERE resource_type = $1 AND group_key = $2"
-)
-REBUILD_TOMBSTONES_SQL = (
-    "SELECT c.resource_id, max(c.version) AS v FROM resource_changes c"
-    " WHERE c.resource_type = $1 AND c.group_key = $2 AND NOT EXISTS ("
-    " SELECT 1 FROM resources r WHERE r.resource_type = c.resource_type"
-    " AND r.group_key = c.group_key AND r.resource_id = c.resource_id)"
-    " GROUP BY c.resource_id"
-)
 
 
 @dataclass(slots=True)
@@ -51,7 +42,7 @@ class Entry:
 @dataclass(slots=True)
 class Partition:
     redis: Redis
-    pool: asyncpg.Pool
+    resources: ResourceStore
     registry: RegistryCache
     p: int
     lease: Lease
@@ -96,17 +87,13 @@ class Partition:
                 raise LostLease(self.lease.key)
             batch = {}
 
-        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
-            async for r in conn.cursor(REBUILD_LIVE_SQL, resource_type, group_key):
-                batch[r["resource_id"]] = writemodel.encode(
-                    (r["content_hash"], r["version"])
-                ).decode()
-                live += 1
-                if len(batch) >= LOAD_CHUNK:
-                    await flush()
-            async for r in conn.cursor(REBUILD_TOMBSTONES_SQL, resource_type, group_key):
-                batch[r["resource_id"]] = writemodel.encode(("", r["v"])).decode()
-                dead += 1
+        async with contextlib.aclosing(self.resources.scope_rows(resource_type, group_key)) as rows:
+            async for rid, content_hash, version in rows:
+                batch[rid] = writemodel.encode((content_hash, version)).decode()
+                if content_hash:
+                    live += 1
+                else:
+                    dead += 1
                 if len(batch) >= LOAD_CHUNK:
                     await flush()
             await flush(final=True)
@@ -123,11 +110,8 @@ class Partition:
             if not last:
                 return
             last_id = ks.stream_id_tuple(last[0][0])
-            row = await self.pool.fetchrow(
-                "SELECT stream_ms, stream_seq FROM projector_positions WHERE partition = $1",
-                self.p,
-            )
-            if row is not None and (row["stream_ms"], row["stream_seq"]) >= last_id:
+            position = await self.resources.position(self.p)
+            if position is not None and position >= last_id:
                 return
             await self.lease.keep()
             await asyncio.sleep(0.05)

@@ -39,13 +39,14 @@ from redis.asyncio import Redis
 
 from services.gateway.bulk import ADD_SCRIPT, BULK_LIMIT, OPEN_SCRIPT
 from services.worker.drain import Drainer
-from shared import registry
-from shared.db import create_pool, migrate
 from shared.embedded import EmbeddedPostgres, EmbeddedRedis
 from shared.events import RawMeta, new_event_id
+from shared.pg.migrate import migrate
+from shared.pg.pool import create_pool
+from shared.pg.registry import RegistryCache, RegistryStore
+from shared.pg.resources import ResourceStore
 from shared.redis import keyspace as ks
-from shared.registry import RegistryCache
-from shared.schema_rules import content_hash
+from shared.schema_rules import content_hash, prepare_schema
 from tests.conftest import EMPLOYEE_SCHEMA, TABLES
 
 DB_NAME = "ingestd_bench_bulk"
@@ -118,10 +119,13 @@ async def setup(dsn: str, redis_url: str, n: int, changed: float) -> dict[str, A
     try:
         await pool.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
         await redis.flushdb()
-        group = await registry.create_group(pool, "bench", "_bench")
-        table = await registry.create_schema(pool, group["id"], "employee", EMPLOYEE_SCHEMA, None)
-        integ = await registry.create_integration(pool, "bench", group["id"])
-        rt = table["resourceType"]
+        store = RegistryStore(pool)
+        group = await store.create_group("bench", "_bench")
+        table = await store.create_schema(
+            group.id, "employee", prepare_schema(EMPLOYEE_SCHEMA), None
+        )
+        integ, _ = await store.create_integration("bench", group.id)
+        rt = table.resource_type
         p = ks.partition_of(rt, GROUP_KEY, PARTITIONS)
         n_changed = int(n * changed)
         n_deleted = n_created = n_changed // 10
@@ -135,7 +139,7 @@ async def setup(dsn: str, redis_url: str, n: int, changed: float) -> dict[str, A
             for i in range(n_deleted, n + n_created)
         )
         t0 = time.perf_counter()
-        eid, parts, size = await _upload(redis, p, rt, integ["id"], items)
+        eid, parts, size = await _upload(redis, p, rt, integ.id, items)
         t_upload = time.perf_counter() - t0
         return {
             "partition": p,
@@ -229,10 +233,10 @@ async def child(dsn: str, redis_url: str, p: int) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     redis = Redis.from_url(redis_url)
     pool = await create_pool(dsn, max_size=2)
-    reg = RegistryCache(pool, 500)
+    reg = RegistryCache(RegistryStore(pool), 500)
     await reg.refresh(force=True)
     base_rss = peak_rss_mib()
-    d = Drainer(redis, pool, reg, p, 500, "bench-worker")
+    d = Drainer(redis, ResourceStore(pool), reg, p, 500, "bench-worker")
     t0 = time.perf_counter()
     assert await d.run(3600, idle_exit=True)
     wall = time.perf_counter() - t0

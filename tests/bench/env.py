@@ -31,11 +31,13 @@ import asyncpg
 import psutil
 from redis.asyncio import Redis
 
-from shared import registry
 from shared.config import Settings
-from shared.db import create_pool, migrate
 from shared.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from shared.pg.migrate import migrate
+from shared.pg.pool import create_pool
+from shared.pg.registry import RegistryStore
 from shared.redis import keyspace as ks
+from shared.schema_rules import prepare_schema
 from tests.conftest import EMPLOYEE_SCHEMA, TABLES
 from tests.e2e.procs import INGESTD, Stage, stage_env, wait_healthy
 
@@ -132,13 +134,13 @@ async def seed(settings: Settings) -> Seeded:
     assert settings.database_url
     pool = await create_pool(settings.database_url, max_size=2)
     try:
-        group = await registry.create_group(pool, "bench", PREFIX)
-        schema = await registry.create_schema(pool, group["id"], TABLE, EMPLOYEE_SCHEMA, None)
-        integ = await registry.create_integration(pool, "bench", group["id"])
+        store = RegistryStore(pool)
+        group = await store.create_group("bench", PREFIX)
+        schema = await store.create_schema(group.id, TABLE, prepare_schema(EMPLOYEE_SCHEMA), None)
+        integ, key = await store.create_integration("bench", group.id)
     finally:
         await pool.close()
-    rt = schema.get("resourceType") or f"{PREFIX}_{TABLE}"
-    return Seeded(integ["id"], integ["ingestKey"], rt)
+    return Seeded(integ.id, key.plaintext, schema.resource_type)
 
 
 async def fresh(settings: Settings) -> Seeded:

@@ -24,8 +24,8 @@ from typing import Any
 import asyncpg
 from redis.asyncio import Redis
 
-from shared.db import create_pool
 from shared.events import RawMeta, new_event_id
+from shared.pg.pool import create_pool
 from shared.redis import keyspace as ks
 from shared.schema_rules import content_hash
 from tests.bench.core import Bench, Figure, cpus, employee, single_body

@@ -16,11 +16,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
 from services.gateway.app import create_app
-from shared import keys, registry
+from shared import keys
 from shared.config import Settings
 from shared.embedded import EmbeddedRedis
-from shared.registry import RegistryCache
-from shared.schema_rules import CompiledSchema, Extracted
+from shared.pg.registry import RegistryCache, RegistryStore
+from shared.schema_rules import CompiledSchema, Extracted, prepare_schema
 from tests.conftest import ADMIN, EMPLOYEE_SCHEMA, TABLES, Seeded
 
 Client = TestClient[Any, Any]
@@ -518,7 +518,7 @@ async def test_every_process_sees_a_revocation_through_postgresql_alone(
     """Another process's cache (a second gateway, a worker) sees a revocation even if
     Redis lost everything meanwhile: the generation it polls is bumped in PostgreSQL, in
     the transaction of the write itself."""
-    cache = RegistryCache(pool, 100)
+    cache = RegistryCache(RegistryStore(pool), 100)
     await cache.refresh(force=True)
     assert cache.snapshot.authenticate(seeded.key) is not None
     await redis.flushdb()
@@ -533,9 +533,10 @@ async def test_every_registry_table_bumps_the_generation(pool: asyncpg.Pool) -> 
     a change other processes never load)."""
     gen = "SELECT generation FROM registry_state WHERE id = 1"
     before = await pool.fetchval(gen)
-    group = await registry.create_group(pool, "gen", "_gen")
-    schema = await registry.create_schema(pool, group["id"], "t", EMPLOYEE_SCHEMA, None)
-    integ = await registry.create_integration(pool, "gen", group["id"])
+    store = RegistryStore(pool)
+    group = await store.create_group("gen", "_gen")
+    schema = await store.create_schema(group.id, "t", prepare_schema(EMPLOYEE_SCHEMA), None)
+    integ = await store.create_integration("gen", group.id)
     seen = [before, await pool.fetchval(gen)]
     tables = ["schema_groups", "schemas", "schema_versions", "integrations", "ingest_keys"]
     for table in tables:
@@ -612,8 +613,8 @@ async def test_gateway_starts_without_redis_and_says_so(settings: Settings, seed
 
 
 async def test_a_stage_refuses_a_database_missing_a_migration(pool: asyncpg.Pool) -> None:
-    from shared.db import require_migrated
     from shared.errors import ConfigError
+    from shared.pg.migrate import require_migrated
 
     await require_migrated(pool)  # the test database is current
     async with pool.acquire() as conn:

@@ -30,7 +30,7 @@ async def settle(pl: InlinePipeline) -> None:
     two new scopes of one partition would otherwise wait forever."""
     await pl.registry.refresh(force=True)
     for p in range(pl.settings.partitions):
-        d = Drainer(pl.redis, pl.pool, pl.registry, p, pl.settings.drain_batch, "test-worker")
+        d = Drainer(pl.redis, pl.resources, pl.registry, p, pl.settings.drain_batch, "test-worker")
         task = asyncio.create_task(d.run(60, idle_exit=True))
         while not task.done():
             await pl.projector.drain_idle(p)
@@ -786,21 +786,22 @@ async def test_receipt_appears_only_with_the_last_slice(
     tiny_chunks: None,
 ) -> None:
     from services.projector.apply import apply_batch
+    from shared.pg.resources import ResourceStore
 
     r = await send(client, seeded, [emp(f"e{i}") for i in range(20)])
     await pipeline.registry.refresh(force=True)
     p = ks.partition_of("_directory_employee", "", settings.partitions)
-    d = Drainer(redis, pool, pipeline.registry, p, 100, "w")
+    d = Drainer(redis, pipeline.resources, pipeline.registry, p, 100, "w")
     assert await d.run(10, idle_exit=True)
     entries = await redis.xrange(ks.changes_stream(p))
     assert len(entries) == 8  # 7 slices of at most 3 effects + the receipt entry
     raw = [(sid, f[ks.F_CHANGE]) for sid, f in entries]
     async with pool.acquire() as conn:
-        await apply_batch(conn, p, raw[:5])  # a projector that stops between slices
+        await apply_batch(ResourceStore(conn), p, raw[:5])  # a projector that stops between slices
     assert await pool.fetchval("SELECT count(*) FROM resources") == 15
     assert (await receipt(client, seeded, r["eventId"]))["status"] == "pending"
     async with pool.acquire() as conn:
-        await apply_batch(conn, p, raw)  # resumes: the applied prefix is skipped
+        await apply_batch(ResourceStore(conn), p, raw)  # resumes: the applied prefix is skipped
     rc = await receipt(client, seeded, r["eventId"])
     assert rc["status"] == "applied" and rc["created"] == 20
     assert await pool.fetchval("SELECT count(*) FROM resource_changes") == 20
@@ -830,7 +831,7 @@ async def test_lost_lease_before_exec_commits_nothing_and_the_retry_applies_once
 
     monkeypatch.setattr(wb, "GuardedTransaction", StolenFirst)
     p = ks.partition_of("_directory_employee", "", settings.partitions)
-    d = Drainer(redis, pool, pipeline.registry, p, 100, "w")
+    d = Drainer(redis, pipeline.resources, pipeline.registry, p, 100, "w")
     assert await d.run(10, idle_exit=True)  # logs the lost lease and stops
     assert await redis.xlen(ks.changes_stream(p)) == 0
     assert await write_model(redis, settings, "") == before

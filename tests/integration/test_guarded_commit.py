@@ -182,7 +182,7 @@ async def test_a_refused_drain_commit_applies_nothing_and_is_retried(
     eids = [await _post(client, seeded, f"e{i}") for i in range(3)]
     await redis.set(ks.changes_stream(p), "corrupt")  # XADD would fail inside EXEC
     await pipeline.registry.refresh(force=True)
-    d = Drainer(redis, pool, pipeline.registry, p, 100, "w")
+    d = Drainer(redis, pipeline.resources, pipeline.registry, p, 100, "w")
     with pytest.raises(CommitFailed):
         await d.run(10, idle_exit=True)
     await _untouched(redis, pool, p, before, pending=3)
@@ -205,7 +205,9 @@ async def test_a_drain_commit_whose_exec_returns_nil_applies_nothing_and_is_retr
 
     monkeypatch.setattr(txn, "GuardedTransaction", Touched)
     await pipeline.registry.refresh(force=True)
-    assert await Drainer(redis, pool, pipeline.registry, p, 100, "w").run(10, idle_exit=True)
+    assert await Drainer(redis, pipeline.resources, pipeline.registry, p, 100, "w").run(
+        10, idle_exit=True
+    )
     await _untouched(redis, pool, p, before, pending=3)
     monkeypatch.setattr(txn, "GuardedTransaction", GuardedTransaction)
     await redis.delete(ks.drain_lock(p))
@@ -228,7 +230,7 @@ async def test_a_snapshot_commit_refused_while_queueing_applies_nothing_and_is_r
 
     monkeypatch.setattr(wb, "GuardedTransaction", Refused)
     await pipeline.registry.refresh(force=True)
-    d = Drainer(redis, pool, pipeline.registry, p, 100, "w")
+    d = Drainer(redis, pipeline.resources, pipeline.registry, p, 100, "w")
     with pytest.raises(CommitFailed):
         await d.run(10, idle_exit=True)
     assert await redis.xlen(ks.changes_stream(p)) == 0

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from services.projector.apply import apply_batch
 from services.worker.drain import Drainer
+from shared.pg.resources import ResourceStore
 from shared.redis import keyspace as ks
 from shared.redis.consumer import ensure_group
 from tests.conftest import ADMIN, InlinePipeline, Seeded, seed_directory
@@ -519,7 +520,7 @@ async def test_deeply_nested_body_does_not_wedge_the_partition(
 async def _drain_workers_only(pipeline: InlinePipeline) -> None:
     await pipeline.registry.refresh(force=True)
     for p in range(pipeline.settings.partitions):
-        d = Drainer(pipeline.redis, pipeline.pool, pipeline.registry, p, 500, "w")
+        d = Drainer(pipeline.redis, pipeline.resources, pipeline.registry, p, 500, "w")
         assert await d.run(30, idle_exit=True)
 
 
@@ -541,9 +542,9 @@ async def test_projector_replay_after_commit_before_ack_is_a_no_op(
     entries = [(sid, f[ks.F_CHANGE]) for sid, f in resp[0][1]]
     assert len(entries) == 1
     async with pool.acquire() as conn:
-        assert await apply_batch(conn, p, entries) == 1
+        assert await apply_batch(ResourceStore(conn), p, entries) == 1
         assert await pool.fetchval("SELECT count(*) FROM resource_changes") == 2
-        assert await apply_batch(conn, p, entries) == 0  # replayed at once: nothing
+        assert await apply_batch(ResourceStore(conn), p, entries) == 0  # replayed at once: nothing
     # "dead" never acknowledged; the real projector takes over
     await pipeline.run()
     h = await history(client, "a")
@@ -582,7 +583,7 @@ async def test_a_partition_held_by_another_drainer_is_left_alone(
     p = ks.partition_of(RT, "", pipeline.settings.partitions)
     await redis.set(ks.drain_lock(p), "someone-else", px=10_000)
     await pipeline.registry.refresh(force=True)
-    d = Drainer(redis, pipeline.pool, pipeline.registry, p, 500, "w")
+    d = Drainer(redis, pipeline.resources, pipeline.registry, p, 500, "w")
     assert await d.run(5, idle_exit=True) is False
     assert await redis.xlen(ks.ingest_stream(p)) == 1
     assert await redis.get(ks.drain_lock(p)) == b"someone-else"

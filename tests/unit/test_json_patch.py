@@ -5,7 +5,7 @@ from typing import Any
 import jsonpatch
 import pytest
 
-from services.projector.apply import json_patch
+from shared.projection import json_patch
 
 DOC: dict[str, Any] = {"id": "e1", "a/b": {"c": [1, 2]}, "t~x": None, "n": {"m": True}}
 

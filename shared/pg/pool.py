@@ -1,0 +1,68 @@
+"""The asyncpg pool every stage opens: orjson codecs for ``jsonb`` and ``json``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, TypeAlias
+
+import asyncpg
+import orjson
+
+from shared.errors import TransientError
+
+Pool = asyncpg.Pool
+#: what a store runs on: a pool, or one connection (a test's, or a caller's transaction)
+Db: TypeAlias = "asyncpg.Pool | asyncpg.Connection"
+
+
+def _encode_jsonb(value: Any) -> bytes:
+    return b"\x01" + orjson.dumps(value)
+
+
+def _decode_jsonb(data: bytes) -> Any:
+    return orjson.loads(data[1:])
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # binary format: works for parameters, results and binary COPY alike
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=_encode_jsonb,
+        decoder=_decode_jsonb,
+        schema="pg_catalog",
+        format="binary",
+    )
+    await conn.set_type_codec(
+        "json",
+        encoder=orjson.dumps,
+        decoder=orjson.loads,
+        schema="pg_catalog",
+        format="binary",
+    )
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    try:
+        pool = await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, init=_init_connection
+        )
+    except (OSError, asyncpg.PostgresError) as e:
+        raise TransientError(f"cannot reach PostgreSQL: {e}") from e
+    assert pool is not None
+    return pool
+
+
+async def ping(db: Db) -> None:
+    """One round trip: raises whatever the driver raises when PostgreSQL does not answer."""
+    await db.fetchval("SELECT 1")
+
+
+@asynccontextmanager
+async def connection(db: Db) -> AsyncIterator[asyncpg.Connection]:
+    """One connection of ``db`` for the block: acquired from a pool, or ``db`` itself."""
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn:
+            yield conn
+    else:
+        yield db

@@ -1,0 +1,421 @@
+"""Resource state and history: every statement on ``resources``, ``resource_changes``,
+``ingest_events``, ``sync_issues`` and ``projector_positions``.
+
+- The projector writes through :meth:`ResourceStore.projection`: ONE transaction per
+  batch that locks the partition's position row, reads the previous state of the
+  resources the batch touches, writes (delete, upsert, three binary COPYs) and records
+  the new position, all or nothing. That recorded position is what makes the effect
+  exactly-once.
+- The read API lists (keyset pagination on the resource id), gets, reads history and
+  sync issues; the ingest API reads receipts.
+- The worker rebuilds its write model of a scope from one repeatable-read snapshot
+  (:meth:`ResourceStore.scope_rows`) once the projector's position
+  (:meth:`ResourceStore.position`) has caught up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from shared.pg.pool import Db, connection
+from shared.projection import BatchRows, Key
+
+# ---- the projector's batch ----------------------------------------------------------
+
+POSITION_SQL = """
+INSERT INTO projector_positions (partition, stream_ms, stream_seq) VALUES ($1, 0, 0)
+ON CONFLICT (partition) DO NOTHING
+"""
+POSITION_LOCK_SQL = (
+    "SELECT stream_ms, stream_seq FROM projector_positions WHERE partition = $1 FOR UPDATE"
+)
+POSITION_UPDATE_SQL = (
+    "UPDATE projector_positions SET stream_ms = $2, stream_seq = $3, updated_at = now()"
+    " WHERE partition = $1"
+)
+PREV_SQL = """
+SELECT r.resource_type, r.group_key, r.resource_id, r.data
+FROM resources r
+JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(rt, gk, rid)
+  ON r.resource_type = k.rt AND r.group_key = k.gk AND r.resource_id = k.rid
+"""
+DELETE_SQL = """
+DELETE FROM resources r
+USING unnest($1::text[], $2::text[], $3::text[]) AS k(rt, gk, rid)
+WHERE r.resource_type = k.rt AND r.group_key = k.gk AND r.resource_id = k.rid
+"""
+UPSERT_SQL = """
+INSERT INTO resources (resource_type, group_key, resource_id, name, important_fields, data,
+                       content_hash, version, created_at, updated_at, last_event_id)
+SELECT rt, gk, rid, nm, imp, dat, h, v, now(), now(), ev
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[],
+            $7::text[], $8::int[], $9::text[]) AS x(rt, gk, rid, nm, imp, dat, h, v, ev)
+ON CONFLICT (resource_type, group_key, resource_id) DO UPDATE SET
+  name = EXCLUDED.name, important_fields = EXCLUDED.important_fields, data = EXCLUDED.data,
+  content_hash = EXCLUDED.content_hash, version = EXCLUDED.version,
+  updated_at = EXCLUDED.updated_at, last_event_id = EXCLUDED.last_event_id
+"""
+#: the column order of BatchRows.history, .events and .issues (shared.projection)
+CHANGE_COLS = [
+    "resource_type",
+    "group_key",
+    "resource_id",
+    "version",
+    "op",
+    "event",
+    "actor",
+    "patch",
+    "after",
+    "event_id",
+    "received_at",
+    "applied_at",
+]
+EVENT_COLS = [
+    "event_id",
+    "integration_id",
+    "table_name",
+    "resource_type",
+    "group_key",
+    "kind",
+    "status",
+    "event",
+    "actor",
+    "created",
+    "updated",
+    "deleted",
+    "unchanged",
+    "rejected",
+    "ignored_ids",
+    "issues",
+    "issues_total",
+    "received_at",
+    "processed_at",
+]
+ISSUE_COLS = [
+    "event_id",
+    "integration_id",
+    "table_name",
+    "resource_type",
+    "group_key",
+    "resource_id",
+    "item_index",
+    "code",
+    "message",
+    "pointer",
+    "created_at",
+]
+
+# ---- reads --------------------------------------------------------------------------
+
+LIST_SQL = (
+    "SELECT * FROM resources WHERE resource_type = $1 AND group_key = $2"
+    " AND ($3::text IS NULL OR resource_id > $3) ORDER BY resource_id LIMIT $4"
+)
+GET_SQL = "SELECT * FROM resources WHERE resource_type = $1 AND group_key = $2 AND resource_id = $3"
+HISTORY_SQL = (
+    "SELECT * FROM resource_changes WHERE resource_type = $1 AND group_key = $2"
+    " AND resource_id = $3 ORDER BY version"
+)
+ISSUES_SQL = (
+    "SELECT * FROM sync_issues WHERE ($1::text IS NULL OR table_name = $1)"
+    " AND ($2::uuid IS NULL OR integration_id = $2)"
+    " AND ($3::timestamptz IS NULL OR created_at >= $3)"
+    " ORDER BY id DESC LIMIT $4"
+)
+RECEIPT_SQL = """
+SELECT event_id, integration_id, status, created, updated, deleted, unchanged, rejected,
+       ignored_ids, issues, issues_total, kind, table_name, group_key, received_at, processed_at
+FROM ingest_events WHERE event_id = $1
+"""
+POSITION_READ_SQL = "SELECT stream_ms, stream_seq FROM projector_positions WHERE partition = $1"
+SCOPE_LIVE_SQL = (
+    "SELECT resource_id, content_hash, version FROM resources"
+    " WHERE resource_type = $1 AND group_key = $2"
+)
+SCOPE_TOMBSTONES_SQL = (
+    "SELECT c.resource_id, max(c.version) AS v FROM resource_changes c"
+    " WHERE c.resource_type = $1 AND c.group_key = $2 AND NOT EXISTS ("
+    " SELECT 1 FROM resources r WHERE r.resource_type = c.resource_type"
+    " AND r.group_key = c.group_key AND r.resource_id = c.resource_id)"
+    " GROUP BY c.resource_id"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    resource_type: str
+    group_key: str
+    resource_id: str
+    name: str | None
+    important_fields: dict[str, Any]
+    data: dict[str, Any]
+    content_hash: str
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    last_event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResourcePage:
+    """Up to ``limit`` resources after the cursor; ``more``: others follow the last."""
+
+    items: list[Resource]
+    more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One row of ``resource_changes``: a version of a resource and how it came about."""
+
+    resource_type: str
+    group_key: str
+    resource_id: str
+    version: int
+    op: str
+    event: str | None
+    actor: Any
+    patch: list[dict[str, Any]]
+    after: dict[str, Any] | None
+    event_id: str
+    received_at: datetime
+    applied_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SyncIssue:
+    id: int
+    event_id: str
+    integration_id: str
+    table: str
+    resource_type: str
+    group_key: str
+    resource_id: str | None
+    index: int | None
+    code: str
+    message: str
+    pointer: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """The outcome of one accepted request, once the projector has applied it."""
+
+    event_id: str
+    integration_id: str
+    status: str
+    kind: str
+    table: str
+    group_key: str
+    created: int
+    updated: int
+    deleted: int
+    unchanged: int
+    rejected: int
+    ignored: list[str]
+    issues: list[dict[str, Any]]
+    issues_total: int
+    received_at: datetime
+    processed_at: datetime
+
+
+def _resource(r: asyncpg.Record) -> Resource:
+    return Resource(
+        r["resource_type"],
+        r["group_key"],
+        r["resource_id"],
+        r["name"],
+        r["important_fields"],
+        r["data"],
+        r["content_hash"],
+        r["version"],
+        r["created_at"],
+        r["updated_at"],
+        r["last_event_id"],
+    )
+
+
+def _history(r: asyncpg.Record) -> HistoryEntry:
+    return HistoryEntry(
+        r["resource_type"],
+        r["group_key"],
+        r["resource_id"],
+        r["version"],
+        r["op"],
+        r["event"],
+        r["actor"],
+        r["patch"],
+        r["after"],
+        r["event_id"],
+        r["received_at"],
+        r["applied_at"],
+    )
+
+
+def _sync_issue(r: asyncpg.Record) -> SyncIssue:
+    return SyncIssue(
+        r["id"],
+        r["event_id"],
+        str(r["integration_id"]),
+        r["table_name"],
+        r["resource_type"],
+        r["group_key"],
+        r["resource_id"],
+        r["item_index"],
+        r["code"],
+        r["message"],
+        r["pointer"],
+        r["created_at"],
+    )
+
+
+def _receipt(r: asyncpg.Record) -> Receipt:
+    return Receipt(
+        r["event_id"],
+        str(r["integration_id"]),
+        r["status"],
+        r["kind"],
+        r["table_name"],
+        r["group_key"],
+        r["created"],
+        r["updated"],
+        r["deleted"],
+        r["unchanged"],
+        r["rejected"],
+        r["ignored_ids"],
+        r["issues"],
+        r["issues_total"],
+        r["received_at"],
+        r["processed_at"],
+    )
+
+
+def _cols(keys: list[Key]) -> tuple[list[str], list[str], list[str]]:
+    return [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
+
+
+class Projection:
+    """Partition ``p``'s projector transaction, open for the ``async with`` block of
+    :meth:`ResourceStore.projection`; ``position`` is the last stream id applied."""
+
+    def __init__(self, conn: asyncpg.Connection, p: int, position: tuple[int, int]) -> None:
+        self._conn = conn
+        self.p = p
+        self.position = position
+
+    async def previous(self, keys: list[Key]) -> dict[Key, Any]:
+        """The current data of those of ``keys`` that exist."""
+        prev: dict[Key, Any] = {}
+        if keys:
+            for r in await self._conn.fetch(PREV_SQL, *_cols(keys)):
+                prev[(r["resource_type"], r["group_key"], r["resource_id"])] = r["data"]
+        return prev
+
+    async def write(self, rows: BatchRows, upto: tuple[int, int]) -> None:
+        """Write the batch's rows and record ``upto`` as the partition's position."""
+        conn = self._conn
+        if rows.deletes:
+            await conn.execute(DELETE_SQL, *_cols(list(rows.deletes)))
+        ups = [(k, v) for k, v in rows.final.items() if v is not None]
+        if ups:
+            cols: list[list[Any]] = [[] for _ in range(9)]
+            for (rt, gk, rid), (name, imp, data, h, v, ev) in ups:
+                for i, val in enumerate((rt, gk, rid, name, imp, data, h, v, ev)):
+                    cols[i].append(val)
+            await conn.execute(UPSERT_SQL, *cols)
+        if rows.history:
+            await conn.copy_records_to_table(
+                "resource_changes", records=rows.history, columns=CHANGE_COLS
+            )
+        if rows.events:
+            await conn.copy_records_to_table(
+                "ingest_events", records=rows.events, columns=EVENT_COLS
+            )
+        if rows.issues:
+            await conn.copy_records_to_table("sync_issues", records=rows.issues, columns=ISSUE_COLS)
+        await conn.execute(POSITION_UPDATE_SQL, self.p, upto[0], upto[1])
+
+
+class ResourceStore:
+    """Every statement on resource state, history, receipts, sync issues and positions."""
+
+    def __init__(self, db: Db) -> None:
+        self._db = db
+
+    # ---- the projector ---------------------------------------------------------------
+
+    @asynccontextmanager
+    async def projection(self, p: int) -> AsyncIterator[Projection]:
+        """One transaction holding partition ``p``'s position row locked: committed when
+        the block ends, rolled back when it raises."""
+        async with connection(self._db) as conn, conn.transaction():
+            await conn.execute(POSITION_SQL, p)
+            pos = await conn.fetchrow(POSITION_LOCK_SQL, p)
+            assert pos is not None
+            yield Projection(conn, p, (pos["stream_ms"], pos["stream_seq"]))
+
+    async def position(self, p: int) -> tuple[int, int] | None:
+        """The last stream id of ``changes:{p}`` the projector applied, if it ever did."""
+        row = await self._db.fetchrow(POSITION_READ_SQL, p)
+        return None if row is None else (row["stream_ms"], row["stream_seq"])
+
+    # ---- the worker's write-model rebuild ---------------------------------------------
+
+    async def scope_rows(
+        self, resource_type: str, group_key: str
+    ) -> AsyncGenerator[tuple[str, str, int], None]:
+        """(id, content hash, version) of every resource the scope ever had, from one
+        repeatable-read snapshot: live ones first, then the deleted ones with hash ''
+        and their last version. Read through server-side cursors; a caller that may stop
+        early closes the iterator (``contextlib.aclosing``) to end the transaction."""
+        async with connection(self._db) as conn, conn.transaction(isolation="repeatable_read"):
+            async for r in conn.cursor(SCOPE_LIVE_SQL, resource_type, group_key):
+                yield r["resource_id"], r["content_hash"], r["version"]
+            async for r in conn.cursor(SCOPE_TOMBSTONES_SQL, resource_type, group_key):
+                yield r["resource_id"], "", r["v"]
+
+    # ---- the read and ingest APIs ---------------------------------------------------
+
+    async def list_resources(
+        self, resource_type: str, group_key: str, after: str | None, limit: int
+    ) -> ResourcePage:
+        """Up to ``limit`` resources of the scope with ids above ``after``, by id."""
+        rows = await self._db.fetch(LIST_SQL, resource_type, group_key, after, limit + 1)
+        return ResourcePage([_resource(r) for r in rows[:limit]], len(rows) > limit)
+
+    async def get_resource(
+        self, resource_type: str, group_key: str, resource_id: str
+    ) -> Resource | None:
+        row = await self._db.fetchrow(GET_SQL, resource_type, group_key, resource_id)
+        return None if row is None else _resource(row)
+
+    async def history(
+        self, resource_type: str, group_key: str, resource_id: str
+    ) -> list[HistoryEntry]:
+        """Every version of the resource, oldest first (a deleted one's too)."""
+        rows = await self._db.fetch(HISTORY_SQL, resource_type, group_key, resource_id)
+        return [_history(r) for r in rows]
+
+    async def sync_issues(
+        self,
+        table: str | None = None,
+        integration: UUID | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[SyncIssue]:
+        """The newest issues first; each filter applies only when given."""
+        rows = await self._db.fetch(ISSUES_SQL, table, integration, since, limit)
+        return [_sync_issue(r) for r in rows]
+
+    async def receipt(self, event_id: str) -> Receipt | None:
+        """The applied outcome of an event; None while it is pending (or unknown)."""
+        row = await self._db.fetchrow(RECEIPT_SQL, event_id)
+        return None if row is None else _receipt(row)

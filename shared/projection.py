@@ -1,0 +1,144 @@
+"""The rows one projector batch writes: pure, values in and values out.
+
+:func:`build_rows` turns a batch of change entries and the previous state of the
+resources they touch into the history rows, receipts (``ingest_events``), sync issues,
+deletes and final upserts :class:`~shared.pg.resources.Projection` writes. Each row
+tuple is in the column order :mod:`shared.pg.resources` names for its table. A bulk
+snapshot with many effects arrives as consecutive entries of which only the last
+(``Change.last``) yields the receipt and sync issues.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import jsonpatch
+
+from shared.events import Change
+from shared.pointer import escape
+
+#: (resource_type, group_key, resource_id)
+Key = tuple[str, str, str]
+
+
+def json_patch(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
+    """RFC 6902 patch from ``before`` to ``after``. Creates and deletes (one side empty)
+    are built directly; jsonpatch's general diff costs ~50x more and is kept for updates."""
+    if not before:
+        return [{"op": "add", "path": "/" + escape(k), "value": v} for k, v in after.items()]
+    if not after:
+        return [{"op": "remove", "path": "/" + escape(k)} for k in before]
+    patch: list[dict[str, Any]] = jsonpatch.make_patch(before, after).patch
+    return patch
+
+
+def _ts(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+@dataclass(slots=True)
+class BatchRows:
+    """``history``, ``events``, ``issues``: rows of ``resource_changes``, ``ingest_events``
+    and ``sync_issues``; ``deletes``: resources gone; ``final``: each touched resource's
+    last state, (name, important fields, data, content hash, version, event id) or None
+    when it ends deleted."""
+
+    history: list[tuple[Any, ...]] = field(default_factory=list)
+    events: list[tuple[Any, ...]] = field(default_factory=list)
+    issues: list[tuple[Any, ...]] = field(default_factory=list)
+    deletes: set[Key] = field(default_factory=set)
+    final: dict[Key, tuple[Any, ...] | None] = field(default_factory=dict)
+
+
+def keys_of(changes: list[Change]) -> set[Key]:
+    """Every resource the batch touches."""
+    return {
+        (c.meta.resource_type, c.meta.group_key, e.resource_id) for c in changes for e in c.effects
+    }
+
+
+def build_rows(changes: list[Change], prev: dict[Key, Any], now: datetime) -> BatchRows:
+    """Pure: the rows one batch writes, with patches computed against the previous state."""
+    out = BatchRows()
+    current = dict(prev)
+    for ch in changes:
+        m = ch.meta
+        received = _ts(m.received_ms)
+        for e in ch.effects:
+            key = (m.resource_type, m.group_key, e.resource_id)
+            before = current.get(key) or {}
+            after = e.data if e.op != "deleted" else None
+            patch = json_patch(before, after or {})
+            out.history.append(
+                (
+                    m.resource_type,
+                    m.group_key,
+                    e.resource_id,
+                    e.version,
+                    e.op,
+                    m.event,
+                    m.actor,
+                    patch,
+                    after,
+                    m.id,
+                    received,
+                    now,
+                )
+            )
+            current[key] = after
+            if e.op == "deleted":
+                out.deletes.add(key)
+                out.final[key] = None
+            else:
+                out.final[key] = (e.name, e.important or {}, after, e.content_hash, e.version, m.id)
+        if ch.last:
+            _receipt_rows(out, ch, received, now)
+    return out
+
+
+def _receipt_rows(out: BatchRows, ch: Change, received: datetime, now: datetime) -> None:
+    """The ``ingest_events`` row of a change's last entry, and its sync issues."""
+    m = ch.meta
+    c = ch.counts()
+    integration = m.integration  # asyncpg takes a uuid column's value as text
+    out.events.append(
+        (
+            m.id,
+            integration,
+            m.table,
+            m.resource_type,
+            m.group_key,
+            m.kind,
+            ch.status,
+            m.event,
+            m.actor,
+            c["created"],
+            c["updated"],
+            c["deleted"],
+            c["unchanged"],
+            c["rejected"],
+            ch.ignored,
+            ch.issues,
+            ch.issues_total,
+            received,
+            now,
+        )
+    )
+    for i in ch.issues:
+        out.issues.append(
+            (
+                m.id,
+                integration,
+                m.table,
+                m.resource_type,
+                m.group_key,
+                i.get("resourceId"),
+                i.get("index"),
+                i["code"],
+                i["message"],
+                i.get("pointer"),
+                now,
+            )
+        )
