@@ -11,10 +11,13 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 
 from shared.config import Settings
 from tests.conftest import ADMIN, EMPLOYEE_SCHEMA
 from tests.e2e.procs import port, stages
+
+pytestmark = pytest.mark.slow  # stages as processes, seconds each
 
 BULK = "/integration/custom-data/bulk-event/employee"
 

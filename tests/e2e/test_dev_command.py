@@ -21,11 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 import redis
 
 from shared import streams
 from shared.embedded import free_port
 from tests.e2e.procs import INGESTD, wait_healthy
+
+pytestmark = pytest.mark.slow  # stages as processes, seconds each
 
 START_TIMEOUT = 60.0
 TOKEN = re.compile(r"^INGESTD_ADMIN_TOKEN=(\S+)", re.M)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
+import pytest
 from redis.asyncio import Redis
 
 from shared import streams
@@ -34,6 +35,8 @@ from tests.e2e.helpers import (
     wait_processed,
 )
 from tests.e2e.procs import Stage, port, stages
+
+pytestmark = pytest.mark.slow  # stages as processes, seconds each
 
 PIPELINE = ("gateway", "worker", "worker", "projector")
 

@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from shared.config import Settings
 from tests.conftest import ADMIN, EMPLOYEE_SCHEMA
 from tests.e2e.procs import port, stages
+
+pytestmark = pytest.mark.slow  # stages as processes, seconds each
 
 EVENT = "/integration/custom-data/event/employee"
 DEADLINE_S = 5.0
