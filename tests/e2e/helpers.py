@@ -6,7 +6,8 @@ import asyncio
 import os
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,8 @@ from redis.asyncio import Redis
 from shared import streams
 from shared.config import Settings
 from tests.conftest import seed_directory
-from tests.e2e.procs import Stage
+from tests.e2e.procs import Stage, port
+from tests.helpers import poll
 
 TABLE = "item"
 PREFIX = "_e2e"
@@ -37,33 +39,17 @@ SEQ_SCHEMA: dict[str, Any] = {
 }
 
 
-async def poll(
-    what: str, check: Callable[[], Awaitable[Any]], within: float, every: float = 0.1
-) -> Any:
-    """Call ``check`` until it returns something truthy; fail with ``what`` at the deadline."""
-    deadline = time.monotonic() + within
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(every)
-    raise AssertionError(f"timed out after {within}s waiting for {what} (last: {last!r})")
+@asynccontextmanager
+async def gateway_client(stage: Stage) -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client for a gateway process (base URL and a connection pool of 200)."""
+    conn = aiohttp.TCPConnector(limit=200)
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{port(stage)}", connector=conn) as c:
+        yield c
 
 
 async def create_table(c: aiohttp.ClientSession) -> str:
     """Create schema group + table + integration through the admin API; return the key."""
     return (await seed_directory(c, PREFIX, TABLE, SEQ_SCHEMA)).key
-
-
-async def wait_key_known(c: aiohttp.ClientSession, key: str, within: float = 10) -> None:
-    """Until this gateway's registry knows ``key`` (probe without enqueuing anything)."""
-
-    async def known() -> bool:
-        r = await c.get("/integration/custom-data/events/ev_probe", headers={"X-Ingest-Key": key})
-        return r.status == 404
-
-    await poll("the gateway to know the ingest key", known, within)
 
 
 @dataclass

@@ -26,7 +26,7 @@ import redis
 
 from shared import streams
 from shared.embedded import free_port
-from tests.e2e.procs import INGESTD, wait_healthy
+from tests.e2e.procs import INGESTD, unconfigured_env, wait_healthy
 
 pytestmark = pytest.mark.slow  # stages as processes, seconds each
 
@@ -66,11 +66,7 @@ class Dev:
 
 
 def user_env(data_dir: Path, port: int) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("INGESTD_") and k not in ("DATABASE_URL", "REDIS_URL")
-    }
+    env = unconfigured_env()
     env.update(INGESTD_DATA_DIR=str(data_dir), INGESTD_HTTP_PORT=str(port))
     return env
 
