@@ -118,6 +118,25 @@ async def wait_receipt(c: Any, who: Seeded | str, eid: str, within: float = 20) 
     return dict(await poll(f"the receipt of {eid}", done, within))
 
 
+async def barrier(
+    c: Any,
+    who: Seeded | str,
+    doc: Any,
+    group_key: str = "",
+    table: str = "employee",
+    within: float = 30,
+) -> dict[str, Any]:
+    """Send ``doc`` as a single event to the scope (``table``, ``group_key``) and wait until
+    its receipt is applied. A scope is one partition, processed in stream order, so
+    whatever was accepted for it before has acted by then: wait on this, never on a
+    sleep, before asserting that something did NOT happen. ``doc`` should leave the
+    scope as it is (an unchanged copy of a current resource); the receipt is returned."""
+    eid = await post(c, who, doc, group_key, table)
+    rc = await wait_receipt(c, who, eid, within)
+    assert rc["status"] == "applied", rc
+    return rc
+
+
 def emp(rid: Any = "e1", **extra: Any) -> dict[str, Any]:
     """An employee document for ``EMPLOYEE_SCHEMA``."""
     return {"employeeId": rid, **extra}

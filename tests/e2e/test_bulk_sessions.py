@@ -3,7 +3,6 @@ apply the snapshot once; a session without its final part changes nothing."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,7 +15,7 @@ from shared.config import Settings
 from tests.conftest import ADMIN, seed_directory
 from tests.e2e.helpers import gateway_client
 from tests.e2e.procs import stages
-from tests.helpers import post_bulk, receipt, wait_key_known, wait_receipt
+from tests.helpers import barrier, post_bulk, receipt, wait_key_known, wait_receipt
 
 pytestmark = pytest.mark.slow  # stages as processes, seconds each
 
@@ -68,8 +67,12 @@ async def test_session_parts_on_two_gateways_apply_once(settings: Settings, tmp_
         dup = await post_bulk(c2, key, parts[0], f"{q}&part=1")  # the same part, other gateway
         assert dup["duplicate"] is True and dup["partsReceived"] == 2
         assert r1["eventId"] == r3["eventId"] == dup["eventId"]
-        await asyncio.sleep(1.0)  # incomplete: the worker has nothing to do
-        assert len(await listing(c1, "hr")) == 3000
+        # incomplete: nothing is enqueued. An event sent after it to the same scope (one
+        # partition, processed in order; an unchanged copy of e000000) is applied, so a
+        # snapshot enqueued by mistake would have been applied before it
+        assert (await barrier(c2, key, emp(0), "hr"))["unchanged"] == 1
+        assert sorted(await listing(c1, "hr")) == [f"e{i:06d}" for i in range(3000)]
+        assert (await receipt(c1, key, r3["eventId"]))["status"] == "pending"
         r2 = await post_bulk(c1, key, parts[1], f"{q}&part=2")
         assert r2["complete"] is True
         done = await wait_receipt(c1, key, r3["eventId"], 30)
@@ -94,7 +97,9 @@ async def test_session_without_final_part_changes_nothing(
         q = "groupKey=k&session=abandoned"
         r = await post_bulk(c1, key, [emp(3)], f"{q}&part=1")
         await post_bulk(c2, key, [emp(4)], f"{q}&part=2")
-        await asyncio.sleep(1.5)
+        # after the parts, an unchanged copy of e000001 to the same scope (one partition,
+        # in order) is applied: whatever the parts would have done is done by then
+        assert (await barrier(c1, key, emp(1), "k"))["unchanged"] == 1
         assert sorted(await listing(c2, "k")) == ["e000001", "e000002"]
         rc = await receipt(c2, key, r["eventId"])
         assert rc["status"] == "pending" and rc["session"]["partsReceived"] == 2
