@@ -6,7 +6,7 @@ import asyncio
 import os
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from shared import streams
 from shared.config import Settings
+from shared.events import Change, RawMeta
 from tests.conftest import seed_directory
 from tests.e2e.procs import Stage, port
 from tests.helpers import poll
@@ -195,24 +196,90 @@ async def pending_by_consumer(redis: Redis, keys: list[str], group: str) -> dict
     return out
 
 
+async def pending_entries(
+    redis: Redis, keys: list[str], group: str, consumer: str
+) -> dict[str, list[tuple[bytes, dict[bytes, bytes]]]]:
+    """Per stream, the entries delivered to ``consumer`` and not acknowledged (its part of the
+    group's PEL, XPENDING with a consumer), each with its fields (empty if deleted since)."""
+    out: dict[str, list[tuple[bytes, dict[bytes, bytes]]]] = {}
+    for k in keys:
+        try:
+            rows = await redis.xpending_range(k, group, "-", "+", 100_000, consumername=consumer)
+        except Exception:  # stream or group not created yet
+            continue
+        entries = []
+        for row in rows:
+            sid = row["message_id"]
+            found = await redis.xrange(k, sid, sid)
+            entries.append((sid, found[0][1] if found else {}))
+        if entries:
+            out[k] = entries
+    return out
+
+
+def ingest_event_ids(fields: dict[bytes, bytes]) -> list[str]:
+    """The event a raw-event entry (``ingest:{p}``) carries."""
+    return [RawMeta.decode(fields[streams.F_META]).id] if fields else []
+
+
+def change_event_ids(fields: dict[bytes, bytes]) -> list[str]:
+    """The events a change entry (``changes:{p}``: one change per raw event) carries."""
+    return [c.meta.id for c in Change.decode_many(fields[streams.F_CHANGE])] if fields else []
+
+
+@dataclass
+class Outstanding:
+    """What a stage killed inside a batch left behind: entries delivered to it and never
+    acknowledged, and the events they carry."""
+
+    killed: Stage
+    consumer: str
+    entries: dict[str, list[tuple[bytes, dict[bytes, bytes]]]]
+    event_ids: set[str]
+    attempts: int
+
+    @property
+    def count(self) -> int:
+        return sum(len(v) for v in self.entries.values())
+
+
 async def kill_mid_batch(
-    redis: Redis, candidates: list[Stage], keys: list[str], group: str, within: float = 5
-) -> tuple[Stage, bool]:
-    """SIGKILL the first candidate seen holding delivered-but-uncommitted entries (so the kill
-    lands inside a batch); after ``within`` seconds kill the first candidate anyway.
-    Returns the killed stage and whether it was caught mid-batch."""
-    by_name = {consumer_of(s): s for s in candidates}
+    redis: Redis,
+    group: list[Stage],
+    keys: list[str],
+    consumer_group: str,
+    events_of: Callable[[dict[bytes, bytes]], list[str]],
+    within: float = 20,
+) -> Outstanding:
+    """SIGKILL a process of ``group`` (one stage's processes) inside a batch, and prove it.
+
+    Wait until a live process holds delivered, unacknowledged entries of ``keys``
+    (XPENDING per consumer) and kill it at once. Seeing them before the kill proves
+    nothing (the batch may commit in between), so once the process is dead its own
+    pending entries are read again: there must be some, or the kill fell between two
+    batches; then the process is restarted (``group`` keeps its size) and another kill
+    point is tried, until ``within`` seconds have passed, when the test fails. Returns
+    the dead process's outstanding entries and events; the caller restarts it."""
     deadline = time.monotonic() + within
+    attempts = 0
     while time.monotonic() < deadline:
-        pending = await pending_by_consumer(redis, keys, group)
-        for name, n in pending.items():
-            if n and name in by_name:
-                victim = by_name[name]
-                victim.kill9()
-                return victim, True
-        await asyncio.sleep(0.005)
-    candidates[0].kill9()
-    return candidates[0], False
+        alive = {consumer_of(st): st for st in group if st.proc and st.proc.poll() is None}
+        pending = await pending_by_consumer(redis, keys, consumer_group)
+        victim = next((alive[n] for n, k in pending.items() if k and n in alive), None)
+        if victim is None:
+            await asyncio.sleep(0.002)
+            continue
+        victim.kill9()
+        attempts += 1
+        name = consumer_of(victim)
+        left = await pending_entries(redis, keys, consumer_group, name)
+        if left:
+            ids = {eid for entries in left.values() for _, f in entries for eid in events_of(f)}
+            return Outstanding(victim, name, left, ids, attempts)
+        restart(victim, group)  # between batches: not the case under test; try again
+    raise AssertionError(
+        f"no SIGKILL landed inside a batch in {within}s ({attempts} kills between batches)"
+    )
 
 
 def restart(stage: Stage, group: list[Stage]) -> Stage:

@@ -18,12 +18,15 @@ from shared.config import Settings
 from tests.e2e.helpers import (
     TABLE,
     Sent,
+    change_event_ids,
     check_exactly_once,
     consumer_of,
     create_table,
     gateway_client,
+    ingest_event_ids,
     kill_mid_batch,
     logs,
+    pending_by_consumer,
     restart,
     send,
     send_series,
@@ -127,20 +130,28 @@ async def _kill_mid_stream(
             await poll("a third of the events accepted", enough, 30, every=0.01)
             if victim == "worker":
                 keys = [streams.ingest_stream(p) for p in range(settings.partitions)]
-                killed, mid = await kill_mid_batch(redis, s["worker"], keys, streams.INGEST_GROUP)
+                group, events_of = streams.INGEST_GROUP, ingest_event_ids
             else:
                 keys = [streams.changes_stream(p) for p in range(settings.partitions)]
-                killed, mid = await kill_mid_batch(
-                    redis, s["projector"], keys, streams.PROJECTOR_GROUP
-                )
+                group, events_of = streams.PROJECTOR_GROUP, change_event_ids
+            out = await kill_mid_batch(redis, s[victim], keys, group, events_of)
             at_kill = len(sent.accepted)
-            restart(killed, s[victim])
+            # the dead process left work: entries delivered to it, never acknowledged
+            assert out.count and out.event_ids, out
+            assert out.event_ids <= set(sent.accepted)
+            seen = await pool.fetchval(
+                "SELECT count(*) FROM ingest_events WHERE event_id = ANY($1)", list(out.event_ids)
+            )
+            if victim == "worker":  # its batch was not committed: none of it took effect
+                assert seen == 0, f"{seen} of the killed worker's events took effect"
+            restart(out.killed, s[victim])
             await senders
             assert not sent.refused, sent.refused[:3]
             assert len(sent.accepted) > at_kill, "the kill came after the stream ended"
             print(
-                f"killed a {victim} {'inside a batch' if mid else 'between batches'} "
-                f"after {at_kill} of {len(sent.accepted)} accepted events"
+                f"killed a {victim} inside a batch (kill {out.attempts}) after {at_kill} of "
+                f"{len(sent.accepted)} accepted events: it held {out.count} entries "
+                f"({len(out.event_ids)} events, {seen} of them already in PostgreSQL)"
             )
             try:
                 await wait_processed(pool, len(sent.accepted), 60)
@@ -148,6 +159,15 @@ async def _kill_mid_stream(
             except AssertionError as e:
                 raise AssertionError(f"{e}\n{logs(s)}") from None
             await check_exactly_once(pool, sent)
+            # what the dead process held was finished by another, once: nothing is pending
+            # any more and each of its events has one receipt, applied
+            assert not any((await pending_by_consumer(redis, keys, group)).values())
+            rows = await pool.fetch(
+                "SELECT event_id, status FROM ingest_events WHERE event_id = ANY($1)",
+                list(out.event_ids),
+            )
+            assert sorted(r["event_id"] for r in rows) == sorted(out.event_ids)
+            assert {r["status"] for r in rows} == {"applied"}
             for eid in list(sent.accepted)[:: len(sent.accepted) // 20]:
                 assert (await receipt(c, key, eid))["status"] == "applied"
 
