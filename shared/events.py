@@ -3,10 +3,14 @@
 A raw event (``ingest:{p}``) is two fields: ``m`` = JSON metadata written by the
 gateway, ``b`` = the request body exactly as received (parsed again by the
 worker, so the gateway never re-serialises it). A change entry
-(``changes:{p}``) is one JSON document per raw event holding every effect the
-worker decided for it, except a large bulk snapshot, whose effects are split
-over several consecutive entries: every entry but the last has ``last`` false,
-and only the last carries the snapshot's totals, issues and receipt.
+(``changes:{p}``) is one per batch of raw events, not one per raw event: the
+worker's drain commit writes a JSON array with one change per raw event of the
+batch, each holding every effect the worker decided for it
+(:meth:`Change.encode_many`; :meth:`Change.decode_many` also reads a single
+object). A large bulk snapshot is the exception: its effects are split over
+several consecutive entries of one change each; every entry but the last has
+``last`` false, and only the last carries the snapshot's totals, issues and
+receipt.
 """
 
 from __future__ import annotations

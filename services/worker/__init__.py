@@ -3,8 +3,10 @@
 Consumes ``ingest:{p}`` (consumer group ``workers``), one partition at a time
 per holder of the partition's drain lock, in stream order. For each raw event
 it validates, extracts, hashes and compares with the write model (current hash
-and version per resource, per scope, in Redis), and emits one change entry to
-``changes:{p}``.
+and version per resource, per scope, in Redis); a batch of raw events becomes ONE
+change entry on ``changes:{p}`` (``Change.encode_many``: one change per raw event,
+in stream order), written by the batch's drain commit. A large bulk snapshot is
+split over several change entries (slices; only the last carries the receipt).
 
 Guarantees: the change entries, the write-model updates, and the XACK/XDEL of
 the raw events they came from are committed in ONE MULTI/EXEC guarded by

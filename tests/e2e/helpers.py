@@ -6,7 +6,8 @@ import asyncio
 import os
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,9 +16,11 @@ import asyncpg
 from redis.asyncio import Redis
 
 from shared.config import Settings
+from shared.events import Change, RawMeta
 from shared.redis import keyspace as ks
 from tests.conftest import seed_directory
-from tests.e2e.procs import Stage
+from tests.e2e.procs import Stage, port
+from tests.helpers import poll
 
 TABLE = "item"
 PREFIX = "_e2e"
@@ -37,33 +40,17 @@ SEQ_SCHEMA: dict[str, Any] = {
 }
 
 
-async def poll(
-    what: str, check: Callable[[], Awaitable[Any]], within: float, every: float = 0.1
-) -> Any:
-    """Call ``check`` until it returns something truthy; fail with ``what`` at the deadline."""
-    deadline = time.monotonic() + within
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(every)
-    raise AssertionError(f"timed out after {within}s waiting for {what} (last: {last!r})")
+@asynccontextmanager
+async def gateway_client(stage: Stage) -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client for a gateway process (base URL and a connection pool of 200)."""
+    conn = aiohttp.TCPConnector(limit=200)
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{port(stage)}", connector=conn) as c:
+        yield c
 
 
 async def create_table(c: aiohttp.ClientSession) -> str:
     """Create schema group + table + integration through the admin API; return the key."""
     return (await seed_directory(c, PREFIX, TABLE, SEQ_SCHEMA)).key
-
-
-async def wait_key_known(c: aiohttp.ClientSession, key: str, within: float = 10) -> None:
-    """Until this gateway's registry knows ``key`` (probe without enqueuing anything)."""
-
-    async def known() -> bool:
-        r = await c.get("/integration/custom-data/events/ev_probe", headers={"X-Ingest-Key": key})
-        return r.status == 404
-
-    await poll("the gateway to know the ingest key", known, within)
 
 
 @dataclass
@@ -191,7 +178,7 @@ async def check_exactly_once(pool: asyncpg.Pool, sent: Sent, ordered: bool = Tru
 
 
 def consumer_of(stage: Stage) -> str:
-    """The stream consumer name a stage process uses (streamio.consumer_name)."""
+    """The stream consumer name a stage process uses (shared.redis.consumer.consumer_name)."""
     assert stage.proc is not None
     return f"{os.uname().nodename}-{stage.proc.pid}"
 
@@ -209,24 +196,90 @@ async def pending_by_consumer(redis: Redis, keys: list[str], group: str) -> dict
     return out
 
 
+async def pending_entries(
+    redis: Redis, keys: list[str], group: str, consumer: str
+) -> dict[str, list[tuple[bytes, dict[bytes, bytes]]]]:
+    """Per stream, the entries delivered to ``consumer`` and not acknowledged (its part of the
+    group's PEL, XPENDING with a consumer), each with its fields (empty if deleted since)."""
+    out: dict[str, list[tuple[bytes, dict[bytes, bytes]]]] = {}
+    for k in keys:
+        try:
+            rows = await redis.xpending_range(k, group, "-", "+", 100_000, consumername=consumer)
+        except Exception:  # stream or group not created yet
+            continue
+        entries = []
+        for row in rows:
+            sid = row["message_id"]
+            found = await redis.xrange(k, sid, sid)
+            entries.append((sid, found[0][1] if found else {}))
+        if entries:
+            out[k] = entries
+    return out
+
+
+def ingest_event_ids(fields: dict[bytes, bytes]) -> list[str]:
+    """The event a raw-event entry (``ingest:{p}``) carries."""
+    return [RawMeta.decode(fields[ks.F_META]).id] if fields else []
+
+
+def change_event_ids(fields: dict[bytes, bytes]) -> list[str]:
+    """The events a change entry (``changes:{p}``: one change per raw event) carries."""
+    return [c.meta.id for c in Change.decode_many(fields[ks.F_CHANGE])] if fields else []
+
+
+@dataclass
+class Outstanding:
+    """What a stage killed inside a batch left behind: entries delivered to it and never
+    acknowledged, and the events they carry."""
+
+    killed: Stage
+    consumer: str
+    entries: dict[str, list[tuple[bytes, dict[bytes, bytes]]]]
+    event_ids: set[str]
+    attempts: int
+
+    @property
+    def count(self) -> int:
+        return sum(len(v) for v in self.entries.values())
+
+
 async def kill_mid_batch(
-    redis: Redis, candidates: list[Stage], keys: list[str], group: str, within: float = 5
-) -> tuple[Stage, bool]:
-    """SIGKILL the first candidate seen holding delivered-but-uncommitted entries (so the kill
-    lands inside a batch); after ``within`` seconds kill the first candidate anyway.
-    Returns the killed stage and whether it was caught mid-batch."""
-    by_name = {consumer_of(s): s for s in candidates}
+    redis: Redis,
+    group: list[Stage],
+    keys: list[str],
+    consumer_group: str,
+    events_of: Callable[[dict[bytes, bytes]], list[str]],
+    within: float = 20,
+) -> Outstanding:
+    """SIGKILL a process of ``group`` (one stage's processes) inside a batch, and prove it.
+
+    Wait until a live process holds delivered, unacknowledged entries of ``keys``
+    (XPENDING per consumer) and kill it at once. Seeing them before the kill proves
+    nothing (the batch may commit in between), so once the process is dead its own
+    pending entries are read again: there must be some, or the kill fell between two
+    batches; then the process is restarted (``group`` keeps its size) and another kill
+    point is tried, until ``within`` seconds have passed, when the test fails. Returns
+    the dead process's outstanding entries and events; the caller restarts it."""
     deadline = time.monotonic() + within
+    attempts = 0
     while time.monotonic() < deadline:
-        pending = await pending_by_consumer(redis, keys, group)
-        for name, n in pending.items():
-            if n and name in by_name:
-                victim = by_name[name]
-                victim.kill9()
-                return victim, True
-        await asyncio.sleep(0.005)
-    candidates[0].kill9()
-    return candidates[0], False
+        alive = {consumer_of(st): st for st in group if st.proc and st.proc.poll() is None}
+        pending = await pending_by_consumer(redis, keys, consumer_group)
+        victim = next((alive[n] for n, k in pending.items() if k and n in alive), None)
+        if victim is None:
+            await asyncio.sleep(0.002)
+            continue
+        victim.kill9()
+        attempts += 1
+        name = consumer_of(victim)
+        left = await pending_entries(redis, keys, consumer_group, name)
+        if left:
+            ids = {eid for entries in left.values() for _, f in entries for eid in events_of(f)}
+            return Outstanding(victim, name, left, ids, attempts)
+        restart(victim, group)  # between batches: not the case under test; try again
+    raise AssertionError(
+        f"no SIGKILL landed inside a batch in {within}s ({attempts} kills between batches)"
+    )
 
 
 def restart(stage: Stage, group: list[Stage]) -> Stage:

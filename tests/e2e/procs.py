@@ -18,6 +18,16 @@ from shared.embedded import free_port
 INGESTD = str(Path(sys.executable).parent / "ingestd")
 
 
+def unconfigured_env() -> dict[str, str]:
+    """This process's environment without any ingestd configuration (``INGESTD_*``,
+    ``DATABASE_URL``, ``REDIS_URL``): what a user's shell holds before configuring it."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("INGESTD_") and k not in ("DATABASE_URL", "REDIS_URL")
+    }
+
+
 def stage_env(settings: Settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("INGESTD_")}
     env.update(settings.server_env())

@@ -21,11 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 import redis
 
 from shared.embedded import free_port
 from shared.redis import keyspace as ks
-from tests.e2e.procs import INGESTD, wait_healthy
+from tests.e2e.procs import INGESTD, unconfigured_env, wait_healthy
+
+pytestmark = pytest.mark.slow  # stages as processes, seconds each
 
 START_TIMEOUT = 60.0
 TOKEN = re.compile(r"^INGESTD_ADMIN_TOKEN=(\S+)", re.M)
@@ -63,11 +66,7 @@ class Dev:
 
 
 def user_env(data_dir: Path, port: int) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("INGESTD_") and k not in ("DATABASE_URL", "REDIS_URL")
-    }
+    env = unconfigured_env()
     env.update(INGESTD_DATA_DIR=str(data_dir), INGESTD_HTTP_PORT=str(port))
     return env
 

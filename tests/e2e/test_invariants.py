@@ -7,12 +7,10 @@ the test is a producer over HTTP and reads PostgreSQL / Redis to check the outco
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
-import aiohttp
 import asyncpg
+import pytest
 from redis.asyncio import Redis
 
 from shared.config import Settings
@@ -20,43 +18,29 @@ from shared.redis import keyspace as ks
 from tests.e2e.helpers import (
     TABLE,
     Sent,
+    change_event_ids,
     check_exactly_once,
     consumer_of,
     create_table,
+    gateway_client,
+    ingest_event_ids,
     kill_mid_batch,
     logs,
-    poll,
+    pending_by_consumer,
     restart,
     send,
     send_series,
     streams_drained,
-    wait_key_known,
     wait_processed,
 )
-from tests.e2e.procs import Stage, port, stages
+from tests.e2e.procs import stages
+from tests.helpers import delete as delete_event
+from tests.helpers import poll, receipt, wait_key_known, wait_receipt
+from tests.helpers import post as post_event
+
+pytestmark = pytest.mark.slow  # stages as processes, seconds each
 
 PIPELINE = ("gateway", "worker", "worker", "projector")
-
-
-@asynccontextmanager
-async def session(stage: Stage) -> AsyncIterator[aiohttp.ClientSession]:
-    conn = aiohttp.TCPConnector(limit=200)
-    async with aiohttp.ClientSession(f"http://127.0.0.1:{port(stage)}", connector=conn) as c:
-        yield c
-
-
-async def receipt(c: aiohttp.ClientSession, key: str, eid: str) -> dict[str, object]:
-    r = await c.get(f"/integration/custom-data/events/{eid}", headers={"X-Ingest-Key": key})
-    assert r.status == 200, await r.text()
-    return dict(await r.json())
-
-
-async def applied(c: aiohttp.ClientSession, key: str, eid: str, within: float = 20) -> dict:
-    async def done() -> dict[str, object] | None:
-        body = await receipt(c, key, eid)
-        return body if body["status"] != "pending" else None
-
-    return dict(await poll(f"receipt of {eid}", done, within))
 
 
 # ---- a. order per scope with two workers --------------------------------------------------
@@ -86,7 +70,7 @@ async def test_order_per_scope_with_two_workers(
             return set((await _readers(redis, settings)).values()) == workers
 
         await poll("both workers to drain partitions", both_draining, 20)
-        async with session(s["gateway"][0]) as c:
+        async with gateway_client(s["gateway"][0]) as c:
             key = await create_table(c)
             sent = Sent()
             scopes = [f"scope-{i}" for i in range(24)]
@@ -131,7 +115,7 @@ async def _kill_mid_stream(
     settings: Settings, tmp_path: Path, pool: asyncpg.Pool, redis: Redis, victim: str
 ) -> None:
     with stages(settings, tmp_path, *PIPELINE) as s:
-        async with session(s["gateway"][0]) as c:
+        async with gateway_client(s["gateway"][0]) as c:
             key = await create_table(c)
             sent = Sent()
             resources = [(f"g{i}", f"r{j}") for i in range(40) for j in range(2)]
@@ -146,18 +130,29 @@ async def _kill_mid_stream(
             await poll("a third of the events accepted", enough, 30, every=0.01)
             if victim == "worker":
                 keys = [ks.ingest_stream(p) for p in range(settings.partitions)]
-                killed, mid = await kill_mid_batch(redis, s["worker"], keys, ks.INGEST_GROUP)
+                group, events_of = ks.INGEST_GROUP, ingest_event_ids
             else:
                 keys = [ks.changes_stream(p) for p in range(settings.partitions)]
-                killed, mid = await kill_mid_batch(redis, s["projector"], keys, ks.PROJECTOR_GROUP)
+                group, events_of = ks.PROJECTOR_GROUP, change_event_ids
+            out = await kill_mid_batch(redis, s[victim], keys, group, events_of)
             at_kill = len(sent.accepted)
-            restart(killed, s[victim])
+            # the dead process left work: entries delivered to it, never acknowledged
+            assert out.count and out.event_ids, out
+            seen = await pool.fetchval(
+                "SELECT count(*) FROM ingest_events WHERE event_id = ANY($1)", list(out.event_ids)
+            )
+            if victim == "worker":  # its batch was not committed: none of it took effect
+                assert seen == 0, f"{seen} of the killed worker's events took effect"
+            restart(out.killed, s[victim])
             await senders
             assert not sent.refused, sent.refused[:3]
             assert len(sent.accepted) > at_kill, "the kill came after the stream ended"
+            # (an event can reach a worker before its 202 reaches the test: compared now)
+            assert out.event_ids <= set(sent.accepted)
             print(
-                f"killed a {victim} {'inside a batch' if mid else 'between batches'} "
-                f"after {at_kill} of {len(sent.accepted)} accepted events"
+                f"killed a {victim} inside a batch (kill {out.attempts}) after {at_kill} of "
+                f"{len(sent.accepted)} accepted events: it held {out.count} entries "
+                f"({len(out.event_ids)} events, {seen} of them already in PostgreSQL)"
             )
             try:
                 await wait_processed(pool, len(sent.accepted), 60)
@@ -165,6 +160,15 @@ async def _kill_mid_stream(
             except AssertionError as e:
                 raise AssertionError(f"{e}\n{logs(s)}") from None
             await check_exactly_once(pool, sent)
+            # what the dead process held was finished by another, once: nothing is pending
+            # any more and each of its events has one receipt, applied
+            assert not any((await pending_by_consumer(redis, keys, group)).values())
+            rows = await pool.fetch(
+                "SELECT event_id, status FROM ingest_events WHERE event_id = ANY($1)",
+                list(out.event_ids),
+            )
+            assert sorted(r["event_id"] for r in rows) == sorted(out.event_ids)
+            assert {r["status"] for r in rows} == {"applied"}
             for eid in list(sent.accepted)[:: len(sent.accepted) // 20]:
                 assert (await receipt(c, key, eid))["status"] == "applied"
 
@@ -188,24 +192,14 @@ async def test_lost_write_model_is_rebuilt_from_postgres(
     settings: Settings, tmp_path: Path, pool: asyncpg.Pool, redis: Redis
 ) -> None:
     with stages(settings, tmp_path, *PIPELINE) as s:
-        async with session(s["gateway"][0]) as c:
+        async with gateway_client(s["gateway"][0]) as c:
             key = await create_table(c)
-            h = {"X-Ingest-Key": key}
-            url = f"/integration/custom-data/event/{TABLE}"
 
             async def post(doc: dict[str, object], g: str = "g") -> str:
-                r = await c.post(url, json=doc, params={"groupKey": g}, headers=h)
-                assert r.status == 202, await r.text()
-                return str((await r.json())["eventId"])
+                return await post_event(c, key, doc, g, table=TABLE)
 
             async def delete(ids: str, g: str = "g") -> str:
-                r = await c.delete(
-                    f"/integration/custom-data/{TABLE}",
-                    params={"resourceIds": ids, "groupKey": g},
-                    headers=h,
-                )
-                assert r.status == 202, await r.text()
-                return str((await r.json())["eventId"])
+                return await delete_event(c, key, ids, g, table=TABLE)
 
             # many resources in several scopes, so the rebuild pages through PostgreSQL
             for i in range(30):
@@ -214,7 +208,7 @@ async def test_lost_write_model_is_rebuilt_from_postgres(
             await post({"id": "changed", "seq": 1})
             await post({"id": "gone", "seq": 1})
             last = await delete("gone")
-            assert (await applied(c, key, last))["deleted"] == 1
+            assert (await wait_receipt(c, key, last))["deleted"] == 1
             lost = [k async for k in redis.scan_iter(match=ks.state_pattern())]
             assert len(lost) == 4  # scopes g, s0, s1, s2
             await redis.delete(*lost)
@@ -224,15 +218,15 @@ async def test_lost_write_model_is_rebuilt_from_postgres(
             e_gone = await post({"id": "gone", "seq": 1})
             e_bulk = await post({"id": "bulk0", "seq": 1}, g="s0")
             e_new = await post({"id": "new", "seq": 1})
-            r = await applied(c, key, e_same)
+            r = await wait_receipt(c, key, e_same)
             assert (r["unchanged"], r["created"], r["updated"]) == (1, 0, 0), r
-            r = await applied(c, key, e_changed)
+            r = await wait_receipt(c, key, e_changed)
             assert (r["updated"], r["created"]) == (1, 0), r
-            r = await applied(c, key, e_gone)
+            r = await wait_receipt(c, key, e_gone)
             assert r["created"] == 1, r
-            r = await applied(c, key, e_bulk)
+            r = await wait_receipt(c, key, e_bulk)
             assert r["unchanged"] == 1, r
-            r = await applied(c, key, e_new)
+            r = await wait_receipt(c, key, e_new)
             assert r["created"] == 1, r
 
             async def versions(rid: str) -> list[tuple[int, str]]:
@@ -249,7 +243,7 @@ async def test_lost_write_model_is_rebuilt_from_postgres(
             assert await versions("new") == [(1, "created")]
             # the rebuilt state is right for later decisions too
             e_del = await delete("gone,never")
-            r = await applied(c, key, e_del)
+            r = await wait_receipt(c, key, e_del)
             assert (r["deleted"], r["ignored"]) == (1, ["never"]), r
             assert (await versions("gone"))[-1] == (4, "deleted")
 
@@ -262,7 +256,7 @@ async def test_two_gateways_keep_each_clients_order(
 ) -> None:
     with stages(settings, tmp_path, "gateway", "gateway", *PIPELINE[1:]) as s:
         gw1, gw2 = s["gateway"]
-        async with session(gw1) as c1, session(gw2) as c2:
+        async with gateway_client(gw1) as c1, gateway_client(gw2) as c2:
             key = await create_table(c1)
             await wait_key_known(c2, key)
             sent = Sent()

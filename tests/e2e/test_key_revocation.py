@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from shared.config import Settings
-from tests.conftest import ADMIN, EMPLOYEE_SCHEMA
-from tests.e2e.procs import port, stages
+from tests.conftest import ADMIN, seed_directory
+from tests.e2e.helpers import gateway_client
+from tests.e2e.procs import stages
+from tests.helpers import poll
+
+pytestmark = pytest.mark.slow  # stages as processes, seconds each
 
 EVENT = "/integration/custom-data/event/employee"
 DEADLINE_S = 5.0
@@ -24,16 +28,13 @@ async def status_of(c: aiohttp.ClientSession, key: str) -> int:
         return r.status
 
 
-async def poll(c: aiohttp.ClientSession, key: str, want: int, within: float) -> float:
-    """Seconds until the key gets ``want``; fails if it does not within ``within`` s."""
-    start = time.monotonic()
-    last = None
-    while time.monotonic() - start < within:
-        last = await status_of(c, key)
-        if last == want:
-            return time.monotonic() - start
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"still {last} (wanted {want}) after {within} s")
+async def until_status(c: aiohttp.ClientSession, key: str, want: int, within: float) -> None:
+    """Until the key gets ``want``; fails if it does not within ``within`` s."""
+
+    async def got() -> bool:
+        return await status_of(c, key) == want
+
+    await poll(f"{want} for the key", got, within, every=0.02)
 
 
 async def admin(c: aiohttp.ClientSession, method: str, path: str, **kw: Any) -> Any:
@@ -46,38 +47,21 @@ async def test_revocation_reaches_another_gateway(
     settings: Settings, tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
     with stages(settings, tmp_path, "gateway", "gateway") as s:
-        a_port, b_port = (port(g) for g in s["gateway"])
-        async with (
-            aiohttp.ClientSession(f"http://127.0.0.1:{a_port}") as a,
-            aiohttp.ClientSession(f"http://127.0.0.1:{b_port}") as b,
-        ):
-            g = await admin(
-                a,
-                "POST",
-                "/admin/v1/schema-groups",
-                json={"name": "directory", "prefix": "_directory"},
-            )
-            await admin(
-                a,
-                "POST",
-                f"/admin/v1/schema-groups/{g['id']}/schemas",
-                json={"table": "employee", "schema": EMPLOYEE_SCHEMA},
-            )
-            integ = await admin(
-                a, "POST", "/admin/v1/integrations", json={"name": "HR", "schemaGroup": g["id"]}
-            )
-            keys_url = f"/admin/v1/integrations/{integ['id']}/keys"
+        gw_a, gw_b = s["gateway"]
+        async with gateway_client(gw_a) as a, gateway_client(gw_b) as b:
+            integ = await seed_directory(a)
+            keys_url = f"/admin/v1/integrations/{integ.integration_id}/keys"
             second = await admin(a, "POST", keys_url)
-            revoked, kept = integ["ingestKey"], second["ingestKey"]
+            revoked, kept = integ.key, second["ingestKey"]
 
             # B learns about keys created through A without a restart
-            await poll(b, revoked, 202, DEADLINE_S)
-            await poll(b, kept, 202, DEADLINE_S)
+            await until_status(b, revoked, 202, DEADLINE_S)
+            await until_status(b, kept, 202, DEADLINE_S)
 
             started = time.monotonic()  # before the DELETE: an upper bound
-            await admin(a, "DELETE", f"{keys_url}/{integ['keyId']}")
+            await admin(a, "DELETE", f"{keys_url}/{integ.key_id}")
             assert await status_of(a, revoked) == 401  # the revoking gateway: at once
-            await poll(b, revoked, 401, DEADLINE_S)
+            await until_status(b, revoked, 401, DEADLINE_S)
             latency = time.monotonic() - started
             assert latency < DEADLINE_S
             print(f"\nrevocation seen by the other gateway after {latency:.3f} s")

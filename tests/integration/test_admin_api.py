@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -22,6 +21,7 @@ from shared.embedded import EmbeddedRedis
 from shared.pg.registry import RegistryCache, RegistryStore
 from shared.schema_rules import CompiledSchema, Extracted, prepare_schema
 from tests.conftest import ADMIN, EMPLOYEE_SCHEMA, TABLES, Seeded
+from tests.helpers import employee_schema
 
 Client = TestClient[Any, Any]
 G = "/admin/v1/schema-groups"
@@ -49,16 +49,6 @@ async def post_schema(c: Client, gid: str, schema: Any, table: str = "employee")
     return await c.post(
         f"{G}/{gid}/schemas", json={"table": table, "schema": schema}, headers=ADMIN
     )
-
-
-def with_(**changes: Any) -> dict[str, Any]:
-    out = copy.deepcopy(EMPLOYEE_SCHEMA)
-    for k, v in changes.items():
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = v
-    return out
 
 
 async def ingest(c: Client, key: str) -> ClientResponse:
@@ -165,13 +155,13 @@ async def test_nul_characters_are_400_not_500(client: Client, seeded: Seeded) ->
         (
             "POST",
             f"{G}/{gid}/schemas",
-            {"table": "t", "schema": with_(description="x\x00")},
+            {"table": "t", "schema": employee_schema(description="x\x00")},
             "/schema/description",
         ),
         (
             "PUT",
             f"{G}/{gid}/schemas/employee",
-            {"schema": with_(required=["employeeId", "a\x00"])},
+            {"schema": employee_schema(required=["employeeId", "a\x00"])},
             "/schema/required/1",
         ),
         ("POST", "/admin/v1/integrations", {"name": "i\x00", "schemaGroup": gid}, "/name"),
@@ -265,7 +255,9 @@ async def test_update_bumps_version_and_keeps_every_version(client: Client) -> N
     assert (await post_schema(client, gid, EMPLOYEE_SCHEMA)).status == 201
     bodies = [EMPLOYEE_SCHEMA]
     for n in (2, 3):
-        new = with_(properties={**EMPLOYEE_SCHEMA["properties"], f"extra{n}": {"type": "string"}})
+        new = employee_schema(
+            properties={**EMPLOYEE_SCHEMA["properties"], f"extra{n}": {"type": "string"}}
+        )
         r = await client.put(f"{G}/{gid}/schemas/employee", json={"schema": new}, headers=ADMIN)
         assert r.status == 200, await r.text()
         body = await r.json()
@@ -288,7 +280,7 @@ async def test_invalid_update_changes_nothing(client: Client) -> None:
     gid = await new_group(client)
     assert (await post_schema(client, gid, EMPLOYEE_SCHEMA)).status == 201
     r = await client.put(
-        f"{G}/{gid}/schemas/employee", json={"schema": with_(resmo=None)}, headers=ADMIN
+        f"{G}/{gid}/schemas/employee", json={"schema": employee_schema(resmo=None)}, headers=ADMIN
     )
     await error(r, 400, "missing_resmo")
     r = await client.get(f"{G}/{gid}/schemas/employee/versions", headers=ADMIN)
@@ -309,15 +301,15 @@ async def test_update_of_unknown_table_is_404(client: Client) -> None:
         ([], "schema_not_object", "/schema"),
         ({}, "schema_not_object", "/schema"),
         (None, "schema_not_object", "/schema"),
-        (with_(type="array"), "schema_root_not_object", "/schema/type"),
-        (with_(type=None), "schema_root_not_object", "/schema/type"),
+        (employee_schema(type="array"), "schema_root_not_object", "/schema/type"),
+        (employee_schema(type=None), "schema_root_not_object", "/schema/type"),
         (
-            with_(**{"$schema": "http://json-schema.org/draft-07/schema#"}),
+            employee_schema(**{"$schema": "http://json-schema.org/draft-07/schema#"}),
             "unsupported_draft",
             "/schema/$schema",
         ),
         (
-            with_(
+            employee_schema(
                 properties={
                     "employeeId": {"type": "object", "properties": {"x": {"type": "no-such-type"}}}
                 }
@@ -325,14 +317,18 @@ async def test_update_of_unknown_table_is_404(client: Client) -> None:
             "invalid_schema",
             "/schema/properties/employeeId/properties/x/type",
         ),
-        (with_(resmo=None), "missing_resmo", "/schema/resmo"),
-        (with_(resmo={"name": "$.employee.username"}), "missing_resmo_id", "/schema/resmo/id"),
-        (with_(resmo={"id": ""}), "invalid_resmo_path", "/schema/resmo/id"),
-        (with_(resmo={"id": "$.employeeId["}), "invalid_resmo_path", "/schema/resmo/id"),
-        (with_(resmo={"id": "$.a[*]"}), "resmo_path_not_singular", "/schema/resmo/id"),
-        (with_(resmo={"id": "$..a"}), "resmo_path_not_singular", "/schema/resmo/id"),
+        (employee_schema(resmo=None), "missing_resmo", "/schema/resmo"),
         (
-            with_(resmo={"id": "employeeId", "name": "$.employee.*"}),
+            employee_schema(resmo={"name": "$.employee.username"}),
+            "missing_resmo_id",
+            "/schema/resmo/id",
+        ),
+        (employee_schema(resmo={"id": ""}), "invalid_resmo_path", "/schema/resmo/id"),
+        (employee_schema(resmo={"id": "$.employeeId["}), "invalid_resmo_path", "/schema/resmo/id"),
+        (employee_schema(resmo={"id": "$.a[*]"}), "resmo_path_not_singular", "/schema/resmo/id"),
+        (employee_schema(resmo={"id": "$..a"}), "resmo_path_not_singular", "/schema/resmo/id"),
+        (
+            employee_schema(resmo={"id": "employeeId", "name": "$.employee.*"}),
             "resmo_path_not_singular",
             "/schema/resmo/name",
         ),
@@ -351,11 +347,13 @@ async def test_each_schema_rule_is_refused_with_its_code(
 @pytest.mark.parametrize(
     "schema",
     [
-        with_(**{"$schema": None}),
-        with_(**{"$schema": "https://json-schema.org/draft/2020-12/schema"}),
-        with_(resmo={"id": "employeeId", "importantFields": ["$.employee[*]", "$..email"]}),
-        with_(resmo={"id": "$.employeeId", "name": "employee.username"}),
-        with_(resmo={"id": "employeeId"}),
+        employee_schema(**{"$schema": None}),
+        employee_schema(**{"$schema": "https://json-schema.org/draft/2020-12/schema"}),
+        employee_schema(
+            resmo={"id": "employeeId", "importantFields": ["$.employee[*]", "$..email"]}
+        ),
+        employee_schema(resmo={"id": "$.employeeId", "name": "employee.username"}),
+        employee_schema(resmo={"id": "employeeId"}),
     ],
 )
 async def test_valid_variants_are_accepted(client: Client, schema: Any) -> None:
@@ -374,7 +372,7 @@ async def test_bare_id_path_selects_the_root_member(client: Client, seeded: Seed
 
 async def test_schema_body_over_1_mib_is_413(client: Client) -> None:
     gid = await new_group(client)
-    big = with_(description="x" * (1 << 20))
+    big = employee_schema(description="x" * (1 << 20))
     await error(await post_schema(client, gid, big), 413, "body_too_large")
     r = await client.put(f"{G}/{gid}/schemas/employee", json={"schema": big}, headers=ADMIN)
     await error(r, 413, "body_too_large")
@@ -390,7 +388,7 @@ async def test_schema_body_over_1_mib_is_413(client: Client) -> None:
     )
     await error(r, 413, "body_too_large")
     # just under the limit is fine
-    ok = with_(description="x" * ((1 << 20) - 2000))
+    ok = employee_schema(description="x" * ((1 << 20) - 2000))
     assert (await post_schema(client, gid, ok)).status == 201
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 from typing import Any
 
@@ -17,46 +16,12 @@ from shared.config import Settings
 from shared.redis import keyspace as ks
 from shared.schema_rules import content_hash
 from tests.conftest import InlinePipeline, Seeded, seed_directory
+from tests.helpers import emp, post_bulk, receipt, wait_key_known
 
 BULK = "/integration/custom-data/bulk-event/employee"
 EVENT = "/integration/custom-data/event/employee"
 MiB = 1 << 20
 Client = TestClient[Any, Any]
-
-
-async def settle(pl: InlinePipeline) -> None:
-    """InlinePipeline.run with the projector running beside each drain: a bulk for a scope
-    the worker has not loaded yet waits for the projector (rebuild from PostgreSQL), so
-    two new scopes of one partition would otherwise wait forever."""
-    await pl.registry.refresh(force=True)
-    for p in range(pl.settings.partitions):
-        d = Drainer(pl.redis, pl.resources, pl.registry, p, pl.settings.drain_batch, "test-worker")
-        task = asyncio.create_task(d.run(60, idle_exit=True))
-        while not task.done():
-            await pl.projector.drain_idle(p)
-            await asyncio.sleep(0.01)
-        assert task.result()
-        assert await pl.projector.drain_idle(p)
-
-
-def emp(rid: str, **extra: Any) -> dict[str, Any]:
-    return {"employeeId": rid, **extra}
-
-
-async def send(
-    client: Client, seeded: Seeded, body: Any, query: str = "", status: int = 202, **headers: str
-) -> dict[str, Any]:
-    data = body if isinstance(body, bytes) else orjson.dumps(body)
-    r = await client.post(f"{BULK}?{query}", data=data, headers={**seeded.headers, **headers})
-    out = await r.json()
-    assert r.status == status, out
-    return dict(out)
-
-
-async def receipt(client: Client, seeded: Seeded, eid: str) -> dict[str, Any]:
-    r = await client.get(f"/integration/custom-data/events/{eid}", headers=seeded.headers)
-    assert r.status == 200
-    return dict(await r.json())
 
 
 async def scope(pool: asyncpg.Pool, group_key: str = "") -> dict[str, asyncpg.Record]:
@@ -82,15 +47,15 @@ async def test_seed_example_abc_then_abd(
     client: Client, seeded: Seeded, pipeline: InlinePipeline, pool: asyncpg.Pool
 ) -> None:
     q = "groupKey=acme&event=nightly&actor=%7B%22name%22%3A%22hr-sync%22%7D"
-    first = await send(client, seeded, [emp("a"), emp("b"), emp("c")], q)
-    await settle(pipeline)
+    first = await post_bulk(client, seeded, [emp("a"), emp("b"), emp("c")], q)
+    await pipeline.run()
     r1 = await receipt(client, seeded, first["eventId"])
     assert (r1["status"], r1["kind"], r1["created"], r1["deleted"]) == ("applied", "bulk", 3, 0)
 
-    second = await send(
+    second = await post_bulk(
         client, seeded, [emp("a"), emp("b", active=True), emp("d")], q.replace("nightly", "n2")
     )
-    await settle(pipeline)
+    await pipeline.run()
     r2 = await receipt(client, seeded, second["eventId"])
     assert r2["status"] == "applied"
     assert (r2["created"], r2["updated"], r2["deleted"], r2["unchanged"]) == (1, 1, 1, 1)
@@ -114,12 +79,12 @@ async def test_seed_example_abc_then_abd(
 async def test_other_group_keys_are_untouched(
     client: Client, seeded: Seeded, pipeline: InlinePipeline, pool: asyncpg.Pool
 ) -> None:
-    await send(client, seeded, [emp("a"), emp("x")], "groupKey=one")
-    await send(client, seeded, [emp("a"), emp("y")], "groupKey=two")
+    await post_bulk(client, seeded, [emp("a"), emp("x")], "groupKey=one")
+    await post_bulk(client, seeded, [emp("a"), emp("y")], "groupKey=two")
     await client.post(f"{EVENT}?groupKey=", json=emp("z"), headers=seeded.headers)
-    await settle(pipeline)
-    r = await send(client, seeded, [], "groupKey=one")  # the empty set: delete all of "one"
-    await settle(pipeline)
+    await pipeline.run()
+    r = await post_bulk(client, seeded, [], "groupKey=one")  # the empty set: delete all of "one"
+    await pipeline.run()
     assert (await receipt(client, seeded, r["eventId"]))["deleted"] == 2
     assert await scope(pool, "one") == {}
     assert sorted(await scope(pool, "two")) == ["a", "y"]
@@ -130,9 +95,9 @@ async def test_singles_and_bulks_in_one_batch_keep_stream_order(
     client: Client, seeded: Seeded, pipeline: InlinePipeline, pool: asyncpg.Pool
 ) -> None:
     await client.post(EVENT, json=emp("s1"), headers=seeded.headers)
-    await send(client, seeded, [emp("b1")])
+    await post_bulk(client, seeded, [emp("b1")])
     await client.post(EVENT, json=emp("s2"), headers=seeded.headers)
-    await settle(pipeline)
+    await pipeline.run()
     # the single before the snapshot was deleted by it; the one after survives
     assert sorted(await scope(pool)) == ["b1", "s2"]
 
@@ -141,8 +106,8 @@ async def test_singles_and_bulks_in_one_batch_keep_stream_order(
 
 
 async def _seed_abc(client: Client, seeded: Seeded, pipeline: InlinePipeline) -> None:
-    await send(client, seeded, [emp("a"), emp("b"), emp("c")])
-    await settle(pipeline)
+    await post_bulk(client, seeded, [emp("a"), emp("b"), emp("c")])
+    await pipeline.run()
 
 
 async def test_invalid_item_rejects_the_whole_snapshot(
@@ -151,8 +116,8 @@ async def test_invalid_item_rejects_the_whole_snapshot(
     await _seed_abc(client, seeded, pipeline)
     before = {k: (v["version"], v["content_hash"]) for k, v in (await scope(pool)).items()}
     items = [emp("a", active=True), {"employee": {"age": 3}}, emp("e", employee={"age": "x"})]
-    r = await send(client, seeded, items)
-    await settle(pipeline)
+    r = await post_bulk(client, seeded, items)
+    await pipeline.run()
     rc = await receipt(client, seeded, r["eventId"])
     assert rc["status"] == "rejected"
     assert (rc["created"], rc["updated"], rc["deleted"], rc["rejected"]) == (0, 0, 0, 2)
@@ -172,16 +137,16 @@ async def test_duplicate_ids_reject_the_whole_snapshot(
     client: Client, seeded: Seeded, pipeline: InlinePipeline, pool: asyncpg.Pool, redis: Redis
 ) -> None:
     await _seed_abc(client, seeded, pipeline)
-    r = await send(client, seeded, [emp("a"), emp("d"), emp("a", active=False)])
-    await settle(pipeline)
+    r = await post_bulk(client, seeded, [emp("a"), emp("d"), emp("a", active=False)])
+    await pipeline.run()
     rc = await receipt(client, seeded, r["eventId"])
     assert rc["status"] == "rejected" and rc["rejected"] == 2
     assert rc["issues"][0]["code"] == "duplicate_id" and rc["issues"][0]["index"] == 2
     assert rc["issues"][0]["resourceId"] == "a" and rc["issues"][0]["pointer"] == "/employeeId"
     assert sorted(await scope(pool)) == ["a", "b", "c"]
     # the write model is untouched too: the same set again is all unchanged
-    again = await send(client, seeded, [emp("a"), emp("b"), emp("c")])
-    await settle(pipeline)
+    again = await post_bulk(client, seeded, [emp("a"), emp("b"), emp("c")])
+    await pipeline.run()
     assert (await receipt(client, seeded, again["eventId"]))["unchanged"] == 3
     assert [k async for k in redis.scan_iter(match="*:bulk:*")] == []  # scratch keys gone
 
@@ -189,8 +154,8 @@ async def test_duplicate_ids_reject_the_whole_snapshot(
 async def test_issue_list_is_capped_with_a_total(
     client: Client, seeded: Seeded, pipeline: InlinePipeline
 ) -> None:
-    r = await send(client, seeded, [{"nope": i} for i in range(1500)])
-    await settle(pipeline)
+    r = await post_bulk(client, seeded, [{"nope": i} for i in range(1500)])
+    await pipeline.run()
     rc = await receipt(client, seeded, r["eventId"])
     assert rc["status"] == "rejected" and rc["rejected"] == 1500
     assert len(rc["issues"]) == 1000 and rc["issuesTotal"] >= 3000  # missing id + unknown field
@@ -204,8 +169,8 @@ async def test_partial_applies_valid_items_and_protects_invalid_ids(
 ) -> None:
     await _seed_abc(client, seeded, pipeline)
     items = [emp("a", active=True), emp("b", active="not a bool"), emp("d")]
-    r = await send(client, seeded, items, "partial=true")
-    await settle(pipeline)
+    r = await post_bulk(client, seeded, items, "partial=true")
+    await pipeline.run()
     rc = await receipt(client, seeded, r["eventId"])
     assert rc["status"] == "applied"
     assert (rc["created"], rc["updated"], rc["deleted"], rc["rejected"]) == (1, 1, 1, 1)
@@ -218,8 +183,8 @@ async def test_partial_without_extractable_id_deletes_nothing(
     client: Client, seeded: Seeded, pipeline: InlinePipeline, pool: asyncpg.Pool
 ) -> None:
     await _seed_abc(client, seeded, pipeline)
-    r = await send(client, seeded, [emp("a", active=True), {"active": True}], "partial=1")
-    await settle(pipeline)
+    r = await post_bulk(client, seeded, [emp("a", active=True), {"active": True}], "partial=1")
+    await pipeline.run()
     rc = await receipt(client, seeded, r["eventId"])
     assert (rc["status"], rc["updated"], rc["deleted"], rc["rejected"]) == ("applied", 1, 0, 1)
     codes = [i["code"] for i in rc["issues"]]
@@ -233,8 +198,8 @@ async def test_partial_duplicates_are_not_applied_nor_deleted(
 ) -> None:
     await _seed_abc(client, seeded, pipeline)
     items = [emp("a", active=True), emp("b"), emp("a", active=False), emp("a")]
-    r = await send(client, seeded, items, "partial=true")
-    await settle(pipeline)
+    r = await post_bulk(client, seeded, items, "partial=true")
+    await pipeline.run()
     rc = await receipt(client, seeded, r["eventId"])
     assert (rc["unchanged"], rc["updated"], rc["deleted"], rc["rejected"]) == (1, 0, 1, 3)
     state = await scope(pool)
@@ -246,10 +211,10 @@ async def test_partial_duplicates_are_not_applied_nor_deleted(
 
 async def test_body_not_an_array_is_400(client: Client, seeded: Seeded, redis: Redis) -> None:
     for body in ({"employeeId": "a"}, "a", 3):
-        out = await send(client, seeded, body, status=400)
+        out = await post_bulk(client, seeded, body, status=400)
         assert out["code"] == "body_not_array"
     for bad in (b"[{", b"", b"[1,]", b'["\\x"]', b'["\xff"]', b"[NaN]", b"[1] [2]"):
-        out = await send(client, seeded, bad, status=400)
+        out = await post_bulk(client, seeded, bad, status=400)
         assert out["code"] == "invalid_json", bad
         assert "not valid JSON" in out["message"]
     assert await redis.xlen(ks.ingest_stream(0)) == 0
@@ -261,8 +226,8 @@ async def test_json_that_simdjson_refuses_but_orjson_reads_is_accepted(
     """The gateway checks bulk bodies with simdjson; what it refuses is judged by orjson,
     the parser the worker uses, so the two never disagree against the client."""
     big = b'[{"employeeId": "a", "employee": {"age": 123456789012345678901234567890}}]'
-    r = await send(client, seeded, big)
-    await settle(pipeline)
+    r = await post_bulk(client, seeded, big)
+    await pipeline.run()
     got = await receipt(client, seeded, r["eventId"])
     assert (got["status"], got["created"]) == ("applied", 1)
     assert set(await scope(pool)) == {"a"}
@@ -273,11 +238,11 @@ async def test_a_part_the_worker_cannot_parse_is_rejected_not_retried(
 ) -> None:
     """Should the gateway's check ever pass a body orjson refuses, the snapshot is
     rejected (invalid_json) instead of wedging its partition."""
-    r = await send(client, seeded, [emp("a")], "session=s1&part=1&final=true")
+    r = await post_bulk(client, seeded, [emp("a")], "session=s1&part=1&final=true")
     p = ks.partition_of("_directory_employee", "", settings.partitions)
     skey = ks.session_key(p, "_directory_employee", "", "s1")
     await redis.hset(skey, "p:1", b"[{]")
-    await settle(pipeline)
+    await pipeline.run()
     got = await receipt(client, seeded, r["eventId"])
     assert got["status"] == "rejected" and got["issues"][0]["code"] == "invalid_json"
 
@@ -285,13 +250,13 @@ async def test_a_part_the_worker_cannot_parse_is_rejected_not_retried(
 async def test_body_over_4_mib_is_413(client: Client, seeded: Seeded) -> None:
     big = orjson.dumps([emp(f"{i:08d}", employee={"email": "x" * 200}) for i in range(20_000)])
     assert len(big) > 4 * MiB
-    out = await send(client, seeded, big, status=413)
+    out = await post_bulk(client, seeded, big, status=413)
     assert out["code"] == "body_too_large"
 
 
 async def test_body_of_exactly_4_mib_is_accepted(client: Client, seeded: Seeded) -> None:
     body = b"[" + b" " * (4 * MiB - 2) + b"]"
-    await send(client, seeded, body)
+    await post_bulk(client, seeded, body)
 
 
 async def test_chunked_body_over_4_mib_is_refused_while_streaming(
@@ -327,7 +292,7 @@ async def test_chunked_body_over_4_mib_is_refused_while_streaming(
 async def test_bad_upload_parameters_are_400(
     client: Client, seeded: Seeded, query: str, code: str
 ) -> None:
-    out = await send(client, seeded, [emp("a")], query, status=400)
+    out = await post_bulk(client, seeded, [emp("a")], query, status=400)
     assert out["code"] == code and out["pointer"].startswith("/query/")
 
 
@@ -340,7 +305,7 @@ async def test_bearer_key_works_for_bulk(
         headers={"Authorization": f"Bearer {seeded.key}"},
     )
     assert r.status == 202
-    await settle(pipeline)
+    await pipeline.run()
     rc = await client.get(
         f"/integration/custom-data/events/{(await r.json())['eventId']}",
         headers={"Authorization": f"Bearer {seeded.key}"},
@@ -373,28 +338,28 @@ async def test_session_out_of_order_with_duplicates_applies_once(
 ) -> None:
     await _seed_abc(client, seeded, pipeline)
     p1, p2, p3 = [emp("a")], [emp("d"), emp("e")], [emp("f")]
-    r3 = await send(client, seeded, p3, part_query("up1", 3, True, "event=sync"))
+    r3 = await post_bulk(client, seeded, p3, part_query("up1", 3, True, "event=sync"))
     assert r3["complete"] is False and r3["parts"] == 3 and r3["partsReceived"] == 1
-    r1 = await send(client, seeded, p1, part_query("up1", 1))
-    again = await send(client, seeded, p1, part_query("up1", 1))
+    r1 = await post_bulk(client, seeded, p1, part_query("up1", 1))
+    again = await post_bulk(client, seeded, p1, part_query("up1", 1))
     assert again["duplicate"] is True and again["partsReceived"] == 2
     assert r1["eventId"] == r3["eventId"] == again["eventId"]
-    await settle(pipeline)
+    await pipeline.run()
     assert sorted(await scope(pool)) == ["a", "b", "c"]  # incomplete: nothing yet
     pending = await receipt(client, seeded, r3["eventId"])
     assert pending["status"] == "pending" and pending["session"]["partsReceived"] == 2
-    r2 = await send(client, seeded, p2, part_query("up1", 2))
+    r2 = await post_bulk(client, seeded, p2, part_query("up1", 2))
     assert r2["complete"] is True
-    await settle(pipeline)
+    await pipeline.run()
     assert sorted(await scope(pool)) == ["a", "d", "e", "f"]
     rc = await receipt(client, seeded, r3["eventId"])
     assert (rc["created"], rc["deleted"], rc["unchanged"]) == (3, 2, 1)
     # a retry of any part after the commit is answered with the same event, changes nothing
-    late = await send(client, seeded, p2, part_query("up1", 2))
+    late = await post_bulk(client, seeded, p2, part_query("up1", 2))
     assert late["duplicate"] is True and late["eventId"] == r3["eventId"]
-    conflict = await send(client, seeded, [emp("zz")], part_query("up1", 4), status=409)
+    conflict = await post_bulk(client, seeded, [emp("zz")], part_query("up1", 4), status=409)
     assert conflict["code"] in ("session_closed", "part_after_final")
-    await settle(pipeline)
+    await pipeline.run()
     assert len(await pool.fetch("SELECT 1 FROM ingest_events WHERE kind = 'bulk'")) == 2
     rows = await history(pool, r3["eventId"])
     assert {h["event"] for h in rows} == {"sync"}
@@ -409,9 +374,9 @@ async def test_session_without_final_part_changes_nothing(
     settings: Settings,
 ) -> None:
     await _seed_abc(client, seeded, pipeline)
-    r = await send(client, seeded, [emp("z")], part_query("never", 1))
-    await send(client, seeded, [emp("y")], part_query("never", 2))
-    await settle(pipeline)
+    r = await post_bulk(client, seeded, [emp("z")], part_query("never", 1))
+    await post_bulk(client, seeded, [emp("y")], part_query("never", 2))
+    await pipeline.run()
     assert sorted(await scope(pool)) == ["a", "b", "c"]
     assert await redis.xlen(ks.ingest_stream(0)) == 0
     keys = [k async for k in redis.scan_iter(match="*:session:*never")]
@@ -423,14 +388,14 @@ async def test_session_without_final_part_changes_nothing(
 
 
 async def test_part_conflicts_are_409(client: Client, seeded: Seeded) -> None:
-    await send(client, seeded, [emp("a")], part_query("c1", 1))
-    out = await send(client, seeded, [emp("b")], part_query("c1", 1), status=409)
+    await post_bulk(client, seeded, [emp("a")], part_query("c1", 1))
+    out = await post_bulk(client, seeded, [emp("b")], part_query("c1", 1), status=409)
     assert out["code"] == "part_conflict"
-    await send(client, seeded, [emp("c")], part_query("c1", 3))
-    out = await send(client, seeded, [emp("d")], part_query("c1", 2, True), status=409)
+    await post_bulk(client, seeded, [emp("c")], part_query("c1", 3))
+    out = await post_bulk(client, seeded, [emp("d")], part_query("c1", 2, True), status=409)
     assert out["code"] == "final_conflict"
-    await send(client, seeded, [emp("e")], part_query("c2", 2, True))
-    out = await send(client, seeded, [emp("f")], part_query("c2", 3), status=409)
+    await post_bulk(client, seeded, [emp("e")], part_query("c2", 2, True))
+    out = await post_bulk(client, seeded, [emp("f")], part_query("c2", 3), status=409)
     assert out["code"] == "part_after_final"
 
 
@@ -438,15 +403,15 @@ async def test_abort_and_status_of_a_session(
     client: Client, seeded: Seeded, pipeline: InlinePipeline, pool: asyncpg.Pool
 ) -> None:
     url = "/integration/custom-data/bulk-event/employee/sessions/ab1"
-    await send(client, seeded, [emp("a")], part_query("ab1", 1))
+    await post_bulk(client, seeded, [emp("a")], part_query("ab1", 1))
     r = await client.get(url, headers=seeded.headers)
     st = await r.json()
     assert (st["state"], st["partsReceived"], st["parts"]) == ("open", 1, None)
     r = await client.delete(url, headers=seeded.headers)
     assert r.status == 204
-    out = await send(client, seeded, [emp("b")], part_query("ab1", 2, True), status=409)
+    out = await post_bulk(client, seeded, [emp("b")], part_query("ab1", 2, True), status=409)
     assert out["code"] == "session_aborted"
-    await settle(pipeline)
+    await pipeline.run()
     assert await scope(pool) == {}
     r = await client.get(url.replace("ab1", "nope"), headers=seeded.headers)
     assert r.status == 404
@@ -455,11 +420,11 @@ async def test_abort_and_status_of_a_session(
 async def test_newer_snapshot_supersedes_an_older_open_session(
     client: Client, seeded: Seeded, pipeline: InlinePipeline, pool: asyncpg.Pool
 ) -> None:
-    old = await send(client, seeded, [emp("old1")], part_query("older", 1))
-    new = await send(client, seeded, [emp("new1")], part_query("newer", 1, True))
-    await settle(pipeline)
+    old = await post_bulk(client, seeded, [emp("old1")], part_query("older", 1))
+    new = await post_bulk(client, seeded, [emp("new1")], part_query("newer", 1, True))
+    await pipeline.run()
     assert sorted(await scope(pool)) == ["new1"]
-    out = await send(client, seeded, [emp("old2")], part_query("older", 2, True), status=409)
+    out = await post_bulk(client, seeded, [emp("old2")], part_query("older", 2, True), status=409)
     assert out["code"] == "session_superseded"
     rc = await receipt(client, seeded, old["eventId"])
     assert rc["status"] == "rejected" and rc["issues"][0]["code"] == "session_superseded"
@@ -469,11 +434,11 @@ async def test_newer_snapshot_supersedes_an_older_open_session(
 async def test_older_session_completing_later_in_the_stream_is_rejected(
     client: Client, seeded: Seeded, pipeline: InlinePipeline, pool: asyncpg.Pool
 ) -> None:
-    await send(client, seeded, [emp("o1")], part_query("older", 1))
-    await send(client, seeded, [emp("n1")], part_query("newer", 1, True))
-    done = await send(client, seeded, [emp("o2")], part_query("older", 2, True))
+    await post_bulk(client, seeded, [emp("o1")], part_query("older", 1))
+    await post_bulk(client, seeded, [emp("n1")], part_query("newer", 1, True))
+    done = await post_bulk(client, seeded, [emp("o2")], part_query("older", 2, True))
     assert done["complete"] is True  # both complete before the worker runs
-    await settle(pipeline)
+    await pipeline.run()
     assert sorted(await scope(pool)) == ["n1"]
     rc = await receipt(client, seeded, done["eventId"])
     assert rc["status"] == "rejected" and rc["issues"][0]["code"] == "snapshot_superseded"
@@ -482,16 +447,15 @@ async def test_older_session_completing_later_in_the_stream_is_rejected(
 async def test_session_of_another_integration_is_409(
     client: Client, seeded: Seeded, pool: asyncpg.Pool
 ) -> None:
-    await send(client, seeded, [emp("a")], part_query("shared", 1))
+    await post_bulk(client, seeded, [emp("a")], part_query("shared", 1))
     r = await client.post(
         "/admin/v1/integrations",
         json={"name": "other", "schemaGroup": seeded.group_id},
         headers={"Authorization": "Bearer test-admin-token"},
     )
     other = Seeded(seeded.group_id, "", (await r.json())["ingestKey"], "")
-    await client.get("/healthz")
-    await asyncio.sleep(0.3)  # registry poll
-    out = await send(client, other, [emp("b")], part_query("shared", 2), status=409)
+    await wait_key_known(client, other)  # the gateway's registry poll, not a fixed sleep
+    out = await post_bulk(client, other, [emp("b")], part_query("shared", 2), status=409)
     assert out["code"] == "session_conflict"
 
 
@@ -520,9 +484,9 @@ JSON_SET = [
 async def test_xml_bulk_equals_json_bulk(
     client: Client, seeded: Seeded, pipeline: InlinePipeline, pool: asyncpg.Pool
 ) -> None:
-    await send(client, seeded, XML_SET, "groupKey=x", **{"Content-Type": "application/xml"})
-    await send(client, seeded, JSON_SET, "groupKey=j")
-    await settle(pipeline)
+    await post_bulk(client, seeded, XML_SET, "groupKey=x", **{"Content-Type": "application/xml"})
+    await post_bulk(client, seeded, JSON_SET, "groupKey=j")
+    await pipeline.run()
     x, j = await scope(pool, "x"), await scope(pool, "j")
     assert sorted(x) == ["a", "b"]
     for rid in x:
@@ -531,8 +495,8 @@ async def test_xml_bulk_equals_json_bulk(
         assert x[rid]["name"] == j[rid]["name"]
     assert x["a"]["content_hash"] == content_hash(JSON_SET[0])
     # and the JSON set sent to the XML scope again is all unchanged
-    r = await send(client, seeded, JSON_SET, "groupKey=x")
-    await settle(pipeline)
+    r = await post_bulk(client, seeded, JSON_SET, "groupKey=x")
+    await pipeline.run()
     assert (await receipt(client, seeded, r["eventId"]))["unchanged"] == 2
 
 
@@ -551,7 +515,7 @@ async def test_xml_single_event_equals_json(
     )
     assert r.status == 202
     await client.post(f"{EVENT}?groupKey=j", json=JSON_SET[0], headers=seeded.headers)
-    await settle(pipeline)
+    await pipeline.run()
     x, j = await scope(pool, "x"), await scope(pool, "j")
     assert x["a"]["content_hash"] == j["a"]["content_hash"] == content_hash(JSON_SET[0])
 
@@ -595,7 +559,7 @@ async def test_accept_xml_gives_xml_responses(
     r = await client.post(BULK, data=orjson.dumps([emp("a")]), headers=xml_headers)
     assert r.status == 202 and r.content_type == "application/xml"
     accepted = xmlcodec.resource_from_xml(await r.read(), {})
-    await settle(pipeline)
+    await pipeline.run()
     r = await client.get(
         f"/integration/custom-data/events/{accepted['eventId']}", headers=xml_headers
     )
@@ -659,7 +623,7 @@ async def singles_and_deletes(
         f"/integration/custom-data/employee?groupKey=g&resourceIds={ids}", headers=seeded.headers
     )
     assert r.status == 202
-    await settle(pipeline)
+    await pipeline.run()
 
 
 def random_items(rng: random.Random, n: int, bad: float) -> list[Any]:
@@ -694,8 +658,8 @@ async def test_streamed_diff_equals_the_reference(
 
     rng = random.Random(seed)
     first = {emp(f"r{i}")["employeeId"]: emp(f"r{i}") for i in range(0, 60, 2)}
-    await send(client, seeded, list(first.values()), "groupKey=g")
-    await settle(pipeline)
+    await post_bulk(client, seeded, list(first.values()), "groupKey=g")
+    await pipeline.run()
     for round_ in range(3):
         await singles_and_deletes(client, seeded, pipeline, rng)
         partial = rng.random() < 0.5
@@ -710,9 +674,9 @@ async def test_streamed_diff_equals_the_reference(
         extra = "groupKey=g" + ("&partial=true" if partial else "")
         eid = ""
         for n in (3, 1, 2):
-            out = await send(client, seeded, parts[n - 1], part_query(sid, n, n == 3, extra))
+            out = await post_bulk(client, seeded, parts[n - 1], part_query(sid, n, n == 3, extra))
             eid = out["eventId"]
-        await settle(pipeline)
+        await pipeline.run()
         got = await receipt(client, seeded, eid)
         assert got["status"] == want.status
         for k, v in want.counts().items():
@@ -738,13 +702,13 @@ async def test_write_model_of_an_older_format_is_rebuilt_with_its_live_count(
 ) -> None:
     """A write model loaded before the live count existed (marker "1") is loaded again
     from PostgreSQL, so the count the deletion shortcut trusts is always exact."""
-    await send(client, seeded, [emp("a"), emp("b"), emp("c")])
-    await settle(pipeline)
+    await post_bulk(client, seeded, [emp("a"), emp("b"), emp("c")])
+    await pipeline.run()
     key = state_key(settings, "")
     await redis.hset(key, mapping={ks.STATE_LOADED_FIELD: "1"})
     await redis.hdel(key, ks.STATE_LIVE_FIELD, ks.STATE_DEAD_FIELD)
-    r = await send(client, seeded, [emp("a"), emp("b")])
-    await settle(pipeline)
+    r = await post_bulk(client, seeded, [emp("a"), emp("b")])
+    await pipeline.run()
     got = await receipt(client, seeded, r["eventId"])
     assert (got["status"], got["deleted"], got["unchanged"]) == ("applied", 1, 2)
     assert await redis.hget(key, ks.STATE_LOADED_FIELD) == ks.STATE_FORMAT
@@ -765,11 +729,11 @@ async def test_a_live_count_that_is_off_falls_back_to_scanning_the_scope(
 ) -> None:
     """A count that disagrees with the hash's length must not hide a deletion: the scan
     runs in full and says so."""
-    await send(client, seeded, [emp(f"e{i}") for i in range(10)])
-    await settle(pipeline)
+    await post_bulk(client, seeded, [emp(f"e{i}") for i in range(10)])
+    await pipeline.run()
     await redis.hincrby(state_key(settings, ""), ks.STATE_LIVE_FIELD, skew)
-    r = await send(client, seeded, [emp(f"e{i}") for i in range(2, 10)])
-    await settle(pipeline)
+    r = await post_bulk(client, seeded, [emp(f"e{i}") for i in range(2, 10)])
+    await pipeline.run()
     got = await receipt(client, seeded, r["eventId"])
     assert (got["deleted"], got["unchanged"]) == (2, 8)
     assert set(await scope(pool)) == {f"e{i}" for i in range(2, 10)}
@@ -788,7 +752,7 @@ async def test_receipt_appears_only_with_the_last_slice(
     from services.projector.apply import apply_batch
     from shared.pg.resources import ResourceStore
 
-    r = await send(client, seeded, [emp(f"e{i}") for i in range(20)])
+    r = await post_bulk(client, seeded, [emp(f"e{i}") for i in range(20)])
     await pipeline.registry.refresh(force=True)
     p = ks.partition_of("_directory_employee", "", settings.partitions)
     d = Drainer(redis, pipeline.resources, pipeline.registry, p, 100, "w")
@@ -822,7 +786,7 @@ async def test_lost_lease_before_exec_commits_nothing_and_the_retry_applies_once
 
     await _seed_abc(client, seeded, pipeline)
     before = await write_model(redis, settings, "")
-    r = await send(client, seeded, [emp("a", active=True)] + [emp(f"n{i}") for i in range(10)])
+    r = await post_bulk(client, seeded, [emp("a", active=True)] + [emp(f"n{i}") for i in range(10)])
 
     class StolenFirst(GuardedTransaction):
         async def begin(self) -> None:
@@ -838,7 +802,7 @@ async def test_lost_lease_before_exec_commits_nothing_and_the_retry_applies_once
     assert await redis.xlen(ks.ingest_stream(p)) == 1  # still there, still pending
     await redis.delete(ks.drain_lock(p))
     monkeypatch.setattr(wb, "GuardedTransaction", GuardedTransaction)
-    await settle(pipeline)
+    await pipeline.run()
     rc = await receipt(client, seeded, r["eventId"])
     assert (rc["status"], rc["created"], rc["updated"], rc["deleted"]) == ("applied", 10, 1, 2)
     assert len(await history(pool, r["eventId"])) == 13

@@ -10,7 +10,7 @@ import pytest
 
 import services.worker.drain as drain
 from tests.conftest import ADMIN, InlinePipeline, Seeded
-from tests.integration.test_processing import counts, emp, only, post, receipt
+from tests.helpers import counts, emp, only, post, receipt
 
 
 def _boom(*args: Any, **kwargs: Any) -> Any:

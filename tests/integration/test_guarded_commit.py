@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 import shared.redis.txn as txn
@@ -26,9 +27,10 @@ from shared.redis.conn import HeldConnection
 from shared.redis.lease import Lease, LostLease
 from shared.redis.txn import CommitFailed, GuardedTransaction, commit_guarded
 from tests.conftest import InlinePipeline, Seeded
-from tests.integration.test_bulk import Client, emp, receipt, send, settle
+from tests.helpers import emp, post_bulk, receipt
 
 RT = "_directory_employee"
+Client = TestClient[Any, Any]
 EVENT = "/integration/custom-data/event/employee"
 
 
@@ -150,7 +152,7 @@ async def _loaded_scope(
 ) -> dict[Any, Any]:
     """One resource applied first, so the scope's write model is loaded; its contents."""
     await _post(client, seeded, "first")
-    await settle(pipeline)
+    await pipeline.run()
     return dict(await redis.hgetall(ks.state_key(p, RT, "")))  # type: ignore[misc]
 
 
@@ -167,7 +169,7 @@ async def _applied_once(
     client: Client, seeded: Seeded, pipeline: InlinePipeline, pool: asyncpg.Pool, eids: list[str]
 ) -> None:
     """The retry: every event applied, each with one history row (plus the first one's)."""
-    await settle(pipeline)
+    await pipeline.run()
     for eid in eids:
         assert (await receipt(client, seeded, eid))["created"] == 1
     assert await pool.fetchval("SELECT count(*) FROM resource_changes") == 1 + len(eids)
@@ -220,7 +222,7 @@ async def test_a_snapshot_commit_refused_while_queueing_applies_nothing_and_is_r
 ) -> None:  # fmt: skip
     import services.worker.bulk as wb
 
-    r = await send(client, seeded, [emp(f"e{i}") for i in range(30)])
+    r = await post_bulk(client, seeded, [emp(f"e{i}") for i in range(30)])
     p = ks.partition_of(RT, "", settings.partitions)
 
     class Refused(GuardedTransaction):
@@ -241,7 +243,7 @@ async def test_a_snapshot_commit_refused_while_queueing_applies_nothing_and_is_r
     assert head.total == 1 and head.committed == 0  # the session waits, unretired
     monkeypatch.setattr(wb, "GuardedTransaction", GuardedTransaction)
     await redis.delete(ks.drain_lock(p))
-    await settle(pipeline)
+    await pipeline.run()
     rc = await receipt(client, seeded, r["eventId"])
     assert (rc["status"], rc["created"]) == ("applied", 30)
     assert await pool.fetchval("SELECT count(*) FROM resource_changes") == 30

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
 import orjson
 import pytest
+from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
@@ -17,6 +16,7 @@ from services.gateway.app import create_app
 from shared.config import Settings
 from shared.redis import keyspace as ks
 from tests.conftest import Seeded, seed_directory
+from tests.helpers import poll
 
 EVENT = "/integration/custom-data/event/employee"
 DOC = {"employeeId": "e1", "active": True}
@@ -290,15 +290,18 @@ async def test_backlog_over_limit_is_429_with_retry_after(settings: Settings, re
         p = ks.partition_of("_directory_employee", "busy", s.partitions)
         before = await backlog(redis, s)
         assert before[p] == 4
-        deadline = time.monotonic() + 5
-        while True:
+
+        async def throttled() -> ClientResponse | None:
+            nonlocal before
             r = await c.post(url, json=DOC, headers=seeded.headers)
-            if r.status == 429 or time.monotonic() > deadline:
-                break
+            if r.status == 429:
+                return r
+            assert r.status == 202, await r.text()
             before = await backlog(redis, s)  # accepted before the poll saw the backlog
-            await asyncio.sleep(0.05)
+            return None
+
+        r = await poll("a 429 once the gateway polled the backlog", throttled, 5, every=0.05)
         body = await r.json()
-        assert r.status == 429, body
         assert body["code"] == "backlog_full"
         assert int(r.headers["Retry-After"]) >= 1
         assert await backlog(redis, s) == before
@@ -312,13 +315,12 @@ async def test_backlog_over_limit_is_429_with_retry_after(settings: Settings, re
         assert r.status == 202
         # draining the backlog lifts the limit
         await redis.delete(ks.ingest_stream(p))
-        deadline = time.monotonic() + 5
-        while True:
+
+        async def accepted() -> bool:
             r = await c.post(url, json=DOC, headers=seeded.headers)
-            if r.status == 202 or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.05)
-        assert r.status == 202
+            return bool(r.status == 202)
+
+        await poll("a 202 once the backlog is drained", accepted, 5, every=0.05)
 
 
 # ---- receipts ---------------------------------------------------------------------------

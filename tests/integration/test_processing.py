@@ -17,38 +17,10 @@ from shared.pg.resources import ResourceStore
 from shared.redis import keyspace as ks
 from shared.redis.consumer import ensure_group
 from tests.conftest import ADMIN, InlinePipeline, Seeded, seed_directory
+from tests.helpers import counts, delete, emp, only, post, receipt
 
 RT = "_directory_employee"
 Client = TestClient[Any, Any]
-
-
-def emp(rid: Any = "e1", **extra: Any) -> dict[str, Any]:
-    return {"employeeId": rid, **extra}
-
-
-async def post(client: Client, seeded: Seeded, doc: Any, group_key: str = "", **params: str) -> str:
-    q = {"groupKey": group_key, **params}
-    r = await client.post(
-        "/integration/custom-data/event/employee", json=doc, params=q, headers=seeded.headers
-    )
-    assert r.status == 202, await r.text()
-    return str((await r.json())["eventId"])
-
-
-async def delete(client: Client, seeded: Seeded, ids: str, group_key: str = "") -> str:
-    r = await client.delete(
-        "/integration/custom-data/employee",
-        params={"resourceIds": ids, "groupKey": group_key},
-        headers=seeded.headers,
-    )
-    assert r.status == 202, await r.text()
-    return str((await r.json())["eventId"])
-
-
-async def receipt(client: Client, seeded: Seeded, eid: str) -> dict[str, Any]:
-    r = await client.get(f"/integration/custom-data/events/{eid}", headers=seeded.headers)
-    assert r.status == 200, await r.text()
-    return dict(await r.json())
 
 
 async def resource(client: Client, rid: str, group_key: str = "") -> dict[str, Any] | None:
@@ -68,16 +40,6 @@ async def history(client: Client, rid: str, group_key: str = "") -> list[dict[st
     )
     assert r.status == 200, await r.text()
     return list((await r.json())["items"])
-
-
-def counts(rc: dict[str, Any]) -> dict[str, int]:
-    return {k: rc[k] for k in ("created", "updated", "deleted", "unchanged", "rejected")}
-
-
-def only(op: str, n: int = 1) -> dict[str, int]:
-    c = dict.fromkeys(("created", "updated", "deleted", "unchanged", "rejected"), 0)
-    c[op] = n
-    return c
 
 
 # ---- created / updated / unchanged ------------------------------------------------------

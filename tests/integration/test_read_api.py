@@ -9,20 +9,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import ADMIN, InlinePipeline, Seeded, seed_directory
+from tests.helpers import post
 
 RT = "_directory_employee"
 Client = TestClient[Any, Any]
-
-
-async def post(client: Client, seeded: Seeded, doc: Any, group_key: str = "") -> str:
-    r = await client.post(
-        "/integration/custom-data/event/employee",
-        json=doc,
-        params={"groupKey": group_key},
-        headers=seeded.headers,
-    )
-    assert r.status == 202, await r.text()
-    return str((await r.json())["eventId"])
 
 
 async def get(client: Client, path: str, status: int = 200, **params: Any) -> dict[str, Any]:

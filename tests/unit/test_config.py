@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import pytest
 
 from shared.config import Settings
 from shared.errors import ConfigError
-from tests.e2e.procs import INGESTD
+from tests.e2e.procs import INGESTD, unconfigured_env
 
 
 def test_defaults() -> None:
@@ -99,11 +98,7 @@ def test_server_env_round_trips_through_from_env() -> None:
 def test_cli_reports_configuration_errors(
     args: list[str], env: dict[str, str], needle: str
 ) -> None:
-    base = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("INGESTD_") and k not in ("DATABASE_URL", "REDIS_URL")
-    }
+    base = unconfigured_env()
     done = subprocess.run(
         [INGESTD, *args], env={**base, **env}, capture_output=True, text=True, timeout=30
     )

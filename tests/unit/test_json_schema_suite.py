@@ -12,9 +12,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from shared.schema_rules import _validator
 
-SUITE = Path("/work/shared/testdata/json-schema-test-suite")
+# vendored into the repository (origin and version: its README.md)
+SUITE = Path(__file__).resolve().parent.parent / "data" / "json-schema-test-suite"
 REMOTE = "localhost:1234"
 MIN_PASS_RATE = 0.97
 
@@ -30,8 +33,10 @@ def _cases() -> list[tuple[str, str, Any, list[dict[str, Any]]]]:
 
 
 def test_draft_2020_12_pass_rate() -> None:
+    if not SUITE.is_dir():
+        pytest.skip(f"the vendored JSON-Schema-Test-Suite is missing: no folder {SUITE}")
     groups = _cases()
-    assert len(groups) > 300, f"test suite not found or incomplete under {SUITE}"
+    assert len(groups) > 300, f"test suite incomplete under {SUITE}"
     passed = total = 0
     failures: list[str] = []
     for file, desc, schema, tests in groups:

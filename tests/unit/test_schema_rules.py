@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import pytest
@@ -18,17 +17,7 @@ from shared.schema_rules import (
     prepare_schema,
 )
 from tests.conftest import EMPLOYEE_SCHEMA
-
-
-def schema(**changes: Any) -> dict[str, Any]:
-    """The seed's employee schema with top-level keys replaced (None removes a key)."""
-    out = copy.deepcopy(EMPLOYEE_SCHEMA)
-    for k, v in changes.items():
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = v
-    return out
+from tests.helpers import employee_schema
 
 
 def refused(body: Any) -> SchemaRuleError:
@@ -58,7 +47,7 @@ def test_seed_schema_is_accepted_and_closed_at_the_root() -> None:
     ],
 )
 def test_absent_or_2020_12_dialect_is_accepted(dialect: str | None) -> None:
-    assert prepare_schema(schema(**{"$schema": dialect}))["type"] == "object"
+    assert prepare_schema(employee_schema(**{"$schema": dialect}))["type"] == "object"
 
 
 def test_resmo_is_an_annotation_not_a_validation_error() -> None:
@@ -74,7 +63,7 @@ def test_unknown_property_is_refused_by_the_stored_schema() -> None:
 
 
 def test_wildcard_important_fields_are_accepted_and_extract_lists() -> None:
-    body = schema(
+    body = employee_schema(
         properties={"id": {"type": "string"}, "tags": {"type": "array"}, "a": {}},
         required=None,
         resmo={"id": "id", "importantFields": ["$.tags[*]", "$..x", "a"]},
@@ -122,7 +111,7 @@ def test_non_object_or_empty_schema_is_refused(body: Any) -> None:
 
 @pytest.mark.parametrize("root_type", [None, "array", ["object"], "string"])
 def test_root_type_must_be_object(root_type: Any) -> None:
-    e = refused(schema(type=root_type))
+    e = refused(employee_schema(type=root_type))
     assert (e.code, e.pointer) == ("schema_root_not_object", "/schema/type")
 
 
@@ -137,7 +126,7 @@ def test_root_type_must_be_object(root_type: Any) -> None:
     ],
 )
 def test_other_drafts_are_refused(dialect: Any) -> None:
-    e = refused(schema(**{"$schema": dialect}))
+    e = refused(employee_schema(**{"$schema": dialect}))
     assert (e.code, e.pointer) == ("unsupported_draft", "/schema/$schema")
     assert "2020-12" in e.message
 
@@ -152,37 +141,37 @@ def test_other_drafts_are_refused(dialect: Any) -> None:
     ],
 )
 def test_schema_that_does_not_compile_is_refused(properties: Any, pointer: str) -> None:
-    e = refused(schema(properties=properties))
+    e = refused(employee_schema(properties=properties))
     assert (e.code, e.pointer) == ("invalid_schema", pointer)
     assert "2020-12" in e.message
 
 
 def test_remote_ref_is_refused_without_fetching_it() -> None:
     # the registry compiles offline: an admin-supplied URL is never fetched
-    e = refused(schema(properties={"a": {"$ref": "http://127.0.0.1:9/remote.json"}}))
+    e = refused(employee_schema(properties={"a": {"$ref": "http://127.0.0.1:9/remote.json"}}))
     assert e.code == "invalid_schema"
     assert "127.0.0.1:9/remote.json" in e.message
 
 
 @pytest.mark.parametrize("resmo", [None, "employeeId", ["employeeId"]])
 def test_missing_resmo_is_refused(resmo: Any) -> None:
-    e = refused(schema(resmo=resmo))
+    e = refused(employee_schema(resmo=resmo))
     assert (e.code, e.pointer) == ("missing_resmo", "/schema/resmo")
 
 
 def test_missing_resmo_id_is_refused() -> None:
-    e = refused(schema(resmo={"name": "$.employee.username"}))
+    e = refused(employee_schema(resmo={"name": "$.employee.username"}))
     assert (e.code, e.pointer) == ("missing_resmo_id", "/schema/resmo/id")
 
 
 @pytest.mark.parametrize("value", ["", "   ", 5, None])
 def test_empty_or_non_string_resmo_id_is_refused(value: Any) -> None:
-    e = refused(schema(resmo={"id": value}))
+    e = refused(employee_schema(resmo={"id": value}))
     assert (e.code, e.pointer) == ("invalid_resmo_path", "/schema/resmo/id")
 
 
 def test_unknown_resmo_key_is_refused() -> None:
-    e = refused(schema(resmo={"id": "employeeId", "idd": "x"}))
+    e = refused(employee_schema(resmo={"id": "employeeId", "idd": "x"}))
     assert e.code == "invalid_resmo"
 
 
@@ -199,12 +188,12 @@ def test_unknown_resmo_key_is_refused() -> None:
     ],
 )
 def test_unparseable_jsonpath_is_refused(resmo: Any, pointer: str) -> None:
-    e = refused(schema(resmo=resmo))
+    e = refused(employee_schema(resmo=resmo))
     assert (e.code, e.pointer) == ("invalid_resmo_path", pointer)
 
 
 def test_important_fields_must_be_a_list() -> None:
-    e = refused(schema(resmo={"id": "employeeId", "importantFields": "active"}))
+    e = refused(employee_schema(resmo={"id": "employeeId", "importantFields": "active"}))
     assert (e.code, e.pointer) == ("invalid_resmo_path", "/schema/resmo/importantFields")
 
 
@@ -212,13 +201,13 @@ def test_important_fields_must_be_a_list() -> None:
 @pytest.mark.parametrize("field", ["id", "name"])
 def test_id_and_name_must_be_singular(field: str, path: str) -> None:
     resmo = {"id": "employeeId", field: path}
-    e = refused(schema(resmo=resmo))
+    e = refused(employee_schema(resmo=resmo))
     assert (e.code, e.pointer) == ("resmo_path_not_singular", f"/schema/resmo/{field}")
 
 
 @pytest.mark.parametrize("path", ["$.a[0]", "$['a']['b']", "a.b", "$.a[-1]"])
 def test_singular_paths_are_accepted_for_id(path: str) -> None:
-    assert prepare_schema(schema(resmo={"id": path}))["resmo"]["id"] == path
+    assert prepare_schema(employee_schema(resmo={"id": path}))["resmo"]["id"] == path
 
 
 # ---- identifiers ---------------------------------------------------------------------------
