@@ -180,7 +180,7 @@ def _printable(text: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Issue:
-    code: str
+    code: Code
     message: str
     pointer: str | None = None
     resource_id: str | None = None
