@@ -37,7 +37,7 @@ import asyncpg
 import orjson
 from redis.asyncio import Redis
 
-from services.gateway.bulk import ADD_SCRIPT, BULK_LIMIT, OPEN_SCRIPT
+from services.gateway.bulk import BULK_LIMIT
 from services.worker.drain import Drainer
 from shared.embedded import EmbeddedPostgres, EmbeddedRedis
 from shared.events import RawMeta, new_event_id
@@ -46,6 +46,7 @@ from shared.pg.pool import create_pool
 from shared.pg.registry import RegistryCache, RegistryStore
 from shared.pg.resources import ResourceStore
 from shared.redis import keyspace as ks
+from shared.redis.sessions import Scope, SessionStore
 from shared.schema_rules import content_hash, prepare_schema
 from tests.conftest import EMPLOYEE_SCHEMA, TABLES
 
@@ -182,30 +183,30 @@ async def _upload(
     redis: Redis, p: int, rt: str, integration: str, items: Any
 ) -> tuple[str, int, int]:
     """Send the snapshot as session parts of at most 4 MiB, as a gateway stores them."""
-    session = "bench-session"
-    skey = ks.session_key(p, rt, GROUP_KEY, session)
-    snapshots = ks.snapshots_key(p, rt, GROUP_KEY)
-    eid_raw, _ = await redis.eval(  # type: ignore[misc]
-        OPEN_SCRIPT, 2, skey, snapshots, new_event_id(), integration, 86_400, 0
-    )
-    eid = eid_raw.decode()
-    meta = RawMeta(
-        eid, "bulk", integration, "employee", rt, GROUP_KEY, "bench", None,
-        int(time.time() * 1000), None, {"session": session, "partial": False},
-    )  # fmt: skip
+    scope = Scope(p, rt, GROUP_KEY, "bench-session")
+    store = SessionStore(redis)
+    received_ms = int(time.time() * 1000)
+
+    def commit_meta(eid: str) -> bytes:
+        return RawMeta(
+            eid, "bulk", integration, "employee", rt, GROUP_KEY, "bench", None, received_ms,
+            None, {"session": scope.session, "partial": False},
+        ).encode()  # fmt: skip
+
     parts, size, buf, buf_len = 0, 0, [], 2
+    eid = ""
 
     async def send(final: bool) -> None:
-        nonlocal parts, size
+        nonlocal parts, size, eid
         body = b"[" + b",".join(buf) + b"]"
         parts += 1
         size += len(body)
-        out = await redis.eval(  # type: ignore[misc]
-            ADD_SCRIPT, 3, skey, snapshots, ks.ingest_stream(p), integration, parts, body,
-            hashlib.sha256(body).hexdigest(), "1" if final else "0",
-            meta.encode() if final else b"", ks.F_META,
+        got = await store.add_part(
+            scope, integration, new_event_id(), parts, body, hashlib.sha256(body).hexdigest(),
+            final, commit_meta, 86_400,
         )  # fmt: skip
-        assert out[0] in (b"stored", b"queued"), out
+        assert got is not None and got.outcome in ("stored", "queued"), got
+        eid = got.event_id
 
     for item in items:
         raw = orjson.dumps(item)
