@@ -16,6 +16,7 @@ from typing import Any
 
 import jsonpatch
 
+from shared.codes import Code
 from shared.events import Change
 from shared.pointer import escape
 
@@ -95,7 +96,23 @@ def build_rows(changes: list[Change], prev: dict[Key, Any], now: datetime) -> Ba
                 out.final[key] = (e.name, e.important or {}, after, e.content_hash, e.version, m.id)
         if ch.last:
             _receipt_rows(out, ch, received, now)
+        elif ch.status == "rejected":  # a refused slice: its issue, without a receipt
+            out.issues += _issue_rows(ch, now)
     return out
+
+
+def refusal(ch: Change, reason: str) -> Change:
+    """What a change PostgreSQL refused for good becomes: nothing of its effects; for the
+    last entry of an event, a rejected receipt whose issue says why; for an earlier slice
+    of a snapshot, that issue alone (a receipt-less change that still records it)."""
+    issue = {
+        "code": Code.UNPROCESSABLE,
+        "message": f"PostgreSQL refused to store this change ({len(ch.effects)} effect(s)): "
+        f"{reason}",
+        "pointer": None,
+    }
+    return Change(ch.meta, "rejected", rejected=max(1, len(ch.effects)), issues=[issue],
+                  issues_total=1, last=ch.last, totals={})  # fmt: skip
 
 
 def _receipt_rows(out: BatchRows, ch: Change, received: datetime, now: datetime) -> None:
@@ -126,19 +143,24 @@ def _receipt_rows(out: BatchRows, ch: Change, received: datetime, now: datetime)
             now,
         )
     )
-    for i in ch.issues:
-        out.issues.append(
-            (
-                m.id,
-                integration,
-                m.table,
-                m.resource_type,
-                m.group_key,
-                i.get("resourceId"),
-                i.get("index"),
-                i["code"],
-                i["message"],
-                i.get("pointer"),
-                now,
-            )
+    out.issues += _issue_rows(ch, now)
+
+
+def _issue_rows(ch: Change, now: datetime) -> list[tuple[Any, ...]]:
+    m = ch.meta
+    return [
+        (
+            m.id,
+            m.integration,
+            m.table,
+            m.resource_type,
+            m.group_key,
+            i.get("resourceId"),
+            i.get("index"),
+            i["code"],
+            i["message"],
+            i.get("pointer"),
+            now,
         )
+        for i in ch.issues
+    ]

@@ -1,26 +1,61 @@
 """Applying one batch of change entries to PostgreSQL in one transaction.
 
 Entries at or below the partition's recorded position were applied before (a
-projector that died between its commit and XACK) and are skipped; the rest are
-decoded, turned into rows by :func:`shared.projection.build_rows` (pure) and written
-by :class:`shared.pg.resources.Projection` in the same transaction that records the
-new position. A receipt reads ``applied`` only once every slice of a bulk snapshot
-before it is applied (stream order, and slices are committed by the worker all at
-once or not at all).
+projector that died between its commit and XACK) and are skipped; so are changes of
+events whose receipt is stored already (Redis lost the tail of its writes and the
+worker decided them again under new stream ids). The rest are decoded, turned into
+rows by :func:`shared.projection.build_rows` (pure) and written by
+:class:`shared.pg.resources.Projection` in the same transaction that records the new
+position. A receipt reads ``applied`` only once every slice of a bulk snapshot before
+it is applied (stream order, and slices are committed by the worker all at once or
+not at all).
+
+The fence: a batch PostgreSQL refuses because of its data (:func:`refused_for_good`)
+is applied again change by change, each in a savepoint, and a change refused alone
+becomes a rejected receipt with the issue ``unprocessable`` (see
+:func:`shared.projection.refusal`), so no input can stop a partition. Any other
+failure (connection, restart, serialization, a defect in a statement) is retried.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 
+import asyncpg
+
 from shared.events import Change
-from shared.pg.resources import ResourceStore
-from shared.projection import build_rows, keys_of
+from shared.pg.resources import Projection, ResourceStore
+from shared.projection import Key, build_rows, keys_of, refusal
 from shared.redis import keyspace as ks
+
+log = logging.getLogger("ingestd.projector")
+
+# SQLSTATE classes a change's own data causes: data exception, integrity constraint
+# violation, program limit exceeded (an index row too large). Retrying cannot help.
+DATA_CLASSES = ("22", "23", "54")
+
+
+def refused_for_good(e: BaseException) -> bool:
+    state = getattr(e, "sqlstate", None) or ""
+    return isinstance(e, asyncpg.PostgresError) and state[:2] in DATA_CLASSES
 
 
 async def apply_batch(store: ResourceStore, p: int, entries: list[tuple[bytes, bytes]]) -> int:
     """Apply entries (stream id, encoded change) past the recorded position; return how many."""
+    try:
+        return await _apply(store, p, entries, fenced=False)
+    except asyncpg.PostgresError as e:
+        if not refused_for_good(e):
+            raise
+        log.warning("partition %s: PostgreSQL refused a batch (%s); applying it change by change",
+                    p, e)  # fmt: skip
+    return await _apply(store, p, entries, fenced=True)
+
+
+async def _apply(
+    store: ResourceStore, p: int, entries: list[tuple[bytes, bytes]], fenced: bool
+) -> int:
     async with store.projection(p) as tx:
         fresh = [
             (ks.stream_id_tuple(sid), raw)
@@ -29,8 +64,43 @@ async def apply_batch(store: ResourceStore, p: int, entries: list[tuple[bytes, b
         ]
         if not fresh:
             return 0
-        changes = [c for _, raw in fresh for c in Change.decode_many(raw)]
+        changes = await _not_applied(
+            tx, p, [c for _, raw in fresh for c in Change.decode_many(raw)]
+        )
         prev = await tx.previous(list(keys_of(changes)))
-        rows = build_rows(changes, prev, datetime.now(UTC))
-        await tx.write(rows, fresh[-1][0])
+        now = datetime.now(UTC)
+        if fenced:
+            await _one_by_one(tx, p, changes, prev, now)
+            await tx.record(fresh[-1][0])
+        else:
+            await tx.write(build_rows(changes, prev, now), fresh[-1][0])
     return len(fresh)
+
+
+async def _not_applied(tx: Projection, p: int, changes: list[Change]) -> list[Change]:
+    done = await tx.applied_events(list({c.meta.id for c in changes}))
+    if not done:
+        return changes
+    log.warning("partition %s: %s event(s) already applied came again (Redis lost the tail of "
+                "its writes?); skipped by event id", p, len(done))  # fmt: skip
+    return [c for c in changes if c.meta.id not in done]
+
+
+async def _one_by_one(
+    tx: Projection, p: int, changes: list[Change], prev: dict[Key, object], now: datetime
+) -> None:
+    current = dict(prev)
+    for ch in changes:
+        rows = build_rows([ch], current, now)
+        try:
+            async with tx.savepoint():
+                await tx.write_rows(rows)
+        except asyncpg.PostgresError as e:
+            if not refused_for_good(e):
+                raise
+            log.error("partition %s: event %s refused by PostgreSQL: %s", p, ch.meta.id, e)
+            async with tx.savepoint():
+                await tx.write_rows(build_rows([refusal(ch, str(e))], {}, now))
+            continue
+        for key, final in rows.final.items():
+            current[key] = None if final is None else final[2]

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from services.projector.apply import apply_batch
 from shared.config import Settings
+from shared.outage import UNREACHABLE, Outages
 from shared.pg.migrate import require_migrated
 from shared.pg.pool import create_pool
 from shared.pg.resources import ResourceStore
@@ -52,6 +53,7 @@ class Projector:
         self.batch = batch
         self.consumer = consumer_name()
         self.applied = 0
+        self.outages = Outages(log)
 
     async def run(self) -> None:
         await asyncio.gather(*(self._partition(p) for p in range(self.partitions)))
@@ -70,7 +72,9 @@ class Projector:
                             await lease.release()
             except LostLease:
                 log.warning("partition %s: projector lease lost", p)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            except UNREACHABLE as e:
+                self.outages.failed(e)
+            except asyncpg.PostgresError as e:  # e.g. a serialization failure: retried
                 log.warning("partition %s: %s; retrying", p, e)
             except Exception:
                 log.exception("partition %s: unexpected error; retrying", p)
@@ -100,6 +104,7 @@ class Projector:
                 entries = [(sid, f[ks.F_CHANGE]) for sid, f in chunk if f]
                 self.applied += await apply_batch(self.resources, p, entries)
                 await ack(self.redis, stream, ks.PROJECTOR_GROUP, [sid for sid, _ in chunk])
+                self.outages.all_answered()
 
 
 async def serve(settings: Settings) -> None:

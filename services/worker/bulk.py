@@ -66,7 +66,7 @@ from shared.processing import apply_upsert
 from shared.redis import keyspace as ks
 from shared.redis import wire, writemodel
 from shared.redis.consumer import ack_commands
-from shared.redis.sessions import Scope, SessionStore
+from shared.redis.sessions import SessionStore
 from shared.redis.txn import GuardedTransaction
 from shared.schema_rules import Extracted, Issue
 
@@ -110,7 +110,7 @@ class BulkCommit:
         self.gone = gone
         self.p = ctx.p
         self.sessions = SessionStore(ctx.redis)
-        self.scope = Scope(ctx.p, m.resource_type, m.group_key, str(m.extra.get("session", "")))
+        self.scope = ctx.session_scope(m)
         self.partial = bool(m.extra.get("partial"))
         self.state_key = ctx.state_key(m.resource_type, m.group_key)
         self.index_key, self.out_key = ks.bulk_work_keys(self.p, m.id, ctx.lease.token)

@@ -29,6 +29,7 @@ from shared.redis import keyspace as ks
 from shared.redis import wire, writemodel
 from shared.redis.consumer import GroupReader, Row, ack_commands
 from shared.redis.lease import Lease, LostLease
+from shared.redis.sessions import SessionStore
 from shared.redis.txn import CommitFailed, commit_guarded
 from shared.schema_rules import Issue
 
@@ -73,6 +74,7 @@ class Drainer:
             return False
         try:
             until = time.monotonic() + slice_s
+            await self.ctx.reconcile()
             async for rows in self.reader.batches(until=until, idle_exit=idle_exit):
                 await self._process(rows)
         except LostLease:
@@ -90,14 +92,25 @@ class Drainer:
             await self.ctx.conn.drop()
 
     async def _process(self, rows: list[Row]) -> None:
-        """Commit runs of single/delete events together; each bulk event alone, in order."""
+        """Commit runs of single/delete events together; each bulk event alone, in order.
+        An entry deleted from the stream while pending, or one whose effect PostgreSQL
+        holds already (after Redis lost writes), is only acknowledged."""
+        entries = [
+            Entry(sid, RawMeta.decode(fields[ks.F_META]), fields.get(ks.F_BODY, b""))
+            for sid, fields in rows
+            if fields
+        ]
+        done = await self.ctx.already_applied(entries)
+        by_sid = {e.sid: e for e in entries}
         run: list[Entry] = []
         gone: list[bytes] = []
-        for sid, fields in rows:
-            if not fields:  # deleted from the stream while pending: nothing to do
+        for sid, _ in rows:
+            e = by_sid.get(sid)
+            if e is None or e.meta.id in done:
+                if e is not None and e.meta.kind == "bulk":
+                    await self._retire(e)
                 gone.append(sid)
                 continue
-            e = Entry(sid, RawMeta.decode(fields[ks.F_META]), fields.get(ks.F_BODY, b""))
             if e.meta.kind != "bulk":
                 run.append(e)
                 continue
@@ -109,6 +122,16 @@ class Drainer:
             self.processed += 1
         if run or gone:
             await self._process_run(run, gone)
+
+    async def _retire(self, e: Entry) -> None:
+        """A snapshot applied before Redis lost the commit that retired its session."""
+        scope = self.ctx.session_scope(e.meta)
+        head = await SessionStore(self.ctx.redis).head(scope)
+        if head.event_id != e.meta.id or head.total is None:
+            return
+        newest = head.seq > head.committed
+        cmds = SessionStore.retire_commands(scope, head.seq, head.total, head.ttl, newest)
+        await self.commit(cmds, {scope.key: "hash", scope.snapshots: "hash"})
 
     async def _bulk(self, e: Entry, gone: list[bytes]) -> None:
         """A snapshot, fenced like the pure step: an I/O failure, a lost lease or a refused

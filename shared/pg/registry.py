@@ -27,6 +27,7 @@ import asyncpg
 from shared import keys
 from shared.codes import Code
 from shared.errors import ConflictError, NotFoundError
+from shared.outage import UNREACHABLE, Outages
 from shared.pg.pool import Db, connection
 from shared.registry import KeyInfo, RegistrySnapshot, TableInfo
 
@@ -400,9 +401,15 @@ class RegistryCache:
             self._gen = gen
 
     async def _loop(self) -> None:
+        outages = Outages(log)
         while True:
             await asyncio.sleep(self._poll)
             try:
                 await self.refresh()
-            except Exception:  # keep serving the last snapshot; log and retry
+            except UNREACHABLE as e:  # keep serving the last snapshot; one line per outage
+                outages.failed(e)
+                continue
+            except Exception:
                 log.exception("registry refresh failed")
+                continue
+            outages.all_answered()

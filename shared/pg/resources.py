@@ -134,6 +134,7 @@ SELECT event_id, integration_id, status, created, updated, deleted, unchanged, r
        ignored_ids, issues, issues_total, kind, table_name, group_key, received_at, processed_at
 FROM ingest_events WHERE event_id = $1
 """
+APPLIED_EVENTS_SQL = "SELECT event_id FROM ingest_events WHERE event_id = ANY($1::text[])"
 POSITION_READ_SQL = "SELECT stream_ms, stream_seq FROM projector_positions WHERE partition = $1"
 SCOPE_LIVE_SQL = (
     "SELECT resource_id, content_hash, version FROM resources"
@@ -319,8 +320,26 @@ class Projection:
                 prev[(r["resource_type"], r["group_key"], r["resource_id"])] = r["data"]
         return prev
 
+    async def applied_events(self, event_ids: list[str]) -> set[str]:
+        """Those of ``event_ids`` whose receipt is stored already: their effect is here."""
+        if not event_ids:
+            return set()
+        return {r["event_id"] for r in await self._conn.fetch(APPLIED_EVENTS_SQL, event_ids)}
+
+    def savepoint(self) -> Any:
+        """A nested transaction: a statement that fails inside it undoes only its block."""
+        return self._conn.transaction()
+
     async def write(self, rows: BatchRows, upto: tuple[int, int]) -> None:
         """Write the batch's rows and record ``upto`` as the partition's position."""
+        await self.write_rows(rows)
+        await self.record(upto)
+
+    async def record(self, upto: tuple[int, int]) -> None:
+        """Record ``upto`` as the last stream id of the partition applied."""
+        await self._conn.execute(POSITION_UPDATE_SQL, self.p, upto[0], upto[1])
+
+    async def write_rows(self, rows: BatchRows) -> None:
         conn = self._conn
         if rows.deletes:
             await conn.execute(DELETE_SQL, *_cols(list(rows.deletes)))
@@ -341,7 +360,6 @@ class Projection:
             )
         if rows.issues:
             await conn.copy_records_to_table("sync_issues", records=rows.issues, columns=ISSUE_COLS)
-        await conn.execute(POSITION_UPDATE_SQL, self.p, upto[0], upto[1])
 
 
 class ResourceStore:
@@ -361,6 +379,12 @@ class ResourceStore:
             pos = await conn.fetchrow(POSITION_LOCK_SQL, p)
             assert pos is not None
             yield Projection(conn, p, (pos["stream_ms"], pos["stream_seq"]))
+
+    async def applied_events(self, event_ids: list[str]) -> set[str]:
+        """Those of ``event_ids`` whose receipt is stored: their effect is in PostgreSQL."""
+        if not event_ids:
+            return set()
+        return {r["event_id"] for r in await self._db.fetch(APPLIED_EVENTS_SQL, event_ids)}
 
     async def position(self, p: int) -> tuple[int, int] | None:
         """The last stream id of ``changes:{p}`` the projector applied, if it ever did."""

@@ -60,6 +60,18 @@ def state_key(p: int, resource_type: str, group_key: str) -> str:
     return f"{_tag(p)}:state:{resource_type}\x00{group_key}"
 
 
+def partition_state_pattern(p: int) -> str:
+    """Every scope's write model of partition ``p``."""
+    return f"{_tag(p)}:state:*"
+
+
+def recovery_key(p: int) -> str:
+    """Set when Redis was found behind PostgreSQL on partition ``p`` (it lost the tail of
+    its writes): the last ingest-stream id at that moment. Raw events up to it may have
+    taken effect already and are checked against PostgreSQL before they are decided."""
+    return f"{_tag(p)}:recovery"
+
+
 def state_pattern() -> str:
     return f"{PREFIX}:{{p*}}:state:*"
 
@@ -150,3 +162,7 @@ def stream_id_tuple(sid: bytes | str) -> tuple[int, int]:
     s = sid.decode() if isinstance(sid, bytes) else sid
     ms, _, seq = s.partition("-")
     return int(ms), int(seq or 0)
+
+
+def stream_id(t: tuple[int, int]) -> str:
+    return f"{t[0]}-{t[1]}"

@@ -177,18 +177,26 @@ async def _applied_once(
 
 async def test_a_refused_drain_commit_applies_nothing_and_is_retried(
     client: Client, seeded: Seeded, pipeline: InlinePipeline, pool: asyncpg.Pool,
-    redis: Redis, settings: Settings,
+    redis: Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     p = ks.partition_of(RT, "", settings.partitions)
     before = await _loaded_scope(client, seeded, pipeline, redis, p)
     eids = [await _post(client, seeded, f"e{i}") for i in range(3)]
-    await redis.set(ks.changes_stream(p), "corrupt")  # XADD would fail inside EXEC
+
+    class Corrupted(GuardedTransaction):
+        async def begin(self) -> None:  # the key goes bad between the reads and the commit
+            await redis.delete(ks.changes_stream(p))
+            await redis.set(ks.changes_stream(p), "corrupt")  # XADD would fail inside EXEC
+            await super().begin()
+
+    monkeypatch.setattr(txn, "GuardedTransaction", Corrupted)
     await pipeline.registry.refresh(force=True)
     d = Drainer(redis, pipeline.resources, pipeline.registry, p, 100, "w")
     with pytest.raises(CommitFailed):
         await d.run(10, idle_exit=True)
     await _untouched(redis, pool, p, before, pending=3)
-    await redis.delete(ks.changes_stream(p))
+    monkeypatch.setattr(txn, "GuardedTransaction", GuardedTransaction)
+    await redis.delete(ks.changes_stream(p), ks.drain_lock(p))
     await _applied_once(client, seeded, pipeline, pool, eids)
 
 
