@@ -53,6 +53,18 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
     return pool
 
 
+CONNECT_TIMEOUT_S = 2.0
+
+
+async def reachable(dsn: str) -> None:
+    """Connect once and close; :class:`TransientError` when PostgreSQL does not answer."""
+    try:
+        conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as e:
+        raise TransientError(f"cannot reach PostgreSQL: {e}") from e
+    await conn.close()
+
+
 async def ping(db: Db) -> None:
     """One round trip: raises whatever the driver raises when PostgreSQL does not answer."""
     await db.fetchval("SELECT 1")
