@@ -28,12 +28,13 @@ from shared.processing import Prepared, ScopeState, decide_delete, decide_single
 from shared.redis import keyspace as ks
 from shared.redis import wire, writemodel
 from shared.redis.consumer import GroupReader, Row, ack_commands
-from shared.redis.lease import Lease, LostLease
+from shared.redis.lease import Lease, LeaseKeeper, LostLease
 from shared.redis.sessions import SessionStore
 from shared.redis.txn import CommitFailed, commit_guarded
 from shared.schema_rules import Issue
 
 log = logging.getLogger("ingestd.worker")
+HOLD_GRACE_S = 60.0  # how long past its slice a busy drain keeps its lease
 
 # failures that are the environment's, not the event's: the batch is retried
 RETRIED = (
@@ -55,6 +56,7 @@ class Drainer:
         p: int,
         batch: int,
         consumer: str,
+        keeper: LeaseKeeper | None = None,
     ) -> None:
         self.ctx = Partition(redis, resources, registry, p, Lease(redis, ks.drain_lock(p)))
         self.p = p
@@ -62,6 +64,7 @@ class Drainer:
             redis, self.ctx.stream, ks.INGEST_GROUP, consumer, self.ctx.lease, batch
         )
         self.processed = 0
+        self.keeper = keeper
 
     @property
     def lease(self) -> Lease:
@@ -72,6 +75,8 @@ class Drainer:
         nothing new). False if another holder has the partition."""
         if not await self.lease.acquire():
             return False
+        if self.keeper is not None:  # renewed from a thread even while the loop is busy
+            self.keeper.hold(self.lease, slice_s + HOLD_GRACE_S)
         try:
             until = time.monotonic() + slice_s
             await self.ctx.reconcile()
@@ -84,6 +89,8 @@ class Drainer:
         return True
 
     async def _let_go(self) -> None:
+        if self.keeper is not None:
+            self.keeper.drop(self.lease)
         # cancelled mid-read, the connection may be unusable: the lease then expires
         try:
             await self.ctx.conn.release()

@@ -31,6 +31,7 @@ from shared.pg.registry import RegistryCache, RegistryStore
 from shared.pg.resources import ResourceStore
 from shared.redis import keyspace as ks
 from shared.redis.consumer import consumer_name
+from shared.redis.lease import LeaseKeeper
 from shared.redis.txn import CommitFailed
 
 log = logging.getLogger("ingestd.worker")
@@ -48,9 +49,13 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["registry"] = registry
     ctx["consumer"] = consumer_name()
     ctx.setdefault("outages", Outages(log))
+    ctx["keeper"] = LeaseKeeper(redis_url)
+    ctx["keeper"].start()
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    if "keeper" in ctx:
+        await asyncio.to_thread(ctx["keeper"].stop)
     if "registry" in ctx:
         await ctx["registry"].stop()
     if "pg" in ctx:
@@ -62,8 +67,9 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 async def drain(ctx: dict[str, Any], p: int) -> int:
     settings: Settings = ctx["settings"]
     d = Drainer(
-        ctx["streams"], ctx["resources"], ctx["registry"], p, settings.drain_batch, ctx["consumer"]
-    )
+        ctx["streams"], ctx["resources"], ctx["registry"], p, settings.drain_batch,
+        ctx["consumer"], ctx["keeper"],
+    )  # fmt: skip
     outages: Outages = ctx["outages"]
     try:
         # a jittered slice: partitions started together would otherwise hand over together,

@@ -8,9 +8,12 @@ holder that lost its lease can never overwrite newer state.
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError, RedisError
 
 from shared.redis.scripts import Script
 
@@ -83,3 +86,63 @@ class Lease:
         for field, value in mapping.items():
             args += [field, value]
         return bool(await GUARDED_HSET.run(self.redis, [self.key, key], *args))
+
+
+class LeaseKeeper:
+    """Renews a process's leases from a thread of its own, so that a long stretch of work
+    on one partition (a big snapshot's validation holds the event loop) never costs the
+    process its leases on the others. A lease is renewed until its holder releases it or
+    its ``hold_s`` runs out (a holder stuck for good loses its partition after that)."""
+
+    def __init__(self, redis_url: str, every_s: float = DEFAULT_TTL_MS / 4000) -> None:
+        import redis as sync_redis
+
+        self._client = sync_redis.Redis.from_url(redis_url, socket_timeout=2.0)
+        self._every = every_s
+        self._held: dict[str, tuple[str, int, float]] = {}  # key -> token, ttl, until
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._client.close()
+
+    def hold(self, lease: Lease, hold_s: float) -> None:
+        with self._lock:
+            self._held[lease.key] = (lease.token, lease.ttl_ms, time.monotonic() + hold_s)
+
+    def drop(self, lease: Lease) -> None:
+        with self._lock:
+            held = self._held.get(lease.key)
+            if held is not None and held[0] == lease.token:
+                del self._held[lease.key]
+
+    def held(self) -> list[str]:
+        with self._lock:
+            return list(self._held)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            with self._lock:
+                held = list(self._held.items())
+            now = time.monotonic()
+            for key, (token, ttl, until) in held:
+                if now > until or not self._renew(key, token, ttl):
+                    with self._lock:
+                        if self._held.get(key, (None,))[0] == token:
+                            del self._held[key]
+
+    def _renew(self, key: str, token: str, ttl: int) -> bool:
+        try:
+            try:
+                return bool(self._client.evalsha(REFRESH.sha, 1, key, token, str(ttl)))
+            except NoScriptError:
+                self._client.script_load(REFRESH.source)
+                return bool(self._client.evalsha(REFRESH.sha, 1, key, token, str(ttl)))
+        except RedisError:
+            return True  # unreachable: keep trying; the lease's own TTL decides meanwhile
