@@ -15,6 +15,7 @@ from services.gateway.appender import Appender
 from services.gateway.http import error_middleware, json_response
 from services.gateway.state import (
     APPENDER,
+    CURSOR_KEY,
     PG,
     REDIS,
     REGISTRY,
@@ -23,6 +24,7 @@ from services.gateway.state import (
     SESSIONS,
     SETTINGS,
 )
+from shared import cursors
 from shared.codes import Code
 from shared.config import Settings
 from shared.errors import ConfigError
@@ -93,6 +95,7 @@ def create_app(settings: Settings) -> web.Application:
         raise ConfigError("INGESTD_ADMIN_TOKEN must be set for the gateway")
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
     app[SETTINGS] = settings
+    app[CURSOR_KEY] = cursors.key_for(settings.admin_token)
     app.cleanup_ctx.append(_resources)
     app.router.add_get("/healthz", healthz)
     app.router.add_routes(admin.routes)

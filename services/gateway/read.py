@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 from aiohttp import web
@@ -12,7 +11,8 @@ from aiohttp import web
 from services.gateway import views
 from services.gateway.admin import admin
 from services.gateway.http import json_response
-from services.gateway.state import REGISTRY, RESOURCES
+from services.gateway.state import CURSOR_KEY, REGISTRY, RESOURCES
+from shared import cursors
 from shared.codes import Code
 from shared.errors import ApiError, NotFoundError
 
@@ -63,38 +63,58 @@ def _resource_type(request: web.Request) -> str:
     return rt
 
 
-def _encode_cursor(rid: str) -> str:
-    return base64.urlsafe_b64encode(rid.encode()).decode().rstrip("=")
-
-
-def _decode_cursor(raw: str) -> str:
-    """Strict: a cursor with characters outside the URL-safe alphabet (which the lenient
-    decoder would drop, restarting the listing) or one PostgreSQL cannot compare is refused."""
+def _cursor(request: web.Request, query: list[Any]) -> list[Any] | None:
+    """The position of ``cursor``, which must be one this API issued for ``query``."""
+    raw = request.query.get("cursor")
+    if raw is None:
+        return None
     try:
-        padded = (raw + "=" * (-len(raw) % 4)).encode("ascii")
-        rid = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
-    except (binascii.Error, UnicodeError) as e:
+        return cursors.position(request.app[CURSOR_KEY], query, raw)
+    except cursors.BadCursor as e:
         raise ApiError(
-            Code.INVALID_CURSOR, "cursor is not one this API returned", pointer="/query/cursor"
+            Code.INVALID_CURSOR,
+            "cursor is not one this API returned for this query",
+            pointer="/query/cursor",
         ) from e
-    if not rid or "\x00" in rid:
+
+
+def _next(request: web.Request, query: list[Any], last: list[Any] | None) -> str | None:
+    return None if last is None else cursors.issue(request.app[CURSOR_KEY], query, last)
+
+
+def _all_groups(request: web.Request) -> bool:
+    raw = request.query.get("allGroups", "false").strip().lower()
+    if raw not in ("true", "false", "1", "0"):
         raise ApiError(
-            Code.INVALID_CURSOR, "cursor is not one this API returned", pointer="/query/cursor"
+            Code.INVALID_PARAMETER, "allGroups must be true or false", pointer="/query/allGroups"
         )
-    return rid
+    if raw in ("true", "1") and "groupKey" in request.query:
+        raise ApiError(
+            Code.INVALID_PARAMETER,
+            "allGroups lists every groupKey: leave groupKey out",
+            pointer="/query/groupKey",
+        )
+    return raw in ("true", "1")
 
 
 @routes.get("/api/v1/resources/{resourceType}")
 async def list_resources(request: web.Request) -> web.Response:
     admin(request)
     rt = _resource_type(request)
-    group_key = _group_key(request)
     limit = _limit(request)
-    cursor = request.query.get("cursor")
-    after = _decode_cursor(cursor) if cursor else None
-    page = await request.app[RESOURCES].list_resources(rt, group_key, after, limit)
-    nxt = _encode_cursor(page.items[-1].resource_id) if page.more else None
-    return json_response({"items": [views.resource_view(r) for r in page.items], "next": nxt})
+    store = request.app[RESOURCES]
+    if _all_groups(request):
+        query: list[Any] = ["resources", rt, None]
+        at = _cursor(request, query)
+        page = await store.list_all_groups(rt, (at[0], at[1]) if at else None, limit)
+        last = [page.items[-1].group_key, page.items[-1].resource_id] if page.more else None
+    else:
+        query = ["resources", rt, _group_key(request)]
+        at = _cursor(request, query)
+        page = await store.list_resources(rt, query[2], at[0] if at else None, limit)
+        last = [page.items[-1].resource_id] if page.more else None
+    items = [views.resource_view(r) for r in page.items]
+    return json_response({"items": items, "next": _next(request, query, last)})
 
 
 @routes.get("/api/v1/resources/{resourceType}/{id}")
@@ -112,9 +132,10 @@ async def get_resource(request: web.Request) -> web.Response:
 async def history(request: web.Request) -> web.Response:
     admin(request)
     rt = _resource_type(request)
-    entries = await request.app[RESOURCES].history(
-        rt, _group_key(request), _resource_id(request, rt)
-    )
+    rid = _resource_id(request, rt)
+    entries = await request.app[RESOURCES].history(rt, _group_key(request), rid)
+    if not entries:  # never existed (a deleted resource keeps its history)
+        raise NotFoundError(Code.RESOURCE_NOT_FOUND, f"no {rt} resource {rid!r} in this group")
     return json_response({"items": [views.history_view(h) for h in entries]})
 
 
@@ -147,7 +168,18 @@ def _integration(request: web.Request) -> UUID | None:
 @routes.get("/api/v1/sync-issues")
 async def sync_issues(request: web.Request) -> web.Response:
     admin(request)
+    table, integration, since = _text(request, "table"), _integration(request), _since(request)
+    limit = _limit(request)
+    query = [
+        "sync-issues",
+        table,
+        str(integration) if integration else None,
+        request.query.get("since"),
+    ]
+    at = _cursor(request, query)
     issues = await request.app[RESOURCES].sync_issues(
-        _text(request, "table"), _integration(request), _since(request), _limit(request)
+        table, integration, since, limit + 1, at[0] if at else None
     )
-    return json_response({"items": [views.sync_issue_view(i) for i in issues]})
+    last = [issues[limit - 1].id] if len(issues) > limit else None
+    items = [views.sync_issue_view(i) for i in issues[:limit]]
+    return json_response({"items": items, "next": _next(request, query, last)})

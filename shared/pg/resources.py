@@ -118,6 +118,11 @@ LIST_SQL = (
     "SELECT * FROM resources WHERE resource_type = $1 AND group_key = $2"
     " AND ($3::text IS NULL OR resource_id > $3) ORDER BY resource_id LIMIT $4"
 )
+LIST_ALL_SQL = (
+    "SELECT * FROM resources WHERE resource_type = $1"
+    " AND ($2::text IS NULL OR (group_key, resource_id) > ($2, $3))"
+    " ORDER BY group_key, resource_id LIMIT $4"
+)
 GET_SQL = "SELECT * FROM resources WHERE resource_type = $1 AND group_key = $2 AND resource_id = $3"
 HISTORY_SQL = (
     "SELECT * FROM resource_changes WHERE resource_type = $1 AND group_key = $2"
@@ -127,6 +132,7 @@ ISSUES_SQL = (
     "SELECT * FROM sync_issues WHERE ($1::text IS NULL OR table_name = $1)"
     " AND ($2::uuid IS NULL OR integration_id = $2)"
     " AND ($3::timestamptz IS NULL OR created_at >= $3)"
+    " AND ($5::bigint IS NULL OR id < $5)"
     " ORDER BY id DESC LIMIT $4"
 )
 RECEIPT_SQL = """
@@ -415,6 +421,14 @@ class ResourceStore:
         rows = await self._db.fetch(LIST_SQL, resource_type, group_key, after, limit + 1)
         return ResourcePage([_resource(r) for r in rows[:limit]], len(rows) > limit)
 
+    async def list_all_groups(
+        self, resource_type: str, after: tuple[str, str] | None, limit: int
+    ) -> ResourcePage:
+        """Up to ``limit`` resources of every groupKey, by (groupKey, id), after ``after``."""
+        gk, rid = after if after is not None else (None, None)
+        rows = await self._db.fetch(LIST_ALL_SQL, resource_type, gk, rid, limit + 1)
+        return ResourcePage([_resource(r) for r in rows[:limit]], len(rows) > limit)
+
     async def get_resource(
         self, resource_type: str, group_key: str, resource_id: str
     ) -> Resource | None:
@@ -434,9 +448,11 @@ class ResourceStore:
         integration: UUID | None = None,
         since: datetime | None = None,
         limit: int = 100,
+        before: int | None = None,
     ) -> list[SyncIssue]:
-        """The newest issues first; each filter applies only when given."""
-        rows = await self._db.fetch(ISSUES_SQL, table, integration, since, limit)
+        """The newest issues first (ids below ``before``); each filter applies only when
+        given."""
+        rows = await self._db.fetch(ISSUES_SQL, table, integration, since, limit, before)
         return [_sync_issue(r) for r in rows]
 
     async def receipt(self, event_id: str) -> Receipt | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -158,8 +159,59 @@ async def test_get_one(client: Client, seeded: Seeded, pipeline: InlinePipeline)
     assert body["code"] == "resource_not_found"
 
 
-async def test_history_of_unknown_resource_is_empty(client: Client, seeded: Seeded) -> None:
-    assert (await get(client, f"/api/v1/resources/{RT}/zzz/history"))["items"] == []
+async def test_history_of_a_resource_that_never_existed_is_404_like_its_get(
+    client: Client, seeded: Seeded, pipeline: InlinePipeline
+) -> None:
+    body = await get(client, f"/api/v1/resources/{RT}/zzz/history", 404)
+    assert body["code"] == "resource_not_found"
+    await post(client, seeded, {"employeeId": "zzz"})
+    await pipeline.run()
+    r = await client.delete(
+        "/integration/custom-data/employee", params={"resourceIds": "zzz"}, headers=seeded.headers
+    )
+    assert r.status == 202
+    await pipeline.run()
+    await get(client, f"/api/v1/resources/{RT}/zzz", 404)  # deleted, so not current ...
+    items = (await get(client, f"/api/v1/resources/{RT}/zzz/history"))["items"]
+    assert [i["op"] for i in items] == ["created", "deleted"]  # ... but its history stays
+
+
+async def test_list_across_every_group_key(
+    client: Client, seeded: Seeded, pipeline: InlinePipeline
+) -> None:
+    for g, rid in (("b", "1"), ("a", "2"), ("", "3"), ("a", "1")):
+        await post(client, seeded, {"employeeId": rid}, group_key=g)
+    await pipeline.run()
+    seen, cursor = [], None
+    while True:
+        params: dict[str, Any] = {"allGroups": "true", "limit": 1}
+        if cursor:
+            params["cursor"] = cursor
+        page = await get(client, f"/api/v1/resources/{RT}", **params)
+        seen += [(it["_meta"]["groupKey"], it["id"]) for it in page["items"]]
+        cursor = page["next"]
+        if cursor is None:
+            break
+    assert seen == [("", "3"), ("a", "1"), ("a", "2"), ("b", "1")]
+    body = await get(client, f"/api/v1/resources/{RT}", 400, allGroups="true", groupKey="a")
+    assert body["pointer"] == "/query/groupKey"
+
+
+async def test_cursors_are_bound_to_their_query(
+    client: Client, seeded: Seeded, pipeline: InlinePipeline
+) -> None:
+    for rid in ("a", "b", "c"):
+        await post(client, seeded, {"employeeId": rid}, group_key="g")
+    await pipeline.run()
+    nxt = (await get(client, f"/api/v1/resources/{RT}", groupKey="g", limit=1))["next"]
+    assert (await get(client, f"/api/v1/resources/{RT}", groupKey="g", cursor=nxt))["items"]
+    for params in ({"groupKey": "h"}, {"allGroups": "true"}, {}):  # another query
+        body = await get(client, f"/api/v1/resources/{RT}", 400, cursor=nxt, **params)
+        assert body["code"] == "invalid_cursor"
+    _, _, mac = nxt.partition(".")
+    forged = base64.urlsafe_b64encode(b'["0"]').decode().rstrip("=") + "." + mac
+    body = await get(client, f"/api/v1/resources/{RT}", 400, groupKey="g", cursor=forged)
+    assert body["code"] == "invalid_cursor"
 
 
 # ---- sync issues ------------------------------------------------------------------------
@@ -196,8 +248,19 @@ async def test_sync_issues_filters(
     )
     assert both["items"] == []
 
-    limited = (await get(client, "/api/v1/sync-issues", limit=1))["items"]
-    assert len(limited) == 1 and limited[0]["id"] == items[0]["id"]
+    limited = await get(client, "/api/v1/sync-issues", limit=1)
+    assert len(limited["items"]) == 1 and limited["items"][0]["id"] == items[0]["id"]
+    paged, cursor = [], None  # pages of one follow the same order to the end
+    while True:
+        params: dict[str, Any] = {"limit": 1, **({"cursor": cursor} if cursor else {})}
+        page = await get(client, "/api/v1/sync-issues", **params)
+        paged += page["items"]
+        cursor = page["next"]
+        if cursor is None:
+            break
+    assert paged == items
+    body = await get(client, "/api/v1/sync-issues", 400, table="device", cursor=limited["next"])
+    assert body["code"] == "invalid_cursor"  # a cursor of another query
 
     future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     assert (await get(client, "/api/v1/sync-issues", since=future))["items"] == []
