@@ -1,8 +1,9 @@
 """The consumer-group read loop that worker and projector share.
 
 A consumer that holds a partition's lease reads its stream through a consumer
-group: first the entries still pending for the group (delivered to a consumer
-that died, claimed by this one, in stream order), then new ones. Entries leave
+group: before each read of new entries, the entries still pending for the group
+(delivered to a consumer that died, or to a holder that lost its lease mid-read)
+are claimed by this one, in stream order, and handled first. Entries leave
 the stream only when their effect is committed downstream (:func:`ack_commands`
 inside the committing transaction, or :func:`ack` after a PostgreSQL commit).
 """
@@ -35,17 +36,6 @@ async def ensure_group(redis: Redis, stream: str, group: str) -> None:
             raise
 
 
-async def claim_pending(redis: Redis, stream: str, group: str, consumer: str) -> None:
-    """Move every pending entry of the group to ``consumer`` (the caller holds the lease),
-    so entries delivered to a consumer that died are re-read, in stream order."""
-    start: str | bytes = "0-0"
-    while True:
-        res = await redis.xautoclaim(stream, group, consumer, 0, start, count=1000)
-        start = res[0]
-        if start in (b"0-0", "0-0"):
-            return
-
-
 class GroupReader:
     """Batches of one partition's stream for the holder of ``lease``."""
 
@@ -63,27 +53,37 @@ class GroupReader:
         self, *, until: float | None = None, idle_exit: bool = False
     ) -> AsyncIterator[list[Row]]:
         """Yield batches until the monotonic time ``until`` (or, with ``idle_exit``, until
-        nothing new is left). The lease is refreshed after each batch is handled and
-        :class:`~shared.redis.lease.LostLease` raised when it is gone."""
+        nothing is left). Before every read of new entries, entries pending for any
+        consumer of the group are claimed and yielded first, in stream order: those of a
+        consumer that died, and those a holder that lost its lease was still being
+        delivered (a read it sent before it stalled). The lease is refreshed after each
+        batch is handled and :class:`~shared.redis.lease.LostLease` raised when it is gone."""
         await ensure_group(self.redis, self.stream, self.group)
-        await claim_pending(self.redis, self.stream, self.group, self.consumer)
-        read_id = "0"  # own pending entries first, then new ones
         while until is None or time.monotonic() < until:
-            resp: Any = await self.redis.xreadgroup(
-                self.group,
-                self.consumer,
-                {self.stream: read_id},
-                count=self.count,
-                block=None if read_id == "0" or idle_exit else 1000,
-            )
-            rows: list[Row] = resp[0][1] if resp else []
-            if not rows and read_id == ">" and idle_exit:
-                return
-            if not rows and read_id == "0":
-                read_id = ">"
+            rows = await self._claim()
+            if not rows:
+                resp: Any = await self.redis.xreadgroup(
+                    self.group,
+                    self.consumer,
+                    {self.stream: ">"},
+                    count=self.count,
+                    block=None if idle_exit else 1000,
+                )
+                rows = resp[0][1] if resp else []
+                if not rows and idle_exit:
+                    return
             if rows:
                 yield rows
             await self.lease.keep()
+
+    async def _claim(self) -> list[Row]:
+        """Pending entries of the group (any consumer's), now this consumer's, oldest first.
+        Entries deleted from the stream while pending leave the group's list here."""
+        res: Any = await self.redis.xautoclaim(
+            self.stream, self.group, self.consumer, 0, "0-0", count=self.count
+        )
+        rows: list[Row] = res[1]
+        return rows
 
 
 def ack_commands(stream: str, group: str, ids: list[bytes]) -> list[bytes]:
