@@ -37,12 +37,13 @@ from typing import Any
 import aiohttp
 import asyncpg
 import orjson
+import psutil
 from redis.asyncio import Redis
 
 from shared.config import Settings
 from shared.redis import keyspace as ks
-from tests.conftest import ADMIN, ADMIN_TOKEN
-from tests.e2e.helpers import RT, create_table, pending_by_consumer
+from tests.conftest import ADMIN, ADMIN_TOKEN, seed_directory
+from tests.e2e.helpers import PREFIX, RT, SEQ_SCHEMA, TABLE, pending_by_consumer
 from tests.e2e.procs import INGESTD, Stage, port, stage_env, stages
 from tests.faults.producer import Accepted, Producer, doc
 from tests.faults.servers import PrivatePostgres, PrivateRedis
@@ -169,7 +170,8 @@ class Run:
         self.gateway = self.s["gateway"][0]
         self.base = f"http://127.0.0.1:{port(self.gateway)}"
         self.http = aiohttp.ClientSession(self.base, timeout=aiohttp.ClientTimeout(total=10))
-        self.key = await create_table(self.http)
+        seeded = await seed_directory(self.http, PREFIX, TABLE, SEQ_SCHEMA)
+        self.key, self.group_id = seeded.key, seeded.group_id
         await wait_key_known(self.http, self.key)
         self.producer = Producer(
             self.base,
@@ -200,6 +202,8 @@ class Run:
                 "errors": c["error"] + c["other"],
             }
         )
+        if self.fault_start is not None and self.fault_end is not None:
+            self.result["fault_s"] = round(self.fault_end - self.fault_start, 1)
         if exc is not None:
             self.result["outcome"] = "FAIL"
             self.result["failure"] = " ".join(str(exc).split())[:400] or repr(exc)
@@ -283,10 +287,12 @@ class Run:
                 dead = [st for st in group if st.proc and st.proc.poll() is not None]
                 st = dead[-1]
                 assert st.proc is not None
+                log = st.log()
+                why = next((ln for ln in reversed(log.splitlines()) if ln.strip()), "")
                 raise AssertionError(
-                    f"the {name} (pid {st.pid}) exited with code {st.proc.returncode} and "
-                    f"nothing restarts it: the pipeline does not recover by itself. "
-                    f"End of its log:\n{st.log()[-2500:]}"
+                    f"the {name} (pid {st.pid}) exited with code {st.proc.returncode} "
+                    f"({why.strip()[:200]}) and nothing restarts it: the pipeline does not "
+                    f"recover by itself. End of its log:\n{log[-2500:]}"
                 )
 
     def log_errors(self, per_stage: int = 4) -> str:
@@ -393,7 +399,29 @@ class Run:
             else:
                 where = "both streams are empty: the events are gone (lost)"
             lines.append(f"  partition {p}: {n} accepted events not applied; {where}")
-        return "\n".join(lines) + "\n" + self.log_errors()
+        return "\n".join(lines) + "\n" + await self.cpu() + "\n" + self.log_errors()
+
+    async def cpu(self, over: float = 1.0) -> str:
+        """Each live stage process's CPU use over ``over`` seconds: a stage whose log is
+        silent but whose CPU is at 100% is stuck computing, one at 0% is waiting."""
+        procs = []
+        for group in self.s.values():
+            for st in group:
+                if st.proc and st.proc.poll() is None:
+                    try:
+                        ps = psutil.Process(st.pid)
+                        procs.append((st, ps, sum(ps.cpu_times()[:2])))
+                    except psutil.Error:
+                        pass
+        await asyncio.sleep(over)
+        out = []
+        for st, ps, before in procs:
+            try:
+                used = sum(ps.cpu_times()[:2]) - before
+                out.append(f"{st.name} pid {st.pid} {100 * used / over:.0f}% ({ps.status()})")
+            except psutil.Error:
+                out.append(f"{st.name} pid {st.pid} gone")
+        return "CPU of the stage processes over the last second: " + ", ".join(out)
 
     # ---- THE check --------------------------------------------------------------------
 
@@ -481,8 +509,9 @@ class Run:
         if wrong:
             bad.append(f"{len(wrong)} accepted events not applied, e.g. {wrong[:3]}")
         for e in self.expects.values():
-            if statuses.get(e.eid) != e.status:
-                bad.append(f"{e.what}: receipt {statuses.get(e.eid)!r}, expected {e.status!r}")
+            body = await receipt(self.http, self.key, e.eid)
+            if statuses.get(e.eid) != e.status or body["status"] != e.status:
+                bad.append(f"{e.what}: receipt {body['status']!r}, expected {e.status!r}")
         for eid in random.sample(sorted(statuses), min(10, len(statuses))):
             body = await receipt(self.http, self.key, eid)
             if body["status"] != statuses[eid]:
@@ -559,33 +588,61 @@ class Run:
         if strays:
             bad.append(f"resources nobody sent: {sorted(strays)[:3]}")
         self.assert_alive()
-        self._recovery(
-            await self.q(
-                "SELECT extract(epoch FROM max(processed_at))::float8 AS t FROM ingest_events"
-                " WHERE event_id = ANY($1)",
-                list(p.accepted) + list(self.expects),
-            )
-        )
+        await self._recovery()
         if bad:
             raise AssertionError("the outcome is wrong:\n  " + "\n  ".join(bad))
         self.result["outcome"] = "pass"
 
-    def _recovery(self, rows: list[asyncpg.Record]) -> None:
+    async def _recovery(self) -> None:
+        """``recover_s``: from the fault's end until every event accepted by then was
+        applied; ``last_s``: from the fault's end to the last event applied at all;
+        ``first_202_s``: from the fault's end to the producers' first 202."""
         if self.fault_end is None or self.fault_end_wall is None:
             return
-        if rows and rows[0]["t"] is not None:
-            self.result["recover_s"] = round(max(0.0, rows[0]["t"] - self.fault_end_wall), 1)
-        first = self.producer.first_after(self.fault_end)
+        end = self.fault_end
+        before = [a.eid for a in self.producer.order if a.mono <= end] + list(self.expects)
+        everything = list(self.producer.accepted) + list(self.expects)
+        sql = (
+            "SELECT extract(epoch FROM max(processed_at))::float8 AS t FROM ingest_events"
+            " WHERE event_id = ANY($1)"
+        )
+        for name, ids in (("recover_s", before), ("last_s", everything)):
+            rows = await self.q(sql, ids)
+            if rows and rows[0]["t"] is not None:
+                self.result[name] = round(max(0.0, rows[0]["t"] - self.fault_end_wall), 1)
+        first = self.producer.first_after(end)
         if first is not None:
-            self.result["first_202_s"] = round(first.mono - self.fault_end, 1)
-        if self.fault_start is not None:
-            self.result["fault_s"] = round(self.fault_end - self.fault_start, 1)
+            self.result["first_202_s"] = round(first.mono - end, 1)
 
     # ---- helpers for scenarios --------------------------------------------------------
 
     async def admin_post(self, path: str, body: Any) -> tuple[int, Any]:
         async with self.http.post(path, json=body, headers=ADMIN) as r:
             return r.status, await r.json()
+
+    async def add_table(self, table: str, schema: dict[str, Any]) -> tuple[int, Any]:
+        """Another table in the run's schema group (the run's key reaches it)."""
+        return await self.admin_post(
+            f"/admin/v1/schema-groups/{self.group_id}/schemas", {"table": table, "schema": schema}
+        )
+
+    async def post_new_table(
+        self, path: str, body: bytes, group_key: str, within: float = 10
+    ) -> str:
+        """POST to a table created just now: 404 until the gateway's registry poll knows
+        it; the event id of the 202."""
+        headers = {"X-Ingest-Key": self.key, "Content-Type": "application/json"}
+        deadline = time.monotonic() + within
+        while True:
+            async with self.http.post(
+                path, data=body, params={"groupKey": group_key}, headers=headers
+            ) as r:
+                if r.status == 202:
+                    return str((await r.json())["eventId"])
+                text = await r.text()
+            if r.status != 404 or time.monotonic() > deadline:
+                raise AssertionError(f"POST {path} -> {r.status} {text[:300]}")
+            await asyncio.sleep(0.05)
 
     async def stop_mid_batch(self, group: list[Stage], within: float = 20) -> tuple[Stage, int]:
         """SIGSTOP a worker while it holds delivered, unacknowledged ingest entries (seen
@@ -627,7 +684,7 @@ def table_line(r: dict[str, Any]) -> str:
         f"{r['scenario']:<34} {r['outcome']:<4} {f('seconds'):>6}s  202={f('accepted_202')} "
         f"503={f('refused_503')} 429={f('refused_429')} err={f('errors')} lost={f('lost')} "
         f"doubled={f('doubled')} extra={f('extra')} fault={f('fault_s')}s "
-        f"first202={f('first_202_s')}s recover={f('recover_s')}s"
+        f"first202={f('first_202_s')}s recover={f('recover_s')}s last={f('last_s')}s"
     )
     if r.get("notes"):
         line += f"  [{r['notes']}]"
