@@ -295,26 +295,26 @@ class Run:
                     f"recover by itself. End of its log:\n{log[-2500:]}"
                 )
 
-    def log_errors(self, per_stage: int = 4) -> str:
-        """The last distinct error lines of each stage's log."""
+    def log_errors(self, per_stage: int = 3) -> str:
+        """The last distinct WARNING/ERROR records of each stage's log (records that differ
+        only in numbers, e.g. the partition, count as one)."""
         out = []
+        record = re.compile(r"^\d{4}-\d\d-\d\d \S+ (WARNING|ERROR|CRITICAL) (.*)$")
         for group in self.s.values():
             for st in group:
-                lines = [
-                    ln.strip()
-                    for ln in st.log().splitlines()
-                    if re.search(r"ERROR|Error|Exception|WARNING|Traceback", ln)
-                ]
-                seen: list[str] = []
-                for ln in reversed(lines):
-                    short = re.sub(r"^\S+ \S+ ", "", ln)[:300]
-                    if short not in seen:
-                        seen.append(short)
+                seen: dict[str, str] = {}
+                for ln in reversed(st.log().splitlines()):
+                    m = record.match(ln)
+                    if not m:
+                        continue
+                    text = re.sub(r"^\S+\[\d+\] ", "", m.group(2))[:300]
+                    seen.setdefault(re.sub(r"\d+", "N", text), text)
                     if len(seen) >= per_stage:
                         break
                 if seen:
-                    out.append(f"  {st.name} pid {st.pid}: " + "\n      ".join(reversed(seen)))
-        return "last errors in the stage logs:\n" + ("\n".join(out) or "  (none)")
+                    lines = "\n      ".join(reversed(list(seen.values())))
+                    out.append(f"  {st.name} pid {st.pid}: {lines}")
+        return "last warnings/errors in the stage logs:\n" + ("\n".join(out) or "  (none)")
 
     def lease_losses(self) -> Counter[int]:
         """Per partition, how often a worker logged that it lost its drain lease."""
@@ -363,7 +363,8 @@ class Run:
         return out
 
     async def stuck(self, missing: dict[str, int]) -> str:
-        """What holds the missing events (event id -> partition), per partition."""
+        """What holds the missing events (event id -> partition), per partition, and which
+        partitions' streams do not drain."""
         by_p: Counter[int] = Counter(missing.values())
         lines = []
         try:
@@ -379,11 +380,19 @@ class Run:
         except DB_ERRORS as e:
             pos = {}
             lines.append(f"  PostgreSQL does not answer: {e!r}")
-        for p, n in sorted(by_p.items()):
-            st = state.get(p)
+        for p in range(self.settings.partitions):
+            n, st = by_p.get(p, 0), state.get(p)
             if st is None:
-                lines.append(f"  partition {p}: {n} missing")
+                if n:
+                    lines.append(f"  partition {p}: {n} accepted events not applied")
                 continue
+            if not (n or st["ingest"] or st["changes"]):
+                continue
+            head = (
+                f"partition {p}: {n} accepted events not applied"
+                if n
+                else f"partition {p}: its streams do not drain"
+            )
             if st["ingest"]:
                 where = (
                     f"the WORKER is not draining it: ingest:{{p{p}}} holds {st['ingest']} "
@@ -398,7 +407,7 @@ class Run:
                 )
             else:
                 where = "both streams are empty: the events are gone (lost)"
-            lines.append(f"  partition {p}: {n} accepted events not applied; {where}")
+            lines.append(f"  {head}; {where}")
         return "\n".join(lines) + "\n" + await self.cpu() + "\n" + self.log_errors()
 
     async def cpu(self, over: float = 1.0) -> str:
@@ -475,14 +484,20 @@ class Run:
             now = time.monotonic()
             if now - start > within or now - last_move > stall:
                 hard = {e: p for e, p in missing.items() if not self._allowed(e)}
-                self.result["lost"] = len(hard)
+                self.result["unapplied"] = len(hard)
                 named = [self.expects[e].what for e in hard if e in self.expects]
-                raise AssertionError(
-                    f"{len(hard)} of {len(parts)} accepted events still have no receipt "
-                    f"{now - start:.0f}s after the producers stopped (no progress for "
-                    f"{now - last_move:.0f}s){': ' + ', '.join(named) if named else ''}\n"
-                    + await self.stuck(hard)
-                )
+                took = f"{now - start:.0f}s after the producers stopped (no progress for "
+                took += f"{now - last_move:.0f}s)"
+                if hard:
+                    head = f"{len(hard)} of {len(parts)} accepted events still have no receipt "
+                    head += took + (": " + ", ".join(named) if named else "")
+                else:
+                    head = (
+                        f"every accepted event outside the lost window has its receipt "
+                        f"({len(missing)} inside it have none), but the streams still do "
+                        f"not drain {took}"
+                    )
+                raise AssertionError(head + "\n" + await self.stuck(hard))
             await asyncio.sleep(0.25)
 
     async def check(self, within: float = 60, stall: float = 20) -> None:
@@ -680,10 +695,11 @@ def table_line(r: dict[str, Any]) -> str:
         v = r.get(k)
         return "-" if v is None else str(v)
 
+    unapplied = f"UNAPPLIED={r['unapplied']} " if "unapplied" in r else ""
     line = (
         f"{r['scenario']:<34} {r['outcome']:<4} {f('seconds'):>6}s  202={f('accepted_202')} "
         f"503={f('refused_503')} 429={f('refused_429')} err={f('errors')} lost={f('lost')} "
-        f"doubled={f('doubled')} extra={f('extra')} fault={f('fault_s')}s "
+        f"{unapplied}doubled={f('doubled')} extra={f('extra')} fault={f('fault_s')}s "
         f"first202={f('first_202_s')}s recover={f('recover_s')}s last={f('last_s')}s"
     )
     if r.get("notes"):
