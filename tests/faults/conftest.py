@@ -22,10 +22,12 @@ RESULTS_FILE: list[Path] = []
 
 
 @pytest.fixture(scope="session")
-def pg_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("pg-template") / "data"
-    PrivatePostgres(folder).initdb()
-    return folder
+def pg_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """An initdb'd data dir, copied by every test (initdb once: ~1 s saved per test)."""
+    template = PrivatePostgres(tmp_path_factory.mktemp("pg-template") / "data")
+    template.initdb()
+    yield template.folder
+    template.remove()
 
 
 @pytest.fixture

@@ -91,9 +91,14 @@ class FaultEnv:
     def start(cls, tmp: Path, pg_template: Path) -> FaultEnv:
         redis = PrivateRedis(tmp / "redis")
         pg = PrivatePostgres(tmp / "pg")
-        pg.copy_from(pg_template)
-        pg.start()
-        redis.start()
+        try:
+            pg.copy_from(pg_template)
+            pg.start()
+            redis.start()
+        except BaseException:
+            redis.stop()
+            pg.remove()
+            raise
         settings = Settings(
             database_url=pg.dsn,
             redis_url=redis.url,
@@ -109,7 +114,7 @@ class FaultEnv:
 
     def stop(self) -> None:
         self.redis.stop()
-        self.pg.stop_quietly()
+        self.pg.remove()
 
 
 @dataclass

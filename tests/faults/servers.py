@@ -23,6 +23,7 @@ import signal
 import socket
 import stat
 import subprocess
+import tempfile
 import time
 from glob import glob
 from pathlib import Path
@@ -205,11 +206,27 @@ def _traversable(path: Path) -> None:
 
 
 class PrivatePostgres:
+    """A PostgreSQL cluster for one test. Run as root, the server runs as ``pgserver``,
+    which must reach the data dir through every parent directory; pytest resets
+    ``/tmp/pytest-of-root`` to 0700 whenever any pytest run starts (concurrent runs on
+    one machine do), so the data dir then lives in a directory of its own under the
+    system temp dir, ``folder`` is a symlink to it, and :meth:`remove` deletes it
+    (keeping ``server.log`` in ``folder``)."""
+
     def __init__(self, folder: Path) -> None:
-        self.folder = folder.resolve()
+        self.home = folder.absolute()
         self.port = private_port()
         self.bin = pg_bin_dir()
         self.user = _run_as()
+        self._outside: Path | None = None
+        if self.user:
+            self._outside = Path(tempfile.mkdtemp(prefix="ingestd-faults-pg-"))
+            self._outside.chmod(0o755)
+            self.folder = self._outside / "data"
+            self.home.parent.mkdir(parents=True, exist_ok=True)
+            self.home.symlink_to(self.folder, target_is_directory=True)
+        else:
+            self.folder = self.home
 
     @property
     def dsn(self) -> str:
@@ -221,6 +238,18 @@ class PrivatePostgres:
             _traversable(path)
             entry = pwd.getpwnam(self.user)
             os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def remove(self) -> None:
+        """Stop the server if it runs and delete a data dir kept outside ``folder``."""
+        self.stop_quietly()
+        if self._outside is not None:
+            log = self.folder / "server.log"
+            self.home.unlink(missing_ok=True)
+            self.home.mkdir(parents=True, exist_ok=True)
+            if log.exists():
+                shutil.copy(log, self.home / "server.log")
+            shutil.rmtree(self._outside, ignore_errors=True)
+            self._outside = None
 
     def _pg(self, tool: str, *args: str, timeout: float = 60) -> None:
         out = subprocess.run(
@@ -249,7 +278,7 @@ class PrivatePostgres:
     def copy_from(self, template: Path) -> None:
         """A data dir copied from an initdb'd template (``cp -a`` keeps its owner)."""
         self.folder.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["cp", "-a", str(template), str(self.folder)], check=True)
+        subprocess.run(["cp", "-a", f"{template}/.", str(self.folder)], check=True)
         self._prepare(self.folder)
 
     def start(self) -> None:
