@@ -354,8 +354,16 @@ class Run:
                     ("changes", ks.changes_stream(p), ks.PROJECTOR_GROUP),
                 ):
                     row[name] = await r.xlen(key)
+                    row[f"{name}_oldest"] = None
                     try:
                         row[f"{name}_pending"] = (await r.xpending(key, group))["pending"]
+                        if row[f"{name}_pending"]:
+                            (o,) = await r.xpending_range(key, group, "-", "+", 1)
+                            row[f"{name}_oldest"] = (
+                                f"oldest pending {o['message_id'].decode()} delivered "
+                                f"{o['times_delivered']}x to {o['consumer'].decode()}, idle "
+                                f"{o['time_since_delivered'] / 1000:.0f}s"
+                            )
                     except Exception:
                         row[f"{name}_pending"] = 0
                 last = await r.xrevrange(ks.changes_stream(p), count=1)
@@ -404,12 +412,16 @@ class Run:
                     f"entries ({st['ingest_pending']} delivered, unacknowledged; drain lease "
                     f"{'held' if st['drain_lock'] else 'free'})"
                 )
+                if st["ingest_oldest"]:
+                    where += f"; {st['ingest_oldest']}"
             elif st["changes"]:
                 where = (
                     f"the PROJECTOR is not applying it: changes:{{p{p}}} holds {st['changes']} "
                     f"entries ({st['changes_pending']} delivered, unacknowledged), newest "
                     f"{st['last_change']}, recorded position {pos.get(p)}"
                 )
+                if st["changes_oldest"]:
+                    where += f"; {st['changes_oldest']}"
             else:
                 where = "both streams are empty: the events are gone (lost)"
             lines.append(f"  {head}; {where}")

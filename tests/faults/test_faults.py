@@ -113,11 +113,9 @@ async def test_redis_aof_tail_lost(fault_env: FaultEnv) -> None:
         )
         await off_loop(redis.start)
         run.fault_ended()
-        try:
-            await run.flowing()
-            await run.finish()
-        finally:
-            run.notes.append(f"lost of those: {run.result.get('lost')}")
+        await run.flowing()
+        await run.finish()
+        run.notes.append(f"lost of those: {run.result['lost']}")
 
 
 async def test_redis_sigstop_15s(fault_env: FaultEnv) -> None:
