@@ -3,9 +3,10 @@
 Each sender owns a few resources (groupKey, id) and sends them one after the other,
 each resource's events strictly in turn (the next only after the previous one got
 its 202), with an increasing ``seq``: mostly upserts ``{"id", "seq"}``, every
-``delete_every``-th a delete. A 429, a 5xx, a timeout or a connection error is
-retried with a small jittered backoff, the same payload again, until it is
-accepted; every 202 is recorded with its event id and when it arrived.
+``delete_every``-th a delete (at a different seq per resource). A 429, a 5xx, a
+timeout or a connection error is retried with a small jittered backoff, the same
+payload again, until it is accepted; every 202 is recorded with its event id and
+when it arrived.
 
 A request that timed out or lost its connection may still have been appended: such
 an attempt can take effect without a 202 (an "extra"), always with a payload that
@@ -106,17 +107,21 @@ class Producer:
 
     async def _sender(self, c: aiohttp.ClientSession, mine: list[tuple[str, str]]) -> None:
         seqs = dict.fromkeys(mine, 0)
+        # deletes at a different seq per resource, so runs end with a mix of live and
+        # deleted resources; jittered pauses keep the senders out of lock-step
+        offset = {r: self.resources.index(r) for r in mine}
         await asyncio.sleep(random.uniform(0, self.pause))
         while not self._stop.is_set():
             for g, rid in mine:
                 seqs[(g, rid)] += 1
                 seq = seqs[(g, rid)]
-                op = "delete" if seq % self.delete_every == 0 else "upsert"
+                due = (seq + offset[(g, rid)]) % self.delete_every == 0
+                op = "delete" if due and seq > 1 else "upsert"
                 if not await self._deliver(c, g, rid, seq, op):
                     return
                 if self._stop.is_set():
                     return
-                await asyncio.sleep(self.pause)
+                await asyncio.sleep(self.pause * random.uniform(0.5, 1.5))
 
     async def _deliver(self, c: aiohttp.ClientSession, g: str, rid: str, seq: int, op: str) -> bool:
         """Send until accepted; False when it gave up."""

@@ -369,3 +369,65 @@ async def _worst_latency(run: Run, since: float, exclude: int) -> tuple[float, i
     if pending:  # never applied: as late as it gets
         return (round(time.time() - since, 1), -1)
     return worst
+
+
+# ---- the check itself ------------------------------------------------------------------
+
+
+async def test_the_check_catches_what_it_must(fault_env: FaultEnv) -> None:
+    """No fault; then PostgreSQL is tampered with, one way at a time: the check must fail
+    naming it (it is not vacuous), and pass again once the tampering is undone."""
+    async with Run(fault_env, "the check itself (tampering)") as run:
+        await run.traffic(warmup=200)
+        run.fault_began()
+        run.fault_ended()
+        await run.flowing(n=100)
+        await run.finish()
+        where = "resource_type = $1 AND group_key = $2 AND resource_id = $3"
+
+        async def must_fail(expected: str, undo: str, *args: Any) -> None:
+            with pytest.raises(AssertionError, match=expected):
+                await run.check(within=3, stall=3)
+            await run.q(undo, *args)
+            await run.check(within=10, stall=10)
+
+        # a second history row for an event (as a replay would write it)
+        some = (await run.q("SELECT * FROM resource_changes ORDER BY id DESC LIMIT 1"))[0]
+        key = (some["resource_type"], some["group_key"], some["resource_id"])
+        await run.q(
+            "INSERT INTO resource_changes (resource_type, group_key, resource_id, version, op,"
+            " patch, after, event_id, received_at) SELECT resource_type, group_key,"
+            " resource_id, version + 1, op, patch, after, event_id, received_at"
+            " FROM resource_changes WHERE id = $1",
+            some["id"],
+        )
+        await must_fail(
+            "more than one history row",
+            f"DELETE FROM resource_changes WHERE {where} AND version = $4",
+            *key,
+            some["version"] + 1,
+        )
+        # a version skipped
+        bump = "UPDATE resource_changes SET version = version + $2 WHERE id = $1"
+        await run.q(bump, some["id"], 100)
+        await must_fail("versions not contiguous", bump, some["id"], -100)
+        # a resource that does not hold its last accepted payload
+        live = (await run.q("SELECT * FROM resources LIMIT 1"))[0]
+        lkey = (live["resource_type"], live["group_key"], live["resource_id"])
+        await run.q(f"UPDATE resources SET data = '{{\"seq\": -1}}' WHERE {where}", *lkey)
+        await must_fail(
+            "do not hold their last accepted payload",
+            f"UPDATE resources SET data = $4::jsonb WHERE {where}",
+            *lkey,
+            live["data"],
+        )
+        # an accepted event without its receipt
+        rename = "UPDATE ingest_events SET event_id = $2 WHERE event_id = $1"
+        await run.q(rename, some["event_id"], "hidden")
+        with pytest.raises(AssertionError, match="still have no receipt"):
+            await run.check(within=3, stall=3)
+        await run.q(rename, "hidden", some["event_id"])
+        await run.check(within=10, stall=10)
+        run.result.pop("unapplied", None)  # left by the tampered checks
+        live_now = (await run.q("SELECT count(*) AS n FROM resources"))[0]["n"]
+        run.notes.append(f"{live_now} of {len(run.producer.resources)} resources live at the end")
