@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -147,3 +149,16 @@ def stop_cleanly(dev: Dev, how: signal.Signals = signal.SIGTERM) -> None:
     _, alive = psutil.wait_procs(procs, timeout=10)
     assert not alive, f"left running: {alive}"
     assert "ingestd dev stopped" in dev.log()
+
+
+@contextmanager
+def data_folder() -> Iterator[Path]:
+    """A data folder for `ingestd dev` outside pytest's temporary tree. Run as root, the
+    embedded PostgreSQL runs as the user "pgserver", which must be able to enter every
+    parent folder; each pytest session (a concurrent one too) takes those rights off
+    /tmp/pytest-of-<user>, which would cut a running server off its own files."""
+    folder = Path(tempfile.mkdtemp(prefix="ingestd-test-dev-"))
+    try:
+        yield folder / "data"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

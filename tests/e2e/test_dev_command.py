@@ -20,8 +20,9 @@ from tests.e2e.procs import wait_healthy
 pytestmark = pytest.mark.slow  # stages as processes, seconds each
 
 
-def test_dev_starts_embedded_servers_stops_cleanly_and_keeps_data(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+def test_dev_starts_embedded_servers_stops_cleanly_and_keeps_data(
+    tmp_path: Path, data_dir: Path
+) -> None:
     with running_dev(tmp_path, data_dir) as dev:
         token = dev.wait_for(TOKEN)
         started = time.monotonic()

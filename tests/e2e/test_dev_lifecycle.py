@@ -4,8 +4,8 @@
 - Ctrl-C (SIGINT to the terminal's process group) stops the stages first, then the
   servers: exit 0, no traceback, no warning; a restart on the same data is as quiet.
 - A second `ingestd dev` on the same data folder exits 2 at once, naming the first, and
-  starts nothing (no second Redis on the same AOF); after a `kill -9` of `ingestd dev` it
-  names the stages left running instead.
+  starts nothing (no second Redis on the same AOF); one on another folder and port runs
+  beside it; after a `kill -9` of `ingestd dev` it names the stages left running instead.
 - The gateway's port held by another program is an exit 2 naming it, not a traceback.
 """
 
@@ -28,6 +28,7 @@ from tests.e2e.devproc import (
     READY,
     TOKEN,
     Dev,
+    data_folder,
     kill_tree,
     running_dev,
     server_processes,
@@ -72,8 +73,7 @@ def applied(dev: Dev, key: str, doc: dict[str, object]) -> None:
     raise AssertionError(f"{eid} still pending:\n{dev.log()}")
 
 
-def test_ctrl_c_stops_in_order_and_a_restart_is_quiet(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+def test_ctrl_c_stops_in_order_and_a_restart_is_quiet(tmp_path: Path, data_dir: Path) -> None:
     with running_dev(tmp_path, data_dir) as dev:
         token = dev.wait_for(TOKEN)
         print(f"\nfirst start: ready in {ready(dev):.1f} s")
@@ -93,8 +93,9 @@ def test_ctrl_c_stops_in_order_and_a_restart_is_quiet(tmp_path: Path) -> None:
         assert not QUIET.search(log), log
 
 
-def test_a_second_dev_on_the_same_data_exits_2_naming_the_first(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+def test_a_second_dev_on_the_same_data_exits_2_naming_the_first(
+    tmp_path: Path, data_dir: Path
+) -> None:
     with running_dev(tmp_path, data_dir) as first:
         ready(first)
         aof_users = [p for p in server_processes(first) if "redis" in p.name()]
@@ -115,11 +116,17 @@ def test_a_second_dev_on_the_same_data_exits_2_naming_the_first(tmp_path: Path) 
         assert "embedded" not in second.stdout  # it started no server
         assert [p for p in server_processes(first) if "redis" in p.name()] == aof_users
         assert first.healthz() == 200
+        # another data folder and port: a second, separate one runs beside it
+        with data_folder() as elsewhere, running_dev(tmp_path, elsewhere) as other:
+            ready(other)
+            stop_cleanly(other)
+        assert first.healthz() == 200
         stop_cleanly(first)
 
 
-def test_stages_left_by_a_killed_dev_are_named_and_a_restart_recovers(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+def test_stages_left_by_a_killed_dev_are_named_and_a_restart_recovers(
+    tmp_path: Path, data_dir: Path
+) -> None:
     with running_dev(tmp_path, data_dir) as first:
         ready(first)
         left = [p for p in server_processes(first) if "postgres" not in p.name()]

@@ -23,7 +23,7 @@ import asyncpg
 import psutil
 import pytest
 
-from tests.e2e.devproc import PG_AT, READY, Dev, running_dev, stop_cleanly
+from tests.e2e.devproc import PG_AT, READY, Dev, data_folder, running_dev, stop_cleanly
 from tests.e2e.procs import INGESTD, unconfigured_env
 
 pytestmark = pytest.mark.slow  # `ingestd dev` as a process, the scripts take seconds
@@ -119,7 +119,7 @@ async def until_processed(dsn: str, group_keys: dict[str, int]) -> None:
 @pytest.fixture(scope="module")
 def walked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Walked]:
     tmp = tmp_path_factory.mktemp("walkthrough")
-    with running_dev(tmp, tmp / "data") as dev:
+    with data_folder() as data_dir, running_dev(tmp, data_dir) as dev:
         dev.wait_for(READY)
         dsn = dev.wait_for(PG_AT)
         first = shell(dev, "bash examples/walkthrough.sh")
@@ -228,9 +228,8 @@ async def test_ingestd_psql_runs_the_readme_sql(walked: Walked, tmp_path: Path) 
 
 
 def test_ingestd_psql_starts_the_embedded_database_when_dev_is_stopped(
-    tmp_path: Path,
+    tmp_path: Path, data_dir: Path
 ) -> None:
-    data_dir = tmp_path / "data"
     with running_dev(tmp_path, data_dir) as dev:
         dev.wait_for(READY)
         stop_cleanly(dev)
