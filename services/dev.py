@@ -200,12 +200,20 @@ class Dev:
         if not dsn:
             pg = EmbeddedPostgres(settings.data_dir / "postgres")
             self.embedded.append(pg)
-            dsn = pg.start()
+            try:
+                dsn = pg.start()
+            except (subprocess.SubprocessError, OSError, AssertionError) as e:
+                raise TransientError(
+                    f"the embedded PostgreSQL did not start ({e}); its log: {pg.folder / 'log'}"
+                ) from e
             log.info("embedded PostgreSQL at %s", dsn)
         if not redis_url and not self.stopping:
             rd = EmbeddedRedis(settings.data_dir / "redis")
             self.embedded.append(rd)
-            redis_url = rd.start(pass_fds=(self.lock.fd,))
+            try:
+                redis_url = rd.start(pass_fds=(self.lock.fd,))
+            except (RuntimeError, OSError) as e:
+                raise TransientError(f"the embedded Redis did not start: {e}") from e
             self.lock.note(rd.pid, "redis-server")
             log.info("embedded Redis at %s (AOF on)", redis_url)
         if self.stopping or not dsn or not redis_url:
@@ -314,10 +322,11 @@ def run_psql(settings: Settings, args: list[str]) -> int:
         pg = EmbeddedPostgres(folder)
         dsn = pg.start()
     try:
+        proc = subprocess.Popen([str(binary), dsn, *args])
         # psql owns the terminal: a Ctrl-C cancels its query, and must not stop us
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            return subprocess.call([str(binary), dsn, *args])
+            return proc.wait()
         finally:
             signal.signal(signal.SIGINT, previous)
     finally:
