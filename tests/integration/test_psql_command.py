@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from shared.config import Settings
 from tests.conftest import TEST_DB
@@ -33,7 +35,9 @@ async def test_psql_on_database_url(settings: Settings, tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     name, migrations = done.stdout.strip().split("|")
-    assert name == TEST_DB and int(migrations) >= 1
+    # the run's own database: ingestd_test_<pid> on a configured server, else the embedded one's
+    assert name == urlsplit(settings.database_url).path.lstrip("/") and int(migrations) >= 1
+    assert name == TEST_DB or not os.environ.get("DATABASE_URL")
 
 
 async def test_psql_passes_psql_errors_on(settings: Settings, tmp_path: Path) -> None:
