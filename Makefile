@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck bench clean
+.PHONY: install run psql test lint typecheck bench clean
 
 install: $(STAMP)
 
@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 
 run: install
 	$(BIN)/ingestd dev
+
+psql: install
+	$(BIN)/ingestd psql
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -9,6 +9,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from shared.errors import ConfigError
 
@@ -24,6 +25,55 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> i
     if value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DATABASE_SCHEMES = ("postgresql", "postgres")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default, minimum=0)
+    if value > 65535:
+        raise ConfigError(f"{name} must be a TCP port (0-65535), got {value}")
+    return value
+
+
+def _log_level(env: Mapping[str, str], name: str, default: str) -> str:
+    value = (env.get(name) or default).strip().upper()
+    if value not in LOG_LEVELS:
+        raise ConfigError(f"{name} must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return value
+
+
+def _shown(url: str) -> str:
+    """``url`` fit for an error message: a password replaced by ``***``."""
+    head, at, tail = url.rpartition("@")
+    if not at:
+        return url
+    scheme, sep, userinfo = head.rpartition("://")
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{tail}" if ":" in userinfo else url
+
+
+def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | None:
+    """A server URL, or None when unset; its scheme must be one of ``schemes``."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    try:
+        parts = urlsplit(raw)
+    except ValueError as e:
+        raise ConfigError(f"{name} is not a valid URL ({e}): {_shown(raw)}") from e
+    if parts.scheme not in schemes or "://" not in raw:
+        wanted = " or ".join(f"{s}://" for s in schemes)
+        raise ConfigError(f"{name} must be a URL starting with {wanted}, got {_shown(raw)}")
+    db = parts.path.strip("/")
+    if parts.scheme in ("redis", "rediss") and db and not db.isdigit():
+        raise ConfigError(
+            f"{name}'s path must be a database number (redis://host:6379/0), got {_shown(raw)}"
+        )
+    return raw
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,10 +97,10 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         return cls(
-            database_url=env.get("DATABASE_URL") or None,
-            redis_url=env.get("REDIS_URL") or None,
+            database_url=_url(env, "DATABASE_URL", DATABASE_SCHEMES),
+            redis_url=_url(env, "REDIS_URL", REDIS_SCHEMES),
             http_host=env.get("INGESTD_HTTP_HOST") or "127.0.0.1",
-            http_port=_int(env, "INGESTD_HTTP_PORT", 8080, minimum=0),
+            http_port=_port(env, "INGESTD_HTTP_PORT", 8080),
             admin_token=env.get("INGESTD_ADMIN_TOKEN") or None,
             data_dir=Path(env.get("INGESTD_DATA_DIR") or ".ingestd"),
             partitions=_int(env, "INGESTD_PARTITIONS", 16),
@@ -59,7 +109,7 @@ class Settings:
             registry_poll_ms=_int(env, "INGESTD_REGISTRY_POLL_MS", 500),
             drain_batch=_int(env, "INGESTD_DRAIN_BATCH", 500),
             drain_slice_s=_int(env, "INGESTD_DRAIN_SLICE_S", 30),
-            log_level=(env.get("INGESTD_LOG_LEVEL") or "INFO").upper(),
+            log_level=_log_level(env, "INGESTD_LOG_LEVEL", "INFO"),
         )
 
     def with_servers(self, database_url: str, redis_url: str) -> Settings:

@@ -4,16 +4,20 @@
 machine's services); unset, embedded servers are started once per session.
 With ``DATABASE_URL`` set, a run uses its own database ``ingestd_test_<pid>`` on
 that server (dropped at the end), never the one the URL names. With
-``REDIS_URL`` set, a run claims a Redis database number from the URL's number
-downwards (a claim key with a TTL), so concurrent runs on one machine do not
-flush each other. Every test that uses ``settings`` starts from truncated
-tables and a flushed Redis database.
+``REDIS_URL`` set, a run flushes exactly the Redis database the URL names, and
+only after claiming it (a claim key naming this run's pid, host and start time):
+a database whose claim names a live run on this host (or any run on another
+host, until its TTL) is refused, so concurrent runs must each name their own
+database number; a claim left by a crashed run is taken over. Every test that
+uses ``settings`` starts from truncated tables and a flushed Redis database.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,9 +25,12 @@ from typing import Any
 from urllib.parse import urlparse, urlunparse
 
 import asyncpg
+import psutil
 import pytest
+import redis as redis_sync
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
 from services.gateway.app import create_app
 from services.projector.main import Projector
@@ -60,25 +67,118 @@ async def _drop_database(url: str) -> None:
         await conn.close()
 
 
-async def _claim_redis_db(url: str) -> str:
-    parsed = urlparse(url)
-    first = int(parsed.path.lstrip("/") or 0)
-    for db in range(first, -1, -1):
-        candidate = urlunparse(parsed._replace(path=f"/{db}"))
-        r = Redis.from_url(candidate)
-        try:
-            mine = await r.set(CLAIM_KEY, str(os.getpid()), nx=True, ex=3600)
-            if mine or await r.get(CLAIM_KEY) == str(os.getpid()).encode():
-                return candidate
-        finally:
-            await r.aclose()
-    raise RuntimeError(f"no free Redis database at or below {first}: concurrent test runs?")
+CLAIM_TTL_S = 900  # refreshed by every test; bounds how long a claim from another host holds
+
+
+def _claim_value() -> str:
+    me = psutil.Process()
+    return json.dumps({"pid": me.pid, "host": socket.gethostname(), "started": me.create_time()})
+
+
+CLAIM = _claim_value()
+
+
+def live_claim_holder(raw: bytes | str) -> str | None:
+    """Who holds a claim, when that run may still be going; None when it is gone. A pid on
+    this host is alive if a process with that pid and start time exists (a bare pid, the
+    old format, if the pid exists); a claim from another host cannot be checked, so it
+    holds until its TTL runs out."""
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+    try:
+        claim = json.loads(text)
+    except ValueError:
+        claim = None
+    if isinstance(claim, int):
+        claim = {"pid": claim, "host": socket.gethostname(), "started": None}
+    if not isinstance(claim, dict) or not isinstance(claim.get("pid"), int):
+        return None
+    pid, host, started = claim["pid"], claim.get("host"), claim.get("started")
+    if host != socket.gethostname():
+        return f"pid {pid} on host {host} (not checkable from here)"
+    try:
+        proc = psutil.Process(pid)
+        if isinstance(started, (int, float)) and abs(proc.create_time() - started) > 1:
+            return None  # the pid was reused by another process
+        cmdline = " ".join(proc.cmdline())[:200]
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+    return f"pid {pid} on this host: {cmdline}"
+
+
+def _refuse(url: str, holder: str) -> None:
+    pytest.exit(
+        f"REDIS_URL={url}: that Redis database is in use by another test run ({holder}). "
+        "Each concurrent run needs a database number of its own: set REDIS_URL to another "
+        f"one, or wait for that run to end (its claim key {CLAIM_KEY!r} expires "
+        f"{CLAIM_TTL_S} s after its last test).",
+        returncode=pytest.ExitCode.USAGE_ERROR,
+    )
+
+
+def claim_redis_db(url: str) -> None:
+    """Claim exactly the database ``url`` names for this run, or stop the run with a clear
+    message when another live run holds it. A stale claim (its run is gone) is taken over."""
+    with redis_sync.Redis.from_url(url) as r:
+        for _ in range(10):
+            if r.set(CLAIM_KEY, CLAIM, nx=True, ex=CLAIM_TTL_S):
+                return
+            with r.pipeline() as pipe:
+                try:
+                    pipe.watch(CLAIM_KEY)
+                    raw = pipe.get(CLAIM_KEY)
+                    if raw is not None and raw.decode(errors="replace") != CLAIM:
+                        holder = live_claim_holder(raw)
+                        if holder:
+                            _refuse(url, holder)
+                    pipe.multi()
+                    pipe.set(CLAIM_KEY, CLAIM, ex=CLAIM_TTL_S)
+                    pipe.execute()
+                    return
+                except WatchError:  # changed meanwhile: look again
+                    continue
+    raise RuntimeError(f"could not claim {url}: its claim key keeps changing")
+
+
+async def flush_claimed(url: str) -> None:
+    """FLUSHDB and renew this run's claim in one transaction, unless another live run
+    holds the database by now (then stop: flushing would destroy its data)."""
+    r = Redis.from_url(url)
+    try:
+        for _ in range(10):
+            async with r.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(CLAIM_KEY)
+                    raw = await pipe.get(CLAIM_KEY)
+                    if raw is not None and raw.decode(errors="replace") != CLAIM:
+                        holder = live_claim_holder(raw)
+                        if holder:
+                            _refuse(url, holder)
+                    pipe.multi()
+                    pipe.flushdb()
+                    pipe.set(CLAIM_KEY, CLAIM, ex=CLAIM_TTL_S)
+                    await pipe.execute()
+                    return
+                except WatchError:
+                    continue
+        raise RuntimeError(f"could not flush {url}: its claim key keeps changing")
+    finally:
+        await r.aclose()
 
 
 async def _release_redis_db(url: str) -> None:
     r = Redis.from_url(url)
-    await r.flushdb()
-    await r.aclose()
+    try:
+        async with r.pipeline(transaction=True) as pipe:
+            await pipe.watch(CLAIM_KEY)
+            raw = await pipe.get(CLAIM_KEY)
+            if raw is None or raw.decode(errors="replace") == CLAIM:
+                pipe.multi()
+                pipe.flushdb()
+                await pipe.execute()
+    except WatchError:
+        pass  # someone else's by now: leave it
+    finally:
+        await r.aclose()
 
 
 @pytest.fixture(scope="session")
@@ -88,19 +188,19 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
     redis_url = os.environ.get("REDIS_URL")
     base = Path(tmp_path_factory.mktemp("servers"))
     admin_dsn = dsn
+    claimed = bool(redis_url)
+    if redis_url:  # first: a refused run leaves no database behind
+        claim_redis_db(redis_url)
+    else:
+        rd = EmbeddedRedis(base / "redis")
+        redis_url = rd.start()
+        started.append(rd)
     if dsn:
         dsn = asyncio.run(_create_database(dsn))
     else:
         pg = EmbeddedPostgres(base / "pg")
         dsn = pg.start()
         started.append(pg)
-    claimed = bool(redis_url)
-    if redis_url:
-        redis_url = asyncio.run(_claim_redis_db(redis_url))
-    else:
-        rd = EmbeddedRedis(base / "redis")
-        redis_url = rd.start()
-        started.append(rd)
     asyncio.run(migrate(dsn))
     yield dsn, redis_url
     if admin_dsn:
@@ -131,10 +231,7 @@ async def reset_state(dsn: str, redis_url: str) -> None:
         await conn.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
     finally:
         await conn.close()
-    r = Redis.from_url(redis_url)
-    await r.flushdb()
-    await r.set(CLAIM_KEY, str(os.getpid()), ex=3600)
-    await r.aclose()
+    await flush_claimed(redis_url)
 
 
 @pytest.fixture

@@ -90,6 +90,11 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
+async def livez(request: web.Request) -> web.Response:
+    """Liveness: the process serves HTTP, whatever Redis and PostgreSQL do (see /healthz)."""
+    return json_response({"status": "alive"})
+
+
 def create_app(settings: Settings) -> web.Application:
     if not settings.admin_token:
         raise ConfigError("INGESTD_ADMIN_TOKEN must be set for the gateway")
@@ -98,6 +103,7 @@ def create_app(settings: Settings) -> web.Application:
     app[CURSOR_KEY] = cursors.key_for(settings.admin_token)
     app.cleanup_ctx.append(_resources)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/livez", livez)
     app.router.add_routes(admin.routes)
     app.router.add_routes(ingest.routes)
     app.router.add_routes(bulk.routes)

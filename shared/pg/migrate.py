@@ -12,7 +12,7 @@ from pathlib import Path
 
 import asyncpg
 
-from shared.errors import ConfigError
+from shared.errors import ConfigError, TransientError
 
 log = logging.getLogger("ingestd.db")
 
@@ -55,7 +55,10 @@ async def require_migrated(db: asyncpg.Pool | asyncpg.Connection) -> None:
 
 async def migrate(dsn: str) -> list[str]:
     """Apply pending migrations; return the names applied now."""
-    conn = await asyncpg.connect(dsn)
+    try:
+        conn = await asyncpg.connect(dsn)
+    except (OSError, asyncpg.PostgresError) as e:  # unreachable, refused, unknown database
+        raise TransientError(f"cannot reach PostgreSQL: {e}") from e
     applied_now: list[str] = []
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
