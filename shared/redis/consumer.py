@@ -59,6 +59,10 @@ class GroupReader:
         delivered (a read it sent before it stalled). The lease is refreshed after each
         batch is handled and :class:`~shared.redis.lease.LostLease` raised when it is gone."""
         await ensure_group(self.redis, self.stream, self.group)
+        # announce this consumer as the partition's reader (XINFO CONSUMERS shows who
+        # drains what; XAUTOCLAIM and a blocked XREADGROUP create it only once they get
+        # an entry)
+        await self.redis.xgroup_createconsumer(self.stream, self.group, self.consumer)
         while until is None or time.monotonic() < until:
             rows = await self._claim()
             if not rows:
