@@ -39,6 +39,7 @@ from shared.codes import Code
 from shared.events import Change, Effect, RawMeta
 from shared.processing import MAX_ISSUES, ScopeState, apply_delete, apply_upsert
 from shared.schema_rules import (
+    MAX_ID_LENGTH,
     MISSING,
     CompiledSchema,
     Extracted,
@@ -82,7 +83,7 @@ class FastExtractor:
         """The id, or None when it is missing or invalid (then :meth:`extract` says why)."""
         if self.id_key is not None:  # the common case: a top-level name such as $.id
             v = data.get(self.id_key, MISSING)
-            if type(v) is str and v:
+            if type(v) is str and 0 < len(v) <= MAX_ID_LENGTH:
                 return v
         elif self.id_steps is None:
             ex = self.schema.extract(data)
@@ -161,7 +162,7 @@ def scan_chunk(items: list[Any], base: int, fx: FastExtractor) -> ScannedChunk:
     for i, x in enumerate(items, base):
         if key is not None and type(x) is dict and is_valid(x):
             rid = x.get(key)
-            if type(rid) is str and rid:
+            if type(rid) is str and 0 < len(rid) <= MAX_ID_LENGTH:
                 raw = storable_json(x)
                 if type(raw) is bytes:
                     ids.append(rid.encode())

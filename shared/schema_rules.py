@@ -34,6 +34,10 @@ DRAFT_2020_12 = {
 }
 IDENTIFIER = re.compile(r"^_?[a-z][a-z0-9_]{0,30}$")
 MAX_ISSUES_PER_RESOURCE = 20
+#: characters of a resource id. The key (resource type, groupKey, id) is one btree index
+#: row of at most 2704 bytes: 65 ASCII + 100 characters (<= 400 bytes) + 512 characters
+#: (<= 2048 bytes, 4 per character at worst) + headers stays under 2,550
+MAX_ID_LENGTH = 512
 
 
 _IDENTIFIER_CODES: dict[str, Code] = {"prefix": Code.INVALID_PREFIX, "table": Code.INVALID_TABLE}
@@ -278,14 +282,26 @@ def walk(data: Any, steps: tuple[Step, ...]) -> Any:
 
 
 def scalar_id(value: Any) -> str | None:
-    """The id rule: a non-empty string or an integer (as its decimal string)."""
+    """The id rule: a non-empty string of at most :data:`MAX_ID_LENGTH` characters, or an
+    integer (as its decimal string)."""
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, str):
-        return value or None
+        return value if 0 < len(value) <= MAX_ID_LENGTH else None
     if isinstance(value, int):
         return str(value)
     return None
+
+
+def _invalid_id(value: Any, at: str) -> Issue:
+    if isinstance(value, str) and len(value) > MAX_ID_LENGTH:
+        return Issue(
+            Code.INVALID_ID,
+            f"the id is {len(value)} characters long; at most {MAX_ID_LENGTH} are allowed "
+            "(the key of a resource must fit one index row)",
+            at,
+        )
+    return Issue(Code.INVALID_ID, "the id must be a non-empty string or an integer", at)
 
 
 class CompiledSchema:
@@ -330,11 +346,7 @@ class CompiledSchema:
                 return Issue(Code.MISSING_ID, "the resource has no id at the resmo.id path", None)
             rid = scalar_id(match.obj)
             if rid is None:
-                return Issue(
-                    Code.INVALID_ID,
-                    "the id must be a non-empty string or an integer",
-                    _pointer(match.parts),
-                )
+                return _invalid_id(match.obj, _pointer(match.parts))
         return self._finish(data, rid)
 
     def _first(self, data: Any, steps: tuple[Step, ...] | None, path: jsonpath.JSONPath) -> Any:

@@ -11,8 +11,9 @@ import asyncpg
 from aiohttp.test_utils import TestClient
 from defusedxml import ElementTree as SafeET
 
-from tests.conftest import InlinePipeline, Seeded
-from tests.helpers import employee_schema, post
+from shared.schema_rules import MAX_ID_LENGTH
+from tests.conftest import InlinePipeline, Seeded, seed_directory
+from tests.helpers import counts, emp, employee_schema, only, post, post_bulk, receipt
 
 Client = TestClient[Any, Any]
 EVENT = "/integration/custom-data/event/employee"
@@ -34,6 +35,55 @@ async def post_raw(c: Client, who: Seeded, body: bytes, query: str = "") -> Any:
 async def stored(pool: asyncpg.Pool, rt: str = "_directory_employee") -> dict[str, Any]:
     rows = await pool.fetch("SELECT * FROM resources WHERE resource_type = $1", rt)
     return {r["resource_id"]: r for r in rows}
+
+
+# ---- 4. an id too long for the index -----------------------------------------------------------
+
+
+async def test_an_id_too_long_is_rejected_and_the_partition_moves(
+    client: Client, seeded: Seeded, pipeline: InlinePipeline, pool: asyncpg.Pool
+) -> None:
+    long_id = "x" * 3000  # PostgreSQL: index row size 3048 exceeds btree maximum 2704
+    bad = await post(client, seeded, emp(long_id))
+    snap = await post_bulk(client, seeded, [emp("a"), emp(long_id)], "groupKey=g")
+    ok = await post(client, seeded, emp("ok"))
+    await pipeline.run()
+    rc = await receipt(client, seeded, bad)
+    assert rc["status"] == "rejected"
+    assert [(i["code"], i["pointer"]) for i in rc["issues"]] == [("invalid_id", "/employeeId")]
+    assert f"at most {MAX_ID_LENGTH}" in rc["issues"][0]["message"]
+    rc = await receipt(client, seeded, snap["eventId"])
+    assert rc["status"] == "rejected"
+    assert [(i["index"], i["code"]) for i in rc["issues"]] == [(1, "invalid_id")]
+    assert counts(await receipt(client, seeded, ok)) == only("created")
+    assert sorted(await stored(pool)) == ["ok"]
+
+
+async def test_the_longest_id_in_the_widest_key_is_stored(
+    client: Client, pipeline: InlinePipeline, pool: asyncpg.Pool
+) -> None:
+    """The worst case of the bound: a 65-character resource type, a groupKey of 100
+    four-byte characters and an id of MAX_ID_LENGTH four-byte characters fit both
+    btree indexes (resources' key and resource_changes' key with the version)."""
+    prefix, table = "_p" + "a" * 30, "_t" + "b" * 30
+    who = await seed_directory(client, prefix=prefix, table=table)
+    rt = f"{prefix}_{table}"
+    assert len(rt) == 65
+    rid, group = "\U0001f600" * MAX_ID_LENGTH, "\U0001f680" * 100
+    eid = await post(client, who, emp(rid), group, table)
+    await pipeline.run()
+    await post(client, who, emp(rid, active=True), group, table)  # a second history row
+    await pipeline.run()
+    assert counts(await receipt(client, who, eid)) == only("created")
+    row = await pool.fetchrow(
+        "SELECT version, octet_length(resource_id) AS n FROM resources WHERE resource_type = $1",
+        rt,
+    )
+    assert row is not None and (row["version"], row["n"]) == (2, 4 * MAX_ID_LENGTH)
+    assert (
+        await pool.fetchval("SELECT count(*) FROM resource_changes WHERE resource_type = $1", rt)
+        == 2
+    )
 
 
 # ---- 5. characters XML cannot carry ------------------------------------------------------------
