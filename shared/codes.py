@@ -87,6 +87,7 @@ class Code(StrEnum):
     DUPLICATE_ID = "duplicate_id"
     NOT_AN_OBJECT = "not_an_object"
     TOO_DEEP = "too_deep"
+    PATTERN_TOO_COSTLY = "pattern_too_costly"
     DELETIONS_SKIPPED = "deletions_skipped"
     SNAPSHOT_SUPERSEDED = "snapshot_superseded"
     SESSION_EXPIRED = "session_expired"
@@ -105,6 +106,7 @@ _ISSUES_ONLY = frozenset(
         C.DUPLICATE_ID,
         C.NOT_AN_OBJECT,
         C.TOO_DEEP,
+        C.PATTERN_TOO_COSTLY,
         C.DELETIONS_SKIPPED,
         C.SNAPSHOT_SUPERSEDED,
         C.SESSION_EXPIRED,

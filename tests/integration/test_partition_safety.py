@@ -8,12 +8,14 @@ import re
 from typing import Any
 
 import asyncpg
+import orjson
 from aiohttp.test_utils import TestClient
 from defusedxml import ElementTree as SafeET
 
+from shared.pg.registry import RegistryStore
 from shared.schema_rules import MAX_ID_LENGTH
-from tests.conftest import InlinePipeline, Seeded, seed_directory
-from tests.helpers import counts, emp, employee_schema, only, post, post_bulk, receipt
+from tests.conftest import ADMIN, InlinePipeline, Seeded, seed_directory
+from tests.helpers import counts, emp, employee_schema, only, poll, post, post_bulk, receipt
 
 Client = TestClient[Any, Any]
 EVENT = "/integration/custom-data/event/employee"
@@ -35,6 +37,91 @@ async def post_raw(c: Client, who: Seeded, body: bytes, query: str = "") -> Any:
 async def stored(pool: asyncpg.Pool, rt: str = "_directory_employee") -> dict[str, Any]:
     rows = await pool.fetch("SELECT * FROM resources WHERE resource_type = $1", rt)
     return {r["resource_id"]: r for r in rows}
+
+
+# ---- 1. a backtracking pattern ---------------------------------------------------------------
+
+
+async def test_the_issue_pattern_is_refused_when_the_table_is_created(
+    client: Client, seeded: Seeded
+) -> None:
+    r = await client.post(
+        f"/admin/v1/schema-groups/{seeded.group_id}/schemas",
+        json={"table": "costly", "schema": with_v(CATASTROPHIC)},
+        headers=ADMIN,
+    )
+    body = await r.json()
+    assert (r.status, body["code"]) == (400, "invalid_schema"), body
+    assert body["pointer"] == "/schema/properties/v/pattern"
+    assert repr(CATASTROPHIC) in body["message"]
+
+
+async def test_nested_quantifiers_on_a_million_characters_are_rejected_and_the_partition_moves(
+    client: Client, seeded: Seeded, pipeline: InlinePipeline, pool: asyncpg.Pool
+) -> None:
+    # ^(a+)+$ alone is accepted: the linear engine decides it in milliseconds
+    r = await client.put(
+        f"/admin/v1/schema-groups/{seeded.group_id}/schemas/employee",
+        json={"schema": with_v("^(a+)+$")},
+        headers=ADMIN,
+    )
+    assert r.status == 200, await r.text()  # the worker reads version 2 at its next drain
+    bad = await post_bulk(client, seeded, [emp(f"x{i}", v=A_MILLION) for i in range(3)])
+    ok = await post(client, seeded, emp("after", v="aaa"))
+    await pipeline.run()
+    rc = await receipt(client, seeded, bad["eventId"])
+    assert rc["status"] == "rejected"
+    assert [(i["index"], i["code"], i["pointer"]) for i in rc["issues"]] == [
+        (n, "schema_violation", "/v") for n in range(3)
+    ]
+    assert counts(await receipt(client, seeded, ok)) == only("created")
+    assert sorted(await stored(pool)) == ["after"]
+
+
+async def test_a_version_stored_before_the_rule_rejects_costly_items_fast(
+    client: Client,
+    seeded: Seeded,
+    pipeline: InlinePipeline,
+    pool: asyncpg.Pool,
+    registry_store: RegistryStore,
+) -> None:
+    """The issue's table and a bulk of its items, through the real pipeline: the version
+    predates the linear-time rule (stored without prepare_schema, as older releases
+    did), so it runs on the backtracking engine under its limit."""
+    body = with_v(CATASTROPHIC)
+    body["unevaluatedProperties"] = False
+    await registry_store.create_schema(seeded.group_id, "legacy", body, None)
+    legacy = "/integration/custom-data/bulk-event/legacy"
+
+    async def known() -> bool:
+        r = await client.get(f"{legacy}/sessions/probe", headers=seeded.headers)
+        return r.status != 404 or (await r.json())["code"] != "table_not_found"
+
+    await poll("the gateway to know the table", known, 10, every=0.05)
+    items = [emp(f"x{i}", v=A_MILLION) for i in range(3)] + [emp("fine", v="aa"), emp("no", v="a")]
+    r = await client.post(
+        f"{legacy}?partial=true", data=orjson.dumps(items), headers=seeded.headers
+    )
+    assert r.status == 202, await r.text()
+    bad = (await r.json())["eventId"]
+    # an unrelated event on the same partition (same scope), behind the costly bulk
+    r = await client.post(
+        "/integration/custom-data/event/legacy",
+        json=emp("after", v="aaaa"),  # matches ^(a+)+\1$ (aa + aa)
+        headers=seeded.headers,
+    )
+    assert r.status == 202
+    ok = (await r.json())["eventId"]
+    await pipeline.run()
+    rc = await receipt(client, seeded, bad)
+    assert (rc["status"], rc["created"], rc["rejected"]) == ("applied", 1, 4)
+    issues = [(i["index"], i["code"], i["pointer"]) for i in rc["issues"]]
+    assert issues == [(n, "pattern_too_costly", "/v") for n in range(3)] + [
+        (4, "schema_violation", "/v")  # "a" does not match: decided, not too costly
+    ]
+    assert "too costly to check" in rc["issues"][0]["message"]
+    assert counts(await receipt(client, seeded, ok)) == only("created")
+    assert sorted(await stored(pool, "_directory_legacy")) == ["after", "fine"]
 
 
 # ---- 4. an id too long for the index -----------------------------------------------------------
