@@ -34,12 +34,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from shared import pointer
 from shared.codes import Code
 from shared.events import Change, Effect, RawMeta
+from shared.jsontext import Fault, item_faults
 from shared.processing import MAX_ISSUES, ScopeState, apply_delete, apply_upsert
 from shared.schema_rules import (
     MAX_ID_LENGTH,
+    MAX_ISSUES_PER_RESOURCE,
     MISSING,
     CompiledSchema,
     Extracted,
@@ -96,6 +100,37 @@ class FastExtractor:
         return self.schema.extract(data)
 
 
+@dataclass(frozen=True, slots=True)
+class Unsound:
+    """An item whose text orjson would have changed silently (an integer beyond 64 bits,
+    a duplicate key: :mod:`shared.jsontext`); it is at fault like an invalid item."""
+
+    value: Any
+    fault: Fault
+
+
+def load_items(raw: bytes) -> Any:
+    """A bulk body's items as orjson reads them (``orjson.JSONDecodeError`` if it is not
+    JSON), each item that orjson would have changed silently wrapped as :class:`Unsound`."""
+    items = orjson.loads(raw)
+    if isinstance(items, list):
+        for i, fault in item_faults(raw, items).items():
+            items[i] = Unsound(items[i], fault)
+    return items
+
+
+def _scan_unsound(item: Unsound, index: int, fx: FastExtractor) -> Scanned:
+    """The id is kept when the fault cannot touch it, so that, with ``partial``, only that
+    resource is protected from deletion (not every resource of the scope)."""
+    rid = None
+    if isinstance(item.value, dict) and not item.fault.touches(fx.id_pointer):
+        rid = fx.resource_id(item.value)
+    issues = item.fault.issues[:MAX_ISSUES_PER_RESOURCE]
+    return Scanned(
+        index, rid, None, [Issue(i.code, i.message, i.pointer, rid, index) for i in issues]
+    )
+
+
 @dataclass(slots=True)
 class Scanned:
     """One item after validation: its id (when extractable), hash (when valid), issues."""
@@ -108,6 +143,8 @@ class Scanned:
 
 def scan_item(data: Any, index: int, fx: FastExtractor) -> Scanned:
     """Validate one item and take its id and content hash (no name/important fields)."""
+    if type(data) is Unsound:
+        return _scan_unsound(data, index, fx)
     if type(data) is dict and fx.schema.is_valid(data):  # the common case, at least cost
         rid = fx.resource_id(data)
         if rid is not None:

@@ -24,6 +24,8 @@ class Code(StrEnum):
     INVALID_PARAMETER = "invalid_parameter"
     INVALID_CURSOR = "invalid_cursor"
     INVALID_CHARACTER = "invalid_character"
+    NUMBER_OUT_OF_RANGE = "number_out_of_range"
+    DUPLICATE_KEY = "duplicate_key"
     # -- registry input (400)
     INVALID_PREFIX = "invalid_prefix"
     INVALID_TABLE = "invalid_table"
@@ -121,6 +123,8 @@ API_ERRORS: frozenset[Code] = frozenset(Code) - _ISSUES_ONLY
 ISSUES: frozenset[Code] = _ISSUES_ONLY | {
     C.INVALID_JSON,
     C.INVALID_CHARACTER,
+    C.NUMBER_OUT_OF_RANGE,
+    C.DUPLICATE_KEY,
     C.TABLE_NOT_FOUND,
     C.SESSION_SUPERSEDED,
     C.SESSION_ABORTED,

@@ -17,7 +17,9 @@ Request mapping (resource = the JSON object the table's schema describes):
 * Leaf text gets its type from the table's JSON schema (``type``, following
   local ``$ref`` and ``allOf``/``anyOf``/``oneOf``, or inferred from
   ``enum``/``const``): ``integer`` ``"42"`` → 42, ``number`` → int or float as
-  the same JSON text would parse, ``boolean`` ``true``/``false``/``1``/``0``,
+  the same JSON text would parse (an integer beyond 64 bits, which that would round to
+  a float, fits neither; if no other listed type fits, it is refused with
+  ``number_out_of_range``), ``boolean`` ``true``/``false``/``1``/``0``,
   ``null`` from an empty element; when a schema allows several types, the first
   listed that fits the text wins; otherwise the text stays a string (and schema
   validation reports it with its pointer). ``xsi:nil="true"`` is ``null``. An
@@ -183,18 +185,23 @@ def _json_type(v: Any) -> str:
 # --- XML -> JSON ---------------------------------------------------------------
 
 
+def _beyond_64_bits(text: str) -> bool:
+    # never int() a long one: Python refuses past 4,300 digits
+    return len(text.lstrip("+-")) > 20 or not -(1 << 63) <= int(text) < (1 << 64)
+
+
 def _number(text: str, integer_only: bool) -> int | float | None:
-    """The value orjson would give the same JSON number text (None if it is not one)."""
+    """The value orjson would give the same JSON number text (None if it is not one, or
+    if it is an integer beyond 64 bits, which orjson would round to a float)."""
     if _INT.match(text):
-        n = int(text)
-        return n if -(1 << 63) <= n < (1 << 64) else float(n)
+        return None if _beyond_64_bits(text) else int(text)
     if integer_only or not _NUM.match(text):
         return None
     f = float(text)
     return f if math.isfinite(f) else None
 
 
-def _scalar(text: str, types: list[str]) -> Any:
+def _scalar(text: str, types: list[str], where: str) -> Any:
     """Leaf text typed by the schema: the first declared type that fits, else the text."""
     stripped = text.strip()
     for t in types:
@@ -212,6 +219,14 @@ def _scalar(text: str, types: list[str]) -> Any:
             return []
         elif t == "object" and stripped == "":
             return {}
+    if ("integer" in types or "number" in types) and _INT.match(stripped):  # beyond 64 bits
+        shown = stripped if len(stripped) <= 40 else f"{stripped[:20]}… ({len(stripped)} chars)"
+        raise XmlError(
+            Code.NUMBER_OUT_OF_RANGE,
+            f"<{where}>: the integer {shown} is outside the 64-bit range; as a number it would "
+            "be stored as a rounded float, so it is refused (a schema that also allows "
+            '"string" keeps every digit)',
+        )
     return text
 
 
@@ -260,7 +275,7 @@ class _Converter:
             return None
         if frame.props:
             return {k: self.collect(frame.schema, k, v) for k, v in frame.props.items()}
-        scalar = _scalar(elem.text or "", self.s.types(frame.schema))
+        scalar = _scalar(elem.text or "", self.s.types(frame.schema), _local(elem.tag))
         return scalar if elem.text else _Empty(scalar)
 
     def collect(self, parent: dict[str, Any], name: str, values: list[Any]) -> Any:
@@ -286,7 +301,7 @@ class _Converter:
             name = _local(raw)
             sub = self.child_schema(frame, name)
             frame.attrs.add(name)
-            frame.props.setdefault(name, []).append(_scalar(text, self.s.types(sub)))
+            frame.props.setdefault(name, []).append(_scalar(text, self.s.types(sub), name))
 
     def add(self, parent: _Frame, elem: Element, frame: _Frame) -> None:
         name = _local(elem.tag)

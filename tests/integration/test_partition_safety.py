@@ -9,9 +9,11 @@ from typing import Any
 
 import asyncpg
 import orjson
+import pytest
 from aiohttp.test_utils import TestClient
 from defusedxml import ElementTree as SafeET
 
+from shared import jsontext
 from shared.pg.registry import RegistryStore
 from shared.schema_rules import MAX_ID_LENGTH
 from tests.conftest import ADMIN, InlinePipeline, Seeded, seed_directory
@@ -122,6 +124,113 @@ async def test_a_version_stored_before_the_rule_rejects_costly_items_fast(
     assert "too costly to check" in rc["issues"][0]["message"]
     assert counts(await receipt(client, seeded, ok)) == only("created")
     assert sorted(await stored(pool, "_directory_legacy")) == ["after", "fine"]
+
+
+# ---- 2, 3. integers beyond 64 bits, duplicate keys ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "pointer"),
+    [
+        (b'{"employeeId": "e1", "employee": {"age": ' + BIG.encode() + b"}}", "number_out_of_range",
+         "/employee/age"),
+        (b'{"employeeId": "a", "employeeId": "b"}', "duplicate_key", ""),
+    ],
+)  # fmt: skip
+async def test_the_gateway_refuses_a_single_event_orjson_would_change(
+    client: Client, seeded: Seeded, body: bytes, code: str, pointer: str
+) -> None:
+    r = await post_raw(client, seeded, body)
+    out = await r.json()
+    assert (r.status, out["code"], out["pointer"]) == (400, code, pointer)
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "pointer"),
+    [
+        (b'{"employeeId": "e1", "employee": {"age": ' + BIG.encode() + b"}}", "number_out_of_range",
+         "/employee/age"),
+        (b'{"employeeId": "a", "employeeId": "b"}', "duplicate_key", ""),
+    ],
+)  # fmt: skip
+async def test_the_worker_rejects_a_single_event_an_older_gateway_let_through(
+    client: Client,
+    seeded: Seeded,
+    pipeline: InlinePipeline,
+    pool: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+    body: bytes,
+    code: str,
+    pointer: str,
+) -> None:
+    monkeypatch.setattr(jsontext, "refuse_lossy", lambda raw, value: None)
+    r = await post_raw(client, seeded, body)
+    assert r.status == 202, await r.text()
+    bad = (await r.json())["eventId"]
+    ok = await post(client, seeded, emp("ok"))
+    await pipeline.run()
+    rc = await receipt(client, seeded, bad)
+    assert rc["status"] == "rejected"
+    assert [(i["code"], i["pointer"]) for i in rc["issues"]] == [(code, pointer)]
+    assert counts(await receipt(client, seeded, ok)) == only("created")
+    assert sorted(await stored(pool)) == ["ok"]  # 1.2345678901234568e+29 was never stored
+    r = await client.get("/api/v1/sync-issues", headers=ADMIN)
+    assert [i["code"] for i in (await r.json())["items"]] == [code]
+
+
+def bulk_body(*items: bytes) -> bytes:
+    return b"[" + b",".join(items) + b"]"
+
+
+BULK_ITEMS = bulk_body(
+    b'{"employeeId": "a"}',
+    b'{"employeeId": "b", "employee": {"age": ' + BIG.encode() + b"}}",
+    b'{"employeeId": "c", "active": true, "active": false}',
+    b'{"employeeId": "d"}',
+)
+
+
+async def test_bulk_items_orjson_would_change_reject_the_snapshot(
+    client: Client, seeded: Seeded, pipeline: InlinePipeline, pool: asyncpg.Pool
+) -> None:
+    await post_bulk(client, seeded, [emp("b"), emp("c"), emp("z")])
+    await pipeline.run()
+    before = {k: v["version"] for k, v in (await stored(pool)).items()}
+    r = await post_bulk(client, seeded, BULK_ITEMS)
+    await pipeline.run()
+    rc = await receipt(client, seeded, r["eventId"])
+    assert (rc["status"], rc["rejected"]) == ("rejected", 2)
+    assert [(i["index"], i["code"], i["pointer"], i["resourceId"]) for i in rc["issues"]] == [
+        (1, "number_out_of_range", "/employee/age", "b"),
+        (2, "duplicate_key", "", "c"),
+    ]
+    assert {k: v["version"] for k, v in (await stored(pool)).items()} == before
+
+
+async def test_partial_bulk_applies_the_rest_and_keeps_the_faulty_ids(
+    client: Client, seeded: Seeded, pipeline: InlinePipeline, pool: asyncpg.Pool
+) -> None:
+    await post_bulk(client, seeded, [emp("b"), emp("c"), emp("z")])
+    await pipeline.run()
+    r = await post_bulk(client, seeded, BULK_ITEMS, "partial=true")
+    await pipeline.run()
+    rc = await receipt(client, seeded, r["eventId"])
+    assert rc["status"] == "applied"
+    assert (rc["created"], rc["deleted"], rc["rejected"]) == (2, 1, 2)  # a, d; z deleted
+    state = await stored(pool)
+    assert sorted(state) == ["a", "b", "c", "d"]  # b and c: at fault, never deleted
+    assert state["b"]["data"] == emp("b") and state["c"]["data"] == emp("c")
+
+
+async def test_xml_integer_beyond_64_bits_is_refused(client: Client, seeded: Seeded) -> None:
+    r = await client.post(
+        EVENT,
+        data=f"<employee><employeeId>e1</employeeId><employee><age>{BIG}</age></employee>"
+        "</employee>",
+        headers={**seeded.headers, "Content-Type": "application/xml"},
+    )
+    out = await r.json()
+    assert (r.status, out["code"]) == (400, "number_out_of_range") and "<age>" in out["message"]
 
 
 # ---- 4. an id too long for the index -----------------------------------------------------------

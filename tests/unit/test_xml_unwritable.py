@@ -1,15 +1,16 @@
-"""XML answers never hold a character XML 1.0 forbids, and say exactly what the string was
-(pure)."""
+"""XML answers never hold a character XML 1.0 forbids, and say exactly what the string was;
+XML bodies never turn an integer beyond 64 bits into a float (pure)."""
 
 from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from typing import Any
 
 import pytest
 from defusedxml import ElementTree as SafeET
 
-from shared.xmlcodec import dumps
+from shared.xmlcodec import XmlError, dumps, resource_from_xml
 
 # XML 1.0 §2.2, what a document may hold at all
 XML_CHAR = re.compile("^[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*$")
@@ -90,3 +91,45 @@ def test_writable_strings_are_unchanged() -> None:
         ("emoji", "\U0001f600"),
         ("cr", "a\r\nb"),
     ]
+
+
+# ---- XML bodies: integers beyond 64 bits ------------------------------------------------
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "count": {"type": "integer"},
+        "price": {"type": "number"},
+        "either": {"type": ["integer", "string"]},
+    },
+}
+
+
+@pytest.mark.parametrize(
+    "xml",
+    [
+        "<r><price>123456789012345678901234567890</price></r>",
+        "<r><count>18446744073709551616</count></r>",
+        "<r><count>-9223372036854775809</count></r>",
+        f"<r><price>{'9' * 5000}</price></r>",  # past Python's 4,300-digit int() limit
+        '<r price="123456789012345678901234567890"/>',
+    ],
+)
+def test_an_integer_beyond_64_bits_is_refused_not_rounded(xml: str) -> None:
+    with pytest.raises(XmlError) as e:
+        resource_from_xml(xml.encode(), SCHEMA)
+    assert e.value.code == "number_out_of_range"
+    assert "<price>" in e.value.message or "<count>" in e.value.message
+
+
+def test_the_64_bit_range_itself_and_strings_are_kept() -> None:
+    got = resource_from_xml(
+        b"<r><count>18446744073709551615</count><price>-9223372036854775808</price>"
+        b"<either>123456789012345678901234567890</either></r>",
+        SCHEMA,
+    )
+    assert got == {
+        "count": 18446744073709551615,
+        "price": -9223372036854775808,
+        "either": "123456789012345678901234567890",
+    }
