@@ -194,12 +194,12 @@ def scan_chunk(items: list[Any], base: int, fx: FastExtractor) -> ScannedChunk:
     common item: a valid object whose id is a non-empty string at a top-level name."""
     out = ScannedChunk([], [], [])
     ids, hashes, indexes = out.ids, out.hashes, out.indexes
-    is_valid, key = fx.schema.is_valid, fx.id_key
+    is_valid, key, longest = fx.schema.is_valid, fx.id_key, MAX_ID_LENGTH
     sha256, hexlify = hashlib.sha256, binascii.hexlify
     for i, x in enumerate(items, base):
         if key is not None and type(x) is dict and is_valid(x):
             rid = x.get(key)
-            if type(rid) is str and 0 < len(rid) <= MAX_ID_LENGTH:
+            if type(rid) is str and 0 < len(rid) <= longest:
                 raw = storable_json(x)
                 if type(raw) is bytes:
                     ids.append(rid.encode())
