@@ -10,9 +10,9 @@ id and one name; a path with wildcards, slices, filters or descendant segments
 is refused. ``importantFields`` may select many nodes; a path that selects
 several is stored as a list.
 
-Regular expressions (``pattern``, ``patternProperties``, ``format: regex``) run on the
-linear-time engine of the Rust ``regex`` crate, so checking a value costs time linear
-in its length whatever the pattern. That engine has no lookaround and no
+Regular expressions (``pattern``, ``patternProperties``) run on the linear-time engine
+of the Rust ``regex`` crate, so checking a value costs time linear in its length
+whatever the pattern. That engine has no lookaround and no
 backreferences: :func:`prepare_schema` refuses a pattern it cannot compile, and one
 whose counted repetitions expand past :data:`MAX_PATTERN_POSITIONS` (beyond that the
 engine may fall back to simulating every position at once, seconds per MB). Schema
@@ -199,30 +199,36 @@ def _validator(schema: dict[str, Any], *, backtracking: bool = False) -> Any:
 
 # keywords whose values are data, not schemas: a "pattern" key inside them is not a regex
 _DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples", "resmo"})
+# keywords whose values map names to schemas: a key there is a name, not a keyword
+_NAME_MAPS = frozenset(
+    {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
+)
 
 
 def check_patterns(schema: Any, base: str) -> None:
     """Refuse a ``pattern`` or ``patternProperties`` key the linear engine cannot run
     (lookaround, backreferences, invalid) or whose repetitions expand too far."""
-    stack: list[tuple[Any, str]] = [(schema, base)]
+    stack: list[tuple[Any, str, bool]] = [(schema, base, False)]  # (node, pointer, names?)
     while stack:
-        node, at = stack.pop()
+        node, at, names = stack.pop()
         if isinstance(node, list):
-            stack.extend((v, f"{at}/{i}") for i, v in enumerate(node))
+            stack.extend((v, f"{at}/{i}", False) for i, v in enumerate(node))
             continue
         if not isinstance(node, dict):
             continue
         for key, value in node.items():
             where = f"{at}/{pointer.escape(key)}"
+            if names:  # a property name (or $defs name) maps to a schema
+                stack.append((value, where, False))
+                continue
             if key in _DATA_KEYWORDS:
                 continue
             if key == "pattern" and isinstance(value, str):
                 _check_pattern(value, where)
             elif key == "patternProperties" and isinstance(value, dict):
                 for p in value:
-                    if isinstance(p, str):
-                        _check_pattern(p, f"{where}/{pointer.escape(p)}")
-            stack.append((value, where))
+                    _check_pattern(p, f"{where}/{pointer.escape(p)}")
+            stack.append((value, where, key in _NAME_MAPS))
 
 
 def _check_pattern(p: str, where: str) -> None:

@@ -77,6 +77,12 @@ def test_unused_defs_are_checked_too() -> None:
     assert refused(schema).pointer == "/schema/$defs/x/pattern"
 
 
+@pytest.mark.parametrize("name", ["enum", "const", "pattern", "default"])
+def test_a_property_named_like_a_keyword_is_still_a_schema(name: str) -> None:
+    e = refused(with_props(**{name: {"type": "string", "pattern": "(?=a)"}}))
+    assert e.pointer == f"/schema/properties/{name}/pattern" and "linear time" in e.message
+
+
 def test_pattern_as_data_is_not_a_regex() -> None:
     schema = with_props(
         v={"const": {"pattern": "(?=a)"}, "default": {"pattern": "(?=a)"}},
