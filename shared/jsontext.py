@@ -101,9 +101,10 @@ def _number_issue(text: bytes, at: str) -> Issue:
 
 
 def _duplicate_issue(key: str, at: str) -> Issue:
+    shown = repr(key) if len(key) <= 100 else f"{key[:100]!r}… ({len(key)} characters)"
     return Issue(
         Code.DUPLICATE_KEY,
-        f"the key {key!r} occurs more than once in this object; keys must be unique "
+        f"the key {shown} occurs more than once in this object; keys must be unique "
         "(RFC 8259 §4), and keeping either value would change the input silently",
         at,
     )

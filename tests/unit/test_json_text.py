@@ -62,6 +62,14 @@ def test_single_event_with_a_duplicate_key_is_rejected(raw: bytes, pointer: str,
     assert repr(key) in prep.issues[0].message
 
 
+def test_messages_stay_short_whatever_the_input() -> None:
+    key = "k" * 100_000
+    raw = b'{"%s": 1, "%s": 2, "n": 1%s}' % (key.encode(), key.encode(), b"0" * 300)
+    issues = document_issues(raw, orjson.loads(raw))
+    assert [i.code for i in issues] == ["duplicate_key", "number_out_of_range"]
+    assert all(len(i.message) < 500 for i in issues)
+
+
 def test_the_gateway_check_raises_400_with_the_first_issue() -> None:
     raw = b'{"employeeId": "a", "employeeId": "b", "n": ' + BIG + b"}"
     with pytest.raises(ApiError) as e:
