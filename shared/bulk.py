@@ -34,11 +34,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from shared import pointer
 from shared.codes import Code
 from shared.events import Change, Effect, RawMeta
+from shared.jsontext import Fault, item_faults
 from shared.processing import MAX_ISSUES, ScopeState, apply_delete, apply_upsert
 from shared.schema_rules import (
+    MAX_ID_LENGTH,
+    MAX_ISSUES_PER_RESOURCE,
     MISSING,
     CompiledSchema,
     Extracted,
@@ -82,7 +87,7 @@ class FastExtractor:
         """The id, or None when it is missing or invalid (then :meth:`extract` says why)."""
         if self.id_key is not None:  # the common case: a top-level name such as $.id
             v = data.get(self.id_key, MISSING)
-            if type(v) is str and v:
+            if type(v) is str and 0 < len(v) <= MAX_ID_LENGTH:
                 return v
         elif self.id_steps is None:
             ex = self.schema.extract(data)
@@ -93,6 +98,37 @@ class FastExtractor:
 
     def extract(self, data: dict[str, Any]) -> Extracted | Issue:
         return self.schema.extract(data)
+
+
+@dataclass(frozen=True, slots=True)
+class Unsound:
+    """An item whose text orjson would have changed silently (an integer beyond 64 bits,
+    a duplicate key: :mod:`shared.jsontext`); it is at fault like an invalid item."""
+
+    value: Any
+    fault: Fault
+
+
+def load_items(raw: bytes) -> Any:
+    """A bulk body's items as orjson reads them (``orjson.JSONDecodeError`` if it is not
+    JSON), each item that orjson would have changed silently wrapped as :class:`Unsound`."""
+    items = orjson.loads(raw)
+    if isinstance(items, list):
+        for i, fault in item_faults(raw, items).items():
+            items[i] = Unsound(items[i], fault)
+    return items
+
+
+def _scan_unsound(item: Unsound, index: int, fx: FastExtractor) -> Scanned:
+    """The id is kept when the fault cannot touch it, so that, with ``partial``, only that
+    resource is protected from deletion (not every resource of the scope)."""
+    rid = None
+    if isinstance(item.value, dict) and not item.fault.touches(fx.id_pointer):
+        rid = fx.resource_id(item.value)
+    issues = item.fault.issues[:MAX_ISSUES_PER_RESOURCE]
+    return Scanned(
+        index, rid, None, [Issue(i.code, i.message, i.pointer, rid, index) for i in issues]
+    )
 
 
 @dataclass(slots=True)
@@ -107,6 +143,8 @@ class Scanned:
 
 def scan_item(data: Any, index: int, fx: FastExtractor) -> Scanned:
     """Validate one item and take its id and content hash (no name/important fields)."""
+    if type(data) is Unsound:
+        return _scan_unsound(data, index, fx)
     if type(data) is dict and fx.schema.is_valid(data):  # the common case, at least cost
         rid = fx.resource_id(data)
         if rid is not None:
@@ -156,12 +194,12 @@ def scan_chunk(items: list[Any], base: int, fx: FastExtractor) -> ScannedChunk:
     common item: a valid object whose id is a non-empty string at a top-level name."""
     out = ScannedChunk([], [], [])
     ids, hashes, indexes = out.ids, out.hashes, out.indexes
-    is_valid, key = fx.schema.is_valid, fx.id_key
+    is_valid, key, longest = fx.schema.is_valid, fx.id_key, MAX_ID_LENGTH
     sha256, hexlify = hashlib.sha256, binascii.hexlify
     for i, x in enumerate(items, base):
         if key is not None and type(x) is dict and is_valid(x):
             rid = x.get(key)
-            if type(rid) is str and rid:
+            if type(rid) is str and 0 < len(rid) <= longest:
                 raw = storable_json(x)
                 if type(raw) is bytes:
                     ids.append(rid.encode())

@@ -24,6 +24,8 @@ class Code(StrEnum):
     INVALID_PARAMETER = "invalid_parameter"
     INVALID_CURSOR = "invalid_cursor"
     INVALID_CHARACTER = "invalid_character"
+    NUMBER_OUT_OF_RANGE = "number_out_of_range"
+    DUPLICATE_KEY = "duplicate_key"
     # -- registry input (400)
     INVALID_PREFIX = "invalid_prefix"
     INVALID_TABLE = "invalid_table"
@@ -87,6 +89,7 @@ class Code(StrEnum):
     DUPLICATE_ID = "duplicate_id"
     NOT_AN_OBJECT = "not_an_object"
     TOO_DEEP = "too_deep"
+    PATTERN_TOO_COSTLY = "pattern_too_costly"
     DELETIONS_SKIPPED = "deletions_skipped"
     SNAPSHOT_SUPERSEDED = "snapshot_superseded"
     SESSION_EXPIRED = "session_expired"
@@ -105,6 +108,7 @@ _ISSUES_ONLY = frozenset(
         C.DUPLICATE_ID,
         C.NOT_AN_OBJECT,
         C.TOO_DEEP,
+        C.PATTERN_TOO_COSTLY,
         C.DELETIONS_SKIPPED,
         C.SNAPSHOT_SUPERSEDED,
         C.SESSION_EXPIRED,
@@ -119,6 +123,8 @@ API_ERRORS: frozenset[Code] = frozenset(Code) - _ISSUES_ONLY
 ISSUES: frozenset[Code] = _ISSUES_ONLY | {
     C.INVALID_JSON,
     C.INVALID_CHARACTER,
+    C.NUMBER_OUT_OF_RANGE,
+    C.DUPLICATE_KEY,
     C.TABLE_NOT_FOUND,
     C.SESSION_SUPERSEDED,
     C.SESSION_ABORTED,

@@ -14,7 +14,8 @@ import orjson
 
 from shared.codes import Code
 from shared.events import Change, Effect, RawMeta
-from shared.schema_rules import CompiledSchema, Extracted, Issue
+from shared.jsontext import document_issues
+from shared.schema_rules import MAX_ISSUES_PER_RESOURCE, CompiledSchema, Extracted, Issue
 
 MAX_ISSUES = 1000
 
@@ -63,6 +64,9 @@ def prepare_single(body: bytes, schema: CompiledSchema) -> Prepared:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as e:  # the gateway checked; defend anyway
         return Prepared({}, None, [Issue(Code.INVALID_JSON, str(e), "")])
+    lossy = document_issues(body, data)  # the gateway refuses these too; defend anyway
+    if lossy:
+        return Prepared({}, None, lossy[:MAX_ISSUES_PER_RESOURCE])
     return prepare_item(data, schema)
 
 

@@ -1,4 +1,4 @@
-"""XML bodies in, XML responses out: the mapping between XML and JSON resources.
+r"""XML bodies in, XML responses out: the mapping between XML and JSON resources.
 
 Pure (bytes and schemas in, values out). Parsing goes through defusedxml with
 DTDs, entity declarations and external references forbidden, so a
@@ -17,7 +17,9 @@ Request mapping (resource = the JSON object the table's schema describes):
 * Leaf text gets its type from the table's JSON schema (``type``, following
   local ``$ref`` and ``allOf``/``anyOf``/``oneOf``, or inferred from
   ``enum``/``const``): ``integer`` ``"42"`` → 42, ``number`` → int or float as
-  the same JSON text would parse, ``boolean`` ``true``/``false``/``1``/``0``,
+  the same JSON text would parse (an integer beyond 64 bits, which that would round to
+  a float, fits neither; if no other listed type fits, it is refused with
+  ``number_out_of_range``), ``boolean`` ``true``/``false``/``1``/``0``,
   ``null`` from an empty element; when a schema allows several types, the first
   listed that fits the text wins; otherwise the text stays a string (and schema
   validation reports it with its pointer). ``xsi:nil="true"`` is ``null``. An
@@ -31,7 +33,14 @@ Request mapping (resource = the JSON object the table's schema describes):
 So an XML body and its JSON equivalent produce identical resources, hence
 identical content hashes. Responses use the same mapping in reverse
 (:func:`dumps`): objects → child elements, arrays → repeated elements, null →
-``xsi:nil="true"``.
+``xsi:nil="true"``; a property name that is not an XML name becomes
+``<property name="…">``. XML 1.0 cannot carry some characters at all (U+0000-U+001F
+but tab, newline and carriage return; U+FFFE, U+FFFF; lone surrogates), not even as
+``&#…;`` references, yet JSON strings may hold them (a receipt echoing a key such as
+``"\u0001\u001b[31m"``). An element whose text or ``name`` holds one is marked
+``escaped="true"``, and its text and ``name`` are then written in backslash notation:
+``\uXXXX`` for each such character and ``\\`` for a backslash, so the reader recovers
+the exact string (``\u0001\u001b[31m``). Unmarked elements are written as they are.
 """
 
 from __future__ import annotations
@@ -176,18 +185,23 @@ def _json_type(v: Any) -> str:
 # --- XML -> JSON ---------------------------------------------------------------
 
 
+def _beyond_64_bits(text: str) -> bool:
+    # never int() a long one: Python refuses past 4,300 digits
+    return len(text.lstrip("+-")) > 20 or not -(1 << 63) <= int(text) < (1 << 64)
+
+
 def _number(text: str, integer_only: bool) -> int | float | None:
-    """The value orjson would give the same JSON number text (None if it is not one)."""
+    """The value orjson would give the same JSON number text (None if it is not one, or
+    if it is an integer beyond 64 bits, which orjson would round to a float)."""
     if _INT.match(text):
-        n = int(text)
-        return n if -(1 << 63) <= n < (1 << 64) else float(n)
+        return None if _beyond_64_bits(text) else int(text)
     if integer_only or not _NUM.match(text):
         return None
     f = float(text)
     return f if math.isfinite(f) else None
 
 
-def _scalar(text: str, types: list[str]) -> Any:
+def _scalar(text: str, types: list[str], where: str) -> Any:
     """Leaf text typed by the schema: the first declared type that fits, else the text."""
     stripped = text.strip()
     for t in types:
@@ -205,6 +219,14 @@ def _scalar(text: str, types: list[str]) -> Any:
             return []
         elif t == "object" and stripped == "":
             return {}
+    if ("integer" in types or "number" in types) and _INT.match(stripped):  # beyond 64 bits
+        shown = stripped if len(stripped) <= 40 else f"{stripped[:20]}… ({len(stripped)} chars)"
+        raise XmlError(
+            Code.NUMBER_OUT_OF_RANGE,
+            f"<{where}>: the integer {shown} is outside the 64-bit range; as a number it would "
+            "be stored as a rounded float, so it is refused (a schema that also allows "
+            '"string" keeps every digit)',
+        )
     return text
 
 
@@ -253,7 +275,7 @@ class _Converter:
             return None
         if frame.props:
             return {k: self.collect(frame.schema, k, v) for k, v in frame.props.items()}
-        scalar = _scalar(elem.text or "", self.s.types(frame.schema))
+        scalar = _scalar(elem.text or "", self.s.types(frame.schema), _local(elem.tag))
         return scalar if elem.text else _Empty(scalar)
 
     def collect(self, parent: dict[str, Any], name: str, values: list[Any]) -> Any:
@@ -279,7 +301,7 @@ class _Converter:
             name = _local(raw)
             sub = self.child_schema(frame, name)
             frame.attrs.add(name)
-            frame.props.setdefault(name, []).append(_scalar(text, self.s.types(sub)))
+            frame.props.setdefault(name, []).append(_scalar(text, self.s.types(sub), name))
 
     def add(self, parent: _Frame, elem: Element, frame: _Frame) -> None:
         name = _local(elem.tag)
@@ -384,6 +406,10 @@ def resources_from_xml(body: bytes, schema: dict[str, Any]) -> list[Any]:
 # --- JSON -> XML (responses) ----------------------------------------------------
 
 
+# XML 1.0 §2.2: Char ::= #x9 | #xA | #xD | [#x20-#xD7FF] | [#xE000-#xFFFD] | [#x10000-#x10FFFF]
+_UNWRITABLE = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
 def _escape(text: str) -> str:
     return (
         text.replace("&", "&amp;")
@@ -394,21 +420,38 @@ def _escape(text: str) -> str:
     )
 
 
-def _text(v: Any) -> str:
+def _attribute(text: str) -> str:
+    # a parser normalises a tab or newline in an attribute value to a space
+    return _escape(text).replace("\t", "&#9;").replace("\n", "&#10;")
+
+
+def _backslashed(text: str) -> str:
+    r"""A string XML 1.0 cannot carry, in backslash notation: ``\\`` for a backslash and
+    ``\uXXXX`` for each character XML forbids (all of them are below U+10000)."""
+    return _UNWRITABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text.replace("\\", "\\\\"))
+
+
+def _plain(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
-    return _escape(str(v))
+    return str(v)
 
 
 def _element(out: list[str], name: str, v: Any) -> None:
-    if _NAME.match(name) and not name.lower().startswith("xml"):
-        open_, close = name, name
-    else:
-        open_, close = f'property name="{_escape(name)}"', "property"
     if isinstance(v, list):
         for item in v:
             _element(out, name, item)
-    elif v is None:
+        return
+    text = None if v is None or isinstance(v, dict) else _plain(v)
+    escaped = bool(_UNWRITABLE.search(name) or (text is not None and _UNWRITABLE.search(text)))
+    if _NAME.match(name) and not name.lower().startswith("xml"):
+        open_, close = name, name
+    else:
+        shown = _backslashed(name) if escaped else name
+        open_, close = f'property name="{_attribute(shown)}"', "property"
+    if escaped:
+        open_ += ' escaped="true"'
+    if v is None:
         out.append(f'<{open_} xsi:nil="true"/>')
     elif isinstance(v, dict):
         out.append(f"<{open_}>")
@@ -416,7 +459,8 @@ def _element(out: list[str], name: str, v: Any) -> None:
             _element(out, str(k), sub)
         out.append(f"</{close}>")
     else:
-        out.append(f"<{open_}>{_text(v)}</{close}>")
+        assert text is not None
+        out.append(f"<{open_}>{_escape(_backslashed(text) if escaped else text)}</{close}>")
 
 
 def dumps(data: dict[str, Any], root: str = "response") -> bytes:

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from services.gateway.http import bearer, parse_json, read_body, refuse_nul, respond
 from services.gateway.state import APPENDER, REGISTRY, SETTINGS
-from shared import xmlcodec
+from shared import jsontext, xmlcodec
 from shared.codes import Code
 from shared.errors import ApiError
 from shared.events import Kind, RawMeta, new_event_id
@@ -193,6 +193,7 @@ async def post_event(request: web.Request) -> web.Response:
         body = orjson.dumps(data)
     else:
         data = parse_json(body)
+        jsontext.refuse_lossy(body, data)  # an integer beyond 64 bits, a duplicate key
     if not isinstance(data, dict):
         raise ApiError(
             Code.BODY_NOT_OBJECT, "the body must be one JSON object (a resource)", pointer=""

@@ -58,6 +58,7 @@ from shared.bulk import (
     ScannedChunk,
     Tally,
     deletion,
+    load_items,
     scan_chunk,
 )
 from shared.codes import Code
@@ -196,7 +197,7 @@ class BulkCommit:
         if raw is None:
             raw = await self._raw_part(n)
         try:
-            items = orjson.loads(raw)
+            items = load_items(raw)
         except orjson.JSONDecodeError as e:  # the gateway's check (simdjson) let it through
             raise SnapshotUnreadable(f"part {n} is not JSON this worker can read: {e}") from e
         return items if isinstance(items, list) else []

@@ -290,7 +290,6 @@ BACKTRACKING_SCHEMA: dict[str, Any] = {
 MAX_LATENCY_S = 5.0  # an unrelated event's 202 -> applied, while the bad bulk is processed
 
 
-@pytest.mark.xfail(strict=True, reason="validation cost is bounded in the schema-rules work")
 async def test_backtracking_pattern(fault_env: FaultEnv) -> None:
     """A table whose ``v`` must match ``^(a+)+\\1$`` and a bulk of 4 items whose ``v`` is a
     million ``a`` and a ``!``: either the schema is refused (400 invalid_schema) or the
