@@ -41,7 +41,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from services.gateway.http import is_json_array, read_body, respond
+from services.gateway.http import is_json_array, query_text, read_body, respond
 from services.gateway.ingest import (
     BODY_TYPES,
     authenticate,
@@ -127,7 +127,7 @@ def _flag(request: web.Request, name: str) -> bool | None:
 
 
 def upload_params(request: web.Request, candidate_id: str) -> Upload:
-    session = request.query.get("session")
+    session = query_text(request, "session")
     part_raw = request.query.get("part")
     final = _flag(request, "final")
     partial = bool(_flag(request, "partial"))
