@@ -182,7 +182,12 @@ async def store_part(
         )  # fmt: skip
         if got is not None:
             return got.event_id, got.outcome, got.received, got.total
-    raise ApiError(Code.UNAVAILABLE, "the session kept disappearing; retry", status=503)
+    raise ApiError(
+        Code.UNAVAILABLE,
+        "the session kept disappearing; retry",
+        status=503,
+        headers={"Retry-After": "1"},
+    )
 
 
 @routes.post("/integration/custom-data/bulk-event/{table}")
