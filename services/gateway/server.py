@@ -106,7 +106,23 @@ async def serve(settings: Settings) -> None:
 
 
 def run(settings: Settings) -> None:
-    """``ingestd gateway``: serve until SIGINT or SIGTERM, then close connections and
-    resources in reverse order (the app's cleanup_ctx)."""
-    with contextlib.suppress(web.GracefulExit, KeyboardInterrupt):
-        asyncio.run(serve(settings))
+    """``ingestd gateway``: serve until SIGINT or SIGTERM, then shut down as aiohttp's
+    ``run_app`` does: stop listening, let requests in flight finish, close resources in
+    reverse order (the app's cleanup_ctx), and only then cancel what is left."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    main = loop.create_task(serve(settings))
+    try:
+        loop.run_until_complete(main)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        main.cancel()  # serve() cleans up in its finally, without cancelling handlers
+        with contextlib.suppress(asyncio.CancelledError):
+            loop.run_until_complete(main)
+        left = asyncio.all_tasks(loop)
+        for t in left:
+            t.cancel()
+        loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
