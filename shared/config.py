@@ -92,6 +92,9 @@ class Settings:
     drain_batch: int = 500
     drain_slice_s: int = 30
     log_level: str = "INFO"
+    redis_timeout_ms: int = 2000
+    http_idle_timeout_ms: int = 15_000
+    http_body_timeout_ms: int = 30_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -110,6 +113,9 @@ class Settings:
             drain_batch=_int(env, "INGESTD_DRAIN_BATCH", 500),
             drain_slice_s=_int(env, "INGESTD_DRAIN_SLICE_S", 30),
             log_level=_log_level(env, "INGESTD_LOG_LEVEL", "INFO"),
+            redis_timeout_ms=_int(env, "INGESTD_REDIS_TIMEOUT_MS", 2000),
+            http_idle_timeout_ms=_int(env, "INGESTD_HTTP_IDLE_TIMEOUT_MS", 15_000),
+            http_body_timeout_ms=_int(env, "INGESTD_HTTP_BODY_TIMEOUT_MS", 30_000),
         )
 
     def with_servers(self, database_url: str, redis_url: str) -> Settings:
@@ -130,6 +136,9 @@ class Settings:
             "INGESTD_MAX_BACKLOG": str(self.max_backlog),
             "INGESTD_SESSION_TTL": str(self.session_ttl),
             "INGESTD_LOG_LEVEL": self.log_level,
+            "INGESTD_REDIS_TIMEOUT_MS": str(self.redis_timeout_ms),
+            "INGESTD_HTTP_IDLE_TIMEOUT_MS": str(self.http_idle_timeout_ms),
+            "INGESTD_HTTP_BODY_TIMEOUT_MS": str(self.http_body_timeout_ms),
         }
         if self.database_url:
             env["DATABASE_URL"] = self.database_url

@@ -7,5 +7,8 @@ multi-part snapshot session, the parts are stored in Redis and the request
 that completes the set appends the snapshot's one raw event. Guarantees: a
 request is answered ``202 {"eventId"}`` only after its event (or part) is in
 Redis (group-committed with concurrent requests); a refused request appends
-nothing.
+nothing. An unreachable or unresponsive Redis or PostgreSQL is 503 ``unavailable``
+on every route that needs it, within ``INGESTD_REDIS_TIMEOUT_MS`` for Redis; a 503
+after the append was sent may still have stored the event (at least once from the
+producer's side).
 """

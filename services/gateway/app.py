@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from services.gateway import admin, bulk, ingest, read, receipts
 from services.gateway.appender import Appender
-from services.gateway.http import error_middleware, json_response
+from services.gateway.http import MAX_HEADERS, MAX_LINE, error_middleware, json_response
 from services.gateway.state import (
     APPENDER,
     CURSOR_KEY,
@@ -41,7 +41,11 @@ MAX_BODY = 5 << 20
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     dsn, redis_url = settings.require_servers()
-    redis = Redis.from_url(redis_url)
+    timeout = settings.redis_timeout_ms / 1000
+    # bounded: a stopped Redis (SIGSTOP, a hung host) answers nothing, and no request may
+    # wait on it for longer than this (a TCP connect to it may even succeed)
+    redis = Redis.from_url(redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    appends = Redis.from_url(redis_url, socket_connect_timeout=timeout)
     pool = await create_pool(dsn, max_size=10)
     try:
         await require_migrated(pool)
@@ -56,13 +60,17 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     registry = RegistryCache(app[REGISTRY_STORE], settings.registry_poll_ms)
     await registry.start()
     app[REGISTRY] = registry
-    appender = Appender(redis, settings.partitions, settings.receipt_ttl)
+    appender = Appender(
+        redis, settings.partitions, settings.receipt_ttl,
+        timeout_ms=settings.redis_timeout_ms, appends=appends,
+    )  # fmt: skip
     await appender.start()
     app[APPENDER] = appender
     yield
     await appender.stop()
     await registry.stop()
     await pool.close()
+    await appends.aclose()
     await redis.aclose()
 
 
@@ -98,7 +106,16 @@ async def livez(request: web.Request) -> web.Response:
 def create_app(settings: Settings) -> web.Application:
     if not settings.admin_token:
         raise ConfigError("INGESTD_ADMIN_TOKEN must be set for the gateway")
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+    app = web.Application(
+        middlewares=[error_middleware],
+        client_max_size=MAX_BODY,
+        handler_args={
+            "keepalive_timeout": settings.http_idle_timeout_ms / 1000,
+            "max_line_size": MAX_LINE,
+            "max_field_size": MAX_LINE,
+            "max_headers": MAX_HEADERS,
+        },
+    )
     app[SETTINGS] = settings
     app[CURSOR_KEY] = cursors.key_for(settings.admin_token)
     app.cleanup_ctx.append(_resources)
@@ -113,13 +130,6 @@ def create_app(settings: Settings) -> web.Application:
 
 
 def run(settings: Settings) -> None:
-    app = create_app(settings)
-    log.info("gateway listening on http://%s:%s", settings.http_host, settings.http_port)
-    web.run_app(
-        app,
-        host=settings.http_host,
-        port=settings.http_port,
-        print=None,
-        access_log=None,
-        handle_signals=True,
-    )
+    from services.gateway.server import run as serve
+
+    serve(settings)

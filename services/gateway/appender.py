@@ -10,6 +10,14 @@ A future resolves with the stream id only after Redis has answered that
 event's XADD; on any error the event's request fails (503) and nothing is
 acknowledged that Redis did not confirm.
 
+Every event is answered within ``timeout_ms`` of being queued: a batch is sent
+with the deadline of its oldest event, and an event whose deadline passed while
+it waited is failed without being sent. A batch that times out after it was
+sent has an unknown outcome (Redis may have stored it): its requests get 503
+too, and the producer's retry may store the event a second time, so delivery is
+at least once from the producer's side. A held connection that Redis closed
+while the gateway was idle (a restart) is replaced before sending, not failed.
+
 The batch is packed by hiredis (:mod:`shared.redis.wire`) and written on a
 connection this appender keeps to itself (:class:`shared.redis.conn.HeldConnection`):
 per event that costs two C calls instead of two trips through redis-py's command
@@ -24,6 +32,7 @@ import logging
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError, ResponseError
 
 from shared.codes import Code
@@ -43,24 +52,51 @@ class Pending:
     receipt_key: str
     receipt: bytes
     future: asyncio.Future[bytes]
+    deadline: float  # loop time by which the request is answered
 
 
 def _unavailable(message: str) -> ApiError:
     return ApiError(Code.UNAVAILABLE, message, status=503, headers={"Retry-After": "1"})
 
 
+def _closed_by_server(conn: AbstractConnection) -> bool:
+    """Redis closed this connection (a restart) and nothing was sent on it since: the
+    event loop has already read its EOF, so a new connection loses nothing."""
+    reader = conn._reader
+    return reader is not None and reader.at_eof()
+
+
 class Appender:
-    def __init__(self, redis: Redis, partitions: int, receipt_ttl: int) -> None:
+    """``redis`` serves the backlog poll; ``appends`` (default: ``redis``) is the client
+    whose connection the appender holds: give it no ``socket_timeout``, since the
+    batch deadline bounds the whole exchange and a per-reply timer would cost two
+    timers per event."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        partitions: int,
+        receipt_ttl: int,
+        *,
+        timeout_ms: int = 2000,
+        appends: Redis | None = None,
+    ) -> None:
         self._redis = redis
         self._queue: list[Pending] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._backlog_task: asyncio.Task[None] | None = None
-        self._conn = HeldConnection(redis)
+        self._conn = HeldConnection(appends or redis)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._receipt_ttl = receipt_ttl
+        self._timeout = timeout_ms / 1000
         self._streams = [ks.ingest_stream(p) for p in range(partitions)]
+        self._changes = [ks.changes_stream(p) for p in range(partitions)]
+        #: per partition: raw events not yet processed + change entries not yet in
+        #: PostgreSQL (what the gateway's 429 limit applies to), and the two parts
         self.backlog = [0] * partitions
+        self.ingest_backlog = [0] * partitions
+        self.changes_backlog = [0] * partitions
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -78,8 +114,10 @@ class Appender:
     def append(
         self, partition: int, fields: dict[bytes, bytes], receipt_key: str, receipt: bytes
     ) -> asyncio.Future[bytes]:
-        fut: asyncio.Future[bytes] = (self._loop or asyncio.get_running_loop()).create_future()
-        self._queue.append(Pending(partition, fields, receipt_key, receipt, fut))
+        loop = self._loop or asyncio.get_running_loop()
+        fut: asyncio.Future[bytes] = loop.create_future()
+        deadline = loop.time() + self._timeout
+        self._queue.append(Pending(partition, fields, receipt_key, receipt, fut, deadline))
         self._wake.set()
         return fut
 
@@ -101,23 +139,31 @@ class Appender:
         return b"".join(out)
 
     async def _flush(self, batch: list[Pending]) -> None:
+        batch = self._drop_expired(batch)
+        if not batch:
+            return
         payload = self._encode(batch)
         results: list[bytes | Exception] = []
+        sent = False
         try:
-            conn = await self._conn.get()
-            await conn.send_packed_command(payload, check_health=False)
-            for _ in range(2 * len(batch)):
-                try:
-                    results.append(await conn.read_response(disable_decoding=True))
-                except ResponseError as e:  # a command's error reply; the stream stays in step
-                    results.append(e)
+            async with asyncio.timeout_at(batch[0].deadline):
+                conn = await self._conn.get()
+                if _closed_by_server(conn):
+                    await self._conn.drop()
+                    conn = await self._conn.get()
+                sent = True
+                await conn.send_packed_command(payload, check_health=False)
+                for _ in range(2 * len(batch)):
+                    try:
+                        results.append(await conn.read_response(disable_decoding=True))
+                    except ResponseError as e:  # a command's error reply; the stream stays in step
+                        results.append(e)
         except (TimeoutError, RedisError, OSError) as e:
-            log.warning("append failed: %s", e)
-            await self._conn.drop()
-            self._fail(batch, _unavailable("cannot reach the event store; retry"))
+            await self._reset()
+            self._fail(batch, self._failure(e, sent))
             return
         except asyncio.CancelledError:
-            await self._conn.drop()
+            await self._reset()
             self._fail(batch, _unavailable("the gateway is stopping; retry"))
             raise
         for i, p in enumerate(batch):
@@ -129,6 +175,47 @@ class Appender:
             else:
                 p.future.set_result(sid)
 
+    async def _reset(self) -> None:
+        """Drop the held connection (its replies may be out of step) and the pool's idle
+        ones: a connect cut short by the deadline goes back to the pool with its
+        handshake (SELECT, AUTH) possibly unanswered, whose late reply would be read
+        as the next batch's."""
+        await self._conn.drop()
+        with contextlib.suppress(Exception):
+            await self._conn.redis.connection_pool.disconnect(inuse_connections=False)
+
+    def _drop_expired(self, batch: list[Pending]) -> list[Pending]:
+        """Fail (unsent, so certainly not stored) the events whose deadline passed while
+        they waited for an earlier batch; the queue is in arrival order."""
+        assert self._loop is not None
+        now = self._loop.time()
+        if batch[0].deadline > now:
+            return batch
+        live = [p for p in batch if p.deadline > now]
+        log.warning("append: %d event(s) waited past their deadline", len(batch) - len(live))
+        self._fail(
+            [p for p in batch if p.deadline <= now],
+            _unavailable(
+                f"the event store did not answer within {self._timeout * 1000:.0f} ms; "
+                "nothing was stored: retry"
+            ),
+        )
+        return live
+
+    def _failure(self, e: BaseException, sent: bool) -> ApiError:
+        what = (
+            f"no answer within {self._timeout * 1000:.0f} ms"
+            if isinstance(e, TimeoutError)
+            else str(e) or type(e).__name__
+        )
+        log.warning("append failed (%s): %s", "after sending" if sent else "before sending", what)
+        if sent:
+            return _unavailable(
+                f"the event store did not confirm the event ({what}); it may or may not "
+                "have been stored: retry (a retry may store it twice)"
+            )
+        return _unavailable(f"cannot reach the event store ({what}); retry")
+
     @staticmethod
     def _fail(batch: list[Pending], err: ApiError) -> None:
         for p in batch:
@@ -138,13 +225,22 @@ class Appender:
     async def _watch_backlog(self) -> None:
         while True:
             try:
-                pipe = self._redis.pipeline(transaction=False)
-                for p in range(len(self.backlog)):
-                    pipe.xlen(ks.ingest_stream(p))
-                self.backlog = [int(n) for n in await pipe.execute()]
+                await self.poll_backlog()
             except Exception as e:  # transient; keep the last figures
                 log.debug("backlog poll failed: %s", e)
             await asyncio.sleep(0.25)
+
+    async def poll_backlog(self) -> None:
+        """XLEN of every partition's ingest and changes stream, one pipelined round trip:
+        a change entry leaves its stream only once PostgreSQL holds its effect, so a
+        PostgreSQL outage fills ``changes:{p}`` while ``ingest:{p}`` stays short."""
+        pipe = self._redis.pipeline(transaction=False)
+        for name in (*self._streams, *self._changes):
+            pipe.xlen(name)
+        counts = [int(n) for n in await pipe.execute()]
+        n = len(self._streams)
+        self.ingest_backlog, self.changes_backlog = counts[:n], counts[n:]
+        self.backlog = [a + b for a, b in zip(counts[:n], counts[n:], strict=True)]
 
 
 def _flat(fields: dict[bytes, bytes]) -> list[bytes]:

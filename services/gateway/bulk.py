@@ -41,7 +41,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from services.gateway.http import is_json_array, read_body, respond
+from services.gateway.http import is_json_array, query_text, read_body, respond
 from services.gateway.ingest import (
     BODY_TYPES,
     authenticate,
@@ -127,7 +127,7 @@ def _flag(request: web.Request, name: str) -> bool | None:
 
 
 def upload_params(request: web.Request, candidate_id: str) -> Upload:
-    session = request.query.get("session")
+    session = query_text(request, "session")
     part_raw = request.query.get("part")
     final = _flag(request, "final")
     partial = bool(_flag(request, "partial"))
@@ -182,7 +182,12 @@ async def store_part(
         )  # fmt: skip
         if got is not None:
             return got.event_id, got.outcome, got.received, got.total
-    raise ApiError(Code.UNAVAILABLE, "the session kept disappearing; retry", status=503)
+    raise ApiError(
+        Code.UNAVAILABLE,
+        "the session kept disappearing; retry",
+        status=503,
+        headers={"Retry-After": "1"},
+    )
 
 
 @routes.post("/integration/custom-data/bulk-event/{table}")

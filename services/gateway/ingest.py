@@ -15,7 +15,14 @@ from typing import Any, TypeVar
 import orjson
 from aiohttp import web
 
-from services.gateway.http import bearer, parse_json, read_body, refuse_nul, respond
+from services.gateway.http import (
+    bearer,
+    parse_json,
+    query_text,
+    read_body,
+    refuse_nul,
+    respond,
+)
 from services.gateway.state import APPENDER, REGISTRY, SETTINGS
 from shared import jsontext, xmlcodec
 from shared.codes import Code
@@ -23,13 +30,14 @@ from shared.errors import ApiError
 from shared.events import Kind, RawMeta, new_event_id
 from shared.redis import keyspace as ks
 from shared.registry import KeyInfo, TableInfo
-from shared.schema_rules import Issue, storable_hash
+from shared.schema_rules import MAX_ID_LENGTH, Issue, storable_hash
 
 SINGLE_LIMIT = 1 << 20
 MAX_GROUP_KEY = 100
 MAX_EVENT = 100
 MAX_ACTOR = 1000
 MAX_DELETE_IDS = 10_000
+DELETE_LIMIT = 1 << 20
 JSON_TYPES = {"application/json", "text/json"}
 BODY_TYPES = JSON_TYPES | xmlcodec.XML_TYPES
 T = TypeVar("T")
@@ -65,7 +73,7 @@ def resolve_table(request: web.Request, key: KeyInfo) -> TableInfo:
 
 
 def _param(request: web.Request, name: str, limit: int) -> str | None:
-    value = request.query.get(name)
+    value = query_text(request, name)
     if value is not None and len(value) > limit:
         raise ApiError(
             Code.INVALID_PARAMETER,
@@ -131,14 +139,18 @@ async def from_xml(
 
 
 def partition(request: web.Request, table: TableInfo, group_key: str) -> int:
-    """The scope's partition; 429 while that partition's backlog is over the limit."""
+    """The scope's partition; 429 while that partition's backlog (raw events not yet
+    processed + changes not yet in PostgreSQL) is over the limit."""
     settings = request.app[SETTINGS]
     p = ks.partition_of(table.resource_type, group_key, settings.partitions)
-    backlog = request.app[APPENDER].backlog[p]
+    appender = request.app[APPENDER]
+    backlog = appender.backlog[p]
     if backlog > settings.max_backlog:
         raise ApiError(
             Code.BACKLOG_FULL,
-            f"partition {p} has {backlog} unprocessed events; retry later",
+            f"partition {p} has {backlog} events not yet in PostgreSQL "
+            f"({appender.ingest_backlog[p]} to process, {appender.changes_backlog[p]} "
+            f"to apply; the limit is {settings.max_backlog}); retry later",
             status=429,
             headers={"Retry-After": "1"},
         )
@@ -203,22 +215,77 @@ async def post_event(request: web.Request) -> web.Response:
 
 @routes.delete("/integration/custom-data/{table}")
 async def delete_resources(request: web.Request) -> web.Response:
+    """Ids in the query (``resourceIds=a,b``, within the request line's limit) or, for
+    long lists or ids holding a comma, in a JSON body ``{"resourceIds": [...]}``."""
     key = authenticate(request)
     table = resolve_table(request, key)
     params = common_params(request)
-    raw = request.query.get("resourceIds")
+    raw = query_text(request, "resourceIds")
+    if request.body_exists:
+        if raw is not None:
+            raise ApiError(
+                Code.INVALID_PARAMETER,
+                "send resourceIds in the query or in the body, not both",
+                pointer="/query/resourceIds",
+            )
+        ids = await _body_ids(request)
+    else:
+        ids = _query_ids(raw)
+    return await enqueue(request, key, table, "delete", b"", ids=ids, params=params)
+
+
+def _query_ids(raw: str | None) -> list[str]:
     refuse_nul(raw, "/query/resourceIds")
     ids = [i for i in (raw or "").split(",") if i]
     if not ids:
         raise ApiError(
             Code.INVALID_PARAMETER,
-            "resourceIds must list at least one id (a,b,c)",
+            'resourceIds must list at least one id (a,b,c), or send {"resourceIds": [...]}',
             pointer="/query/resourceIds",
         )
-    if len(ids) > MAX_DELETE_IDS:
+    _check_count(len(ids), "/query/resourceIds")
+    for n, rid in enumerate(ids):
+        if len(rid) > MAX_ID_LENGTH:
+            raise ApiError(
+                Code.INVALID_PARAMETER,
+                f"resourceIds: id {n} is {len(rid)} characters; at most {MAX_ID_LENGTH}",
+                pointer="/query/resourceIds",
+            )
+    return ids
+
+
+async def _body_ids(request: web.Request) -> list[str]:
+    check_content_type(request, JSON_TYPES)
+    body = parse_json(await read_body(request, DELETE_LIMIT))
+    raw = body.get("resourceIds") if isinstance(body, dict) else None
+    if not isinstance(raw, list) or not raw:
         raise ApiError(
             Code.INVALID_PARAMETER,
-            f"at most {MAX_DELETE_IDS} resourceIds per request",
-            pointer="/query/resourceIds",
+            'the body must be {"resourceIds": [...]} with at least one id',
+            pointer="/resourceIds",
         )
-    return await enqueue(request, key, table, "delete", b"", ids=ids, params=params)
+    _check_count(len(raw), "/resourceIds")
+    return [_body_id(rid, f"/resourceIds/{n}") for n, rid in enumerate(raw)]
+
+
+def _body_id(rid: Any, pointer: str) -> str:
+    """An id as the worker compares it: a string, or an integer as its decimal string."""
+    if isinstance(rid, int) and not isinstance(rid, bool):
+        rid = str(rid)
+    if not isinstance(rid, str) or not rid or len(rid) > MAX_ID_LENGTH:
+        raise ApiError(
+            Code.INVALID_PARAMETER,
+            f"an id is a non-empty string of at most {MAX_ID_LENGTH} characters, or an integer",
+            pointer=pointer,
+        )
+    refuse_nul(rid, pointer)
+    return rid
+
+
+def _check_count(n: int, pointer: str) -> None:
+    if n > MAX_DELETE_IDS:
+        raise ApiError(
+            Code.INVALID_PARAMETER,
+            f"{n} resourceIds; at most {MAX_DELETE_IDS} per request",
+            pointer=pointer,
+        )
