@@ -66,7 +66,7 @@ def migrate() -> None:
 @main.command()
 def gateway() -> None:
     """Run the HTTP gateway (ingest, admin and read APIs)."""
-    from services.gateway.app import run
+    from services.gateway.server import run
 
     run(_settings())
 

@@ -127,9 +127,3 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(receipts.routes)
     app.router.add_routes(read.routes)
     return app
-
-
-def run(settings: Settings) -> None:
-    from services.gateway.server import run as serve
-
-    serve(settings)
