@@ -119,10 +119,16 @@ async def _kill_mid_stream(
             key = await create_table(c)
             sent = Sent()
             resources = [(f"g{i}", f"r{j}") for i in range(40) for j in range(2)]
-            per = 50  # 4,000 events
-            senders = asyncio.gather(
-                *(send_series(c, key, sent, g, rid, range(1, per + 1)) for g, rid in resources)
-            )
+            per = 50  # at least 4,000 events, and the stream goes on until after the kill
+            stop = asyncio.Event()
+
+            async def series(g: str, rid: str) -> None:
+                seq = 0
+                while seq < per or not stop.is_set():
+                    seq += 1
+                    await send_series(c, key, sent, g, rid, range(seq, seq + 1))
+
+            senders = asyncio.gather(*(series(g, rid) for g, rid in resources))
 
             async def enough() -> bool:
                 return len(sent.accepted) >= per * len(resources) // 3
@@ -144,6 +150,12 @@ async def _kill_mid_stream(
             if victim == "worker":  # its batch was not committed: none of it took effect
                 assert seen == 0, f"{seen} of the killed worker's events took effect"
             restart(out.killed, s[victim])
+
+            async def more() -> bool:  # the stream goes on past the kill
+                return len(sent.accepted) >= at_kill + 400
+
+            await poll("events accepted after the kill", more, 30, every=0.01)
+            stop.set()
             await senders
             assert not sent.refused, sent.refused[:3]
             assert len(sent.accepted) > at_kill, "the kill came after the stream ended"

@@ -28,8 +28,8 @@ from shared.config import Settings
 from shared.errors import ApiError
 from shared.redis import keyspace as ks
 from tests.conftest import ADMIN, Seeded, seed_directory
-from tests.netfaults import CutProxy, PrivateRedis
 from tests.helpers import poll
+from tests.netfaults import CutProxy, PrivateRedis
 
 Client = TestClient[Any, Any]
 INGEST = "/integration/custom-data"
