@@ -144,6 +144,8 @@ class Change:
     issues_total: int = 0
     last: bool = True
     totals: dict[str, int] | None = None
+    # decided after Redis lost writes: the projector checks its event is not applied yet
+    recheck: bool = False
 
     def counts(self) -> dict[str, int]:
         if self.totals is not None:
@@ -169,6 +171,8 @@ class Change:
             d["l"] = False
         if self.totals is not None:
             d["t"] = self.totals
+        if self.recheck:
+            d["rc"] = True
         return d
 
     def encode(self) -> bytes:
@@ -193,6 +197,7 @@ class Change:
             d["it"],
             d.get("l", True),
             d.get("t"),
+            d.get("rc", False),
         )
 
     @classmethod

@@ -78,7 +78,12 @@ async def _apply(
 
 
 async def _not_applied(tx: Projection, p: int, changes: list[Change]) -> list[Change]:
-    done = await tx.applied_events(list({c.meta.id for c in changes}))
+    """Changes a worker decided while recovering from a Redis tail loss may belong to
+    events PostgreSQL holds already (the worker checks too; this is the second fence)."""
+    suspects = list({c.meta.id for c in changes if c.recheck})
+    if not suspects:
+        return changes
+    done = await tx.applied_events(suspects)
     if not done:
         return changes
     log.warning("partition %s: %s event(s) already applied came again (Redis lost the tail of "

@@ -172,6 +172,10 @@ class Drainer:
                 changes.append((e, decide_delete(e.meta, state)))
             else:
                 raise NotImplementedError(e.meta.kind)
+        upto = self.ctx.recover_upto
+        if upto is not None:
+            for e, ch in changes:
+                ch.recheck = ks.stream_id_tuple(e.sid) <= upto
         await self._commit(changes, states, gone)
         self.processed += len(entries)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -64,29 +63,27 @@ class GroupReader:
         # an entry)
         await self.redis.xgroup_createconsumer(self.stream, self.group, self.consumer)
         while until is None or time.monotonic() < until:
-            rows = await self._claim()
-            if not rows:
-                resp: Any = await self.redis.xreadgroup(
-                    self.group,
-                    self.consumer,
-                    {self.stream: ">"},
-                    count=self.count,
-                    block=None if idle_exit else 1000,
-                )
-                rows = resp[0][1] if resp else []
-                if not rows and idle_exit:
-                    return
+            rows = await self._read(block=None if idle_exit else 1000)
+            if not rows and idle_exit:
+                return
             if rows:
                 yield rows
             await self.lease.keep()
 
-    async def _claim(self) -> list[Row]:
-        """Pending entries of the group (any consumer's), now this consumer's, oldest first.
-        Entries deleted from the stream while pending leave the group's list here."""
-        res: Any = await self.redis.xautoclaim(
-            self.stream, self.group, self.consumer, 0, "0-0", count=self.count
+    async def _read(self, block: int | None) -> list[Row]:
+        """One round trip: XAUTOCLAIM of entries pending for any consumer of the group
+        (they are older, so they come first), and a read of new entries, which blocks for
+        ``block`` ms only when there are none. Entries deleted from the stream while
+        pending leave the group's list in the XAUTOCLAIM."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xautoclaim(self.stream, self.group, self.consumer, 0, "0-0", count=self.count)
+        pipe.xreadgroup(
+            self.group, self.consumer, {self.stream: ">"}, count=self.count, block=block
         )
-        rows: list[Row] = res[1]
+        claimed, fresh = await pipe.execute()
+        rows: list[Row] = list(claimed[1])
+        if fresh:
+            rows += fresh[0][1]
         return rows
 
 

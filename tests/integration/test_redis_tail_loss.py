@@ -95,7 +95,8 @@ async def test_the_projector_skips_a_change_whose_event_is_applied_already(
     await pipeline.run()
     row = await pool.fetchrow("SELECT * FROM resource_changes WHERE event_id = $1", eid)
     meta = RawMeta(eid, "single", seeded.integration_id, "employee", RT, "", None, None, 0)
-    again = Change(meta, "applied", [Effect("created", "a", 1, "h", None, {}, row["after"])])
+    effect = Effect("created", "a", 1, "h", None, {}, row["after"])
+    again = Change(meta, "applied", [effect], recheck=True)  # decided in recovery
     store = ResourceStore(pool)
     assert await apply_batch(store, p, [(b"99999999999999-0", again.encode())]) == 1
     assert await _versions(pool, "a") == [(1, "created")]
