@@ -8,13 +8,8 @@ from typing import Any
 import pytest
 
 from shared.errors import SchemaRuleError
-from shared.schema_rules import (
-    BACKTRACK_LIMIT,
-    MAX_PATTERN_POSITIONS,
-    CompiledSchema,
-    pattern_positions,
-    prepare_schema,
-)
+from shared.patterns import BACKTRACK_LIMIT, MAX_PATTERN_POSITIONS, pattern_positions
+from shared.schema_rules import CompiledSchema, prepare_schema
 from tests.helpers import employee_schema
 
 CATASTROPHIC = "^(a+)+\\1$"  # the example: ~3.5 s per check on fancy-regex
