@@ -42,6 +42,10 @@ class Code(StrEnum):
     MISSING_RESMO_ID = "missing_resmo_id"
     INVALID_RESMO_PATH = "invalid_resmo_path"
     RESMO_PATH_NOT_SINGULAR = "resmo_path_not_singular"
+    # -- pull sources (400)
+    INVALID_SOURCE_SPEC = "invalid_source_spec"
+    INVALID_SOURCE_PARAMS = "invalid_source_params"
+    INVALID_SOURCE = "invalid_source"
     # -- authentication (401)
     UNAUTHORIZED = "unauthorized"
     MISSING_INGEST_KEY = "missing_ingest_key"
@@ -57,6 +61,9 @@ class Code(StrEnum):
     RESOURCE_TYPE_NOT_FOUND = "resource_type_not_found"
     RESOURCE_NOT_FOUND = "resource_not_found"
     SESSION_NOT_FOUND = "session_not_found"
+    SOURCE_SPEC_NOT_FOUND = "source_spec_not_found"
+    SOURCE_NOT_FOUND = "source_not_found"
+    RUN_NOT_FOUND = "run_not_found"
     # -- method (405), other HTTP errors aiohttp raises, and defects (500)
     METHOD_NOT_ALLOWED = "method_not_allowed"
     HTTP_ERROR = "http_error"
@@ -74,6 +81,19 @@ class Code(StrEnum):
     DUPLICATE_PREFIX = "duplicate_prefix"
     DUPLICATE_TABLE = "duplicate_table"
     DUPLICATE_RESOURCE_TYPE = "duplicate_resource_type"
+    # -- pull source conflicts (409)
+    SPEC_IN_USE = "spec_in_use"
+    RUN_IN_PROGRESS = "run_in_progress"
+    RUN_FINISHED = "run_finished"
+    # -- a remote API's answers (502 from a preview; a source run's ``error.code``)
+    SOURCE_HTTP_ERROR = "source_http_error"
+    SOURCE_UNAVAILABLE = "source_unavailable"
+    INVALID_RESPONSE = "invalid_response"
+    REDIRECT_REFUSED = "redirect_refused"
+    CONTENT_PATH_NOT_FOUND = "content_path_not_found"
+    PAGINATION_LOOP = "pagination_loop"
+    MAX_REQUESTS_REACHED = "max_requests_reached"
+    RUN_ABANDONED = "run_abandoned"
     # -- limits and availability
     BODY_TOO_LARGE = "body_too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
