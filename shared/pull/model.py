@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
+from urllib.parse import quote, quote_plus
 
 from shared.codes import Code
 
@@ -53,3 +54,19 @@ class PullError(Exception):
 
     def as_dict(self) -> dict[str, Any]:
         return {"code": self.code.value, "message": self.message, "request": self.request}
+
+
+MASK = "******"
+
+
+def mask(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every secret value replaced by ``******``: as given, and in the
+    percent-encoded forms a URL carries (``quote`` and ``quote_plus``). Longest first,
+    so a secret that contains another is masked whole."""
+    forms: set[str] = set()
+    for s in secrets:
+        if s:
+            forms.update((s, quote(s, safe=""), quote_plus(s, safe=""), quote(s)))
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, MASK)
+    return text
