@@ -14,7 +14,9 @@ Its outcome, decided here without I/O:
   is deleted at all (a ``deletions_skipped`` issue says so), because that item
   might have been any of them;
 * otherwise each item is created, updated or unchanged against the current
-  hash, and every live resource of the scope absent from the snapshot is deleted.
+  hash, and every live resource of the scope absent from the snapshot is deleted;
+* an upsert batch (``upsert``: an incremental pull run's page) is the same minus the
+  deletions: nothing absent is deleted, and it is not a snapshot of the scope.
 
 Issues carry the item's ``index`` (counted across a session's parts in part
 order), ``resourceId`` when the id could be taken, a JSON ``pointer`` into the
@@ -242,6 +244,7 @@ class Tally:
 
     partial: bool
     with_parts: bool = False
+    upsert: bool = False  # an upsert batch: nothing absent is deleted
     unchanged: int = 0
     rejected: int = 0
     anonymous_invalid: int = 0
@@ -292,13 +295,13 @@ class Tally:
 
     @property
     def may_delete(self) -> bool:
-        return not (self.partial and self.anonymous_invalid)
+        return not self.upsert and not (self.partial and self.anonymous_invalid)
 
     def final(self, meta: RawMeta, totals: dict[str, int], effects: list[Effect]) -> Change:
         """The snapshot's last change entry: its receipt (counts, issues) and last effects."""
         issues = sorted(self.issues, key=lambda i: i.get("index", -1))
         total = self.issues_total
-        if not self.rejects_all and not self.may_delete:
+        if not self.rejects_all and not self.may_delete and not self.upsert:
             total += 1
             if len(issues) < MAX_ISSUES:
                 issues.append(
@@ -335,10 +338,11 @@ def diff_snapshot(
     schema: CompiledSchema,
     current: dict[str, tuple[str, int]],
     partial: bool = False,
+    upsert: bool = False,
 ) -> tuple[Change, dict[str, tuple[str, int]]]:
     """The whole decision for a snapshot held in memory: (receipt entry, state updates)."""
     fx = FastExtractor(schema)
-    tally = Tally(partial)
+    tally = Tally(partial, upsert=upsert)
     index: dict[str, str] = {}
     valid: list[tuple[Scanned, Any]] = []
     for i, data in enumerate(items):

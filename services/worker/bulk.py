@@ -113,6 +113,9 @@ class BulkCommit:
         self.sessions = SessionStore(ctx.redis)
         self.scope = ctx.session_scope(m)
         self.partial = bool(m.extra.get("partial"))
+        # an upsert batch (an incremental pull run's page): deletes nothing, is not a
+        # snapshot, so it neither supersedes snapshots nor is superseded by them
+        self.upsert = bool(m.extra.get("upsert"))
         self.state_key = ctx.state_key(m.resource_type, m.group_key)
         self.index_key, self.out_key = ks.bulk_work_keys(self.p, m.id, ctx.lease.token)
         self.parts = 0
@@ -154,7 +157,7 @@ class BulkCommit:
         if head.event_id != self.meta.id or head.total is None:
             raise SnapshotGone
         self.parts, self.session_ttl, self.seq = head.total, head.ttl, head.seq
-        if self.seq <= head.committed:
+        if self.seq <= head.committed and not self.upsert:
             return self._refused(
                 Code.SNAPSHOT_SUPERSEDED,
                 "a snapshot of this scope opened after this one has already been applied; "
@@ -167,7 +170,7 @@ class BulkCommit:
         if not await writemodel.is_loaded(self.redis, self.state_key):
             await self.ctx.rebuild_scope(self.meta.resource_type, self.meta.group_key)
         await self.redis.unlink(self.index_key, self.out_key)
-        tally = Tally(self.partial, with_parts=not self.scope.implicit)
+        tally = Tally(self.partial, with_parts=not self.scope.implicit, upsert=self.upsert)
         t0, c0 = time.perf_counter(), time.process_time()
         with gc_paused():
             changed = await self._scan(fx, tally)
@@ -408,7 +411,7 @@ class BulkCommit:
         applied = change.status == "applied"
         cmds = [wire.command("XADD", self.ctx.changes, "*", ks.F_CHANGE, change.encode())]
         cmds += SessionStore.retire_commands(
-            self.scope, self.seq, self.parts, self.session_ttl, applied
+            self.scope, self.seq, self.parts, self.session_ttl, applied and not self.upsert
         )
         if applied:
             cmds += writemodel.count_commands(self.state_key, *self.deltas)

@@ -136,7 +136,7 @@ class Drainer:
         head = await SessionStore(self.ctx.redis).head(scope)
         if head.event_id != e.meta.id or head.total is None:
             return
-        newest = head.seq > head.committed
+        newest = head.seq > head.committed and not e.meta.extra.get("upsert")
         cmds = SessionStore.retire_commands(scope, head.seq, head.total, head.ttl, newest)
         await self.commit(cmds, {scope.key: "hash", scope.snapshots: "hash"})
 

@@ -125,6 +125,15 @@ def test_partial_with_an_item_without_id_deletes_nothing_and_says_so() -> None:
     assert change.issues_total == len(change.issues)
 
 
+def test_an_upsert_batch_deletes_nothing_and_needs_no_deletions_skipped_issue() -> None:
+    current = state_of(emp("a"), emp("b"), emp("c"))
+    items = [emp("a", active=True), {"active": 1}, emp("d")]
+    change, _ = diff_snapshot(META, items, SCHEMA, current, partial=True, upsert=True)
+    assert ops(change) == [("created", "d", 1), ("updated", "a", 2)]
+    assert change.rejected == 1
+    assert all(i["code"] != "deletions_skipped" for i in change.issues)
+
+
 def test_partial_duplicates_are_neither_applied_nor_deleted() -> None:
     current = state_of(emp("a"), emp("b"), emp("c"))
     items = [emp("a"), emp("b", active=True), emp("a", active=True), emp("b"), emp("e")]
