@@ -13,10 +13,9 @@ from redis.asyncio import Redis
 
 from services.projector.apply import apply_batch
 from shared.config import Settings
-from shared.errors import TransientError
 from shared.outage import UNREACHABLE, Outages
 from shared.pg.migrate import require_migrated
-from shared.pg.pool import create_pool
+from shared.pg.pool import pool_when_reachable
 from shared.pg.resources import ResourceStore
 from shared.redis import keyspace as ks
 from shared.redis.consumer import GroupReader, ack, consumer_name
@@ -108,25 +107,10 @@ class Projector:
                 self.outages.all_answered()
 
 
-async def _pool_when_reachable(dsn: str, size: int) -> asyncpg.Pool:
-    """A stage started before its database waits for it (one line), as it rides out an
-    outage later."""
-    outages = Outages(log)
-    while True:
-        try:
-            pool = await create_pool(dsn, max_size=size)
-        except TransientError as e:
-            outages.failed(e)
-            await asyncio.sleep(1)
-            continue
-        outages.all_answered()
-        return pool
-
-
 async def serve(settings: Settings) -> None:
     dsn, redis_url = settings.require_servers()
     redis = Redis.from_url(redis_url)
-    pool = await _pool_when_reachable(dsn, max(4, settings.partitions // 2))
+    pool = await pool_when_reachable(dsn, max(4, settings.partitions // 2), log)
     await require_migrated(pool)
     projector = Projector(redis, ResourceStore(pool), settings.partitions)
     task = asyncio.create_task(projector.run())

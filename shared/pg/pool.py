@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TypeAlias
@@ -10,6 +12,7 @@ import asyncpg
 import orjson
 
 from shared.errors import TransientError
+from shared.outage import Outages
 
 Pool = asyncpg.Pool
 #: what a store runs on: a pool, or one connection (a test's, or a caller's transaction)
@@ -51,6 +54,21 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
         raise TransientError(f"cannot reach PostgreSQL: {e}") from e
     assert pool is not None
     return pool
+
+
+async def pool_when_reachable(dsn: str, size: int, log: logging.Logger) -> asyncpg.Pool:
+    """A stage started before its database waits for it (one line), as it rides out an
+    outage later."""
+    outages = Outages(log)
+    while True:
+        try:
+            pool = await create_pool(dsn, max_size=size)
+        except TransientError as e:
+            outages.failed(e)
+            await asyncio.sleep(1)
+            continue
+        outages.all_answered()
+        return pool
 
 
 CONNECT_TIMEOUT_S = 2.0

@@ -1,0 +1,160 @@
+"""The sources stage: schedules runs, claims them, runs them; any number may run at once.
+
+Every ``INGESTD_SOURCE_POLL_MS`` a stage (1) fails the runs whose stage stopped
+beating (``run_abandoned``, after ``INGESTD_SOURCE_STALE_S``) and aborts their
+snapshot sessions, (2) queues a run for each scheduled source that is due, and
+(3) claims queued runs up to ``INGESTD_SOURCE_CONCURRENCY``. All three are single
+statements in PostgreSQL (:class:`shared.pg.sources.SourceStore`): a unique index
+allows one open run per source, a claim takes a queued run with ``FOR UPDATE SKIP
+LOCKED``, and every later write of a run is conditional on its owner — so two
+stages never run one source at once, by construction rather than by timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+
+from redis.asyncio import Redis
+from shared.pg.sources import RunRow, SourceStore
+from shared.secrets import SecretBox
+
+from services.sources.run import Run, RunContext
+from shared.config import Settings
+from shared.errors import ConfigError
+from shared.outage import UNREACHABLE, Outages
+from shared.pg.migrate import require_migrated
+from shared.pg.pool import pool_when_reachable
+from shared.pg.registry import RegistryCache, RegistryStore
+from shared.redis import keyspace as ks
+from shared.redis.sessions import Scope, SessionStore
+
+log = logging.getLogger("ingestd.sources")
+
+
+class SourcesStage:
+    def __init__(
+        self, settings: Settings, store: SourceStore, registry: RegistryCache, redis: Redis
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+        self.redis = redis
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.ctx = RunContext(
+            redis=redis,
+            store=store,
+            owner=self.owner,
+            partitions=settings.partitions,
+            session_ttl=settings.session_ttl,
+            receipt_ttl=settings.receipt_ttl,
+            retries=settings.source_retries,
+            connect_timeout_s=settings.source_connect_timeout_ms / 1000,
+            read_timeout_s=settings.source_read_timeout_ms / 1000,
+            heartbeat_s=max(0.2, settings.source_stale_s / 4),
+        )
+        self.running: dict[str, asyncio.Task[str]] = {}
+        self.outages = Outages(log)
+        self.finished = 0
+
+    async def tick(self) -> None:
+        """One round: stale runs, due schedules, claims."""
+        for stale in await self.store.abandon_stale(self.settings.source_stale_s):
+            await self._abort_session(stale)
+        await self.store.schedule_due()
+        while len(self.running) < self.settings.source_concurrency:
+            run = await self.store.claim_run(self.owner)
+            if run is None:
+                return
+            await self._start(run)
+
+    async def _start(self, run: RunRow) -> None:
+        source = await self.store.get_source(run.source_id)
+        spec_raw = await self.store.spec_revision(source.spec_id, run.spec_revision)
+        await self.registry.refresh()
+        table = self.registry.snapshot.tables.get((source.group_id, source.table_name))
+        if table is None:
+            await self.store.finish_run(
+                run.id, self.owner, "failed",
+                error={"code": "table_not_found", "message": "the source's table no longer "
+                       "exists", "request": None},
+            )  # fmt: skip
+            return
+        log.info("source %s: run %s (%s) started", source.name, run.id, run.kind)
+        task = asyncio.create_task(Run(self.ctx, run, source, spec_raw, table).execute())
+        self.running[run.id] = task
+        task.add_done_callback(lambda _t, rid=run.id: self._done(rid))
+
+    def _done(self, run_id: str) -> None:
+        task = self.running.pop(run_id, None)
+        self.finished += 1
+        if task is not None and not task.cancelled() and task.exception() is not None:
+            log.error("run %s ended with a defect", run_id, exc_info=task.exception())
+
+    async def _abort_session(self, run: RunRow) -> None:
+        """A run failed as abandoned: drop its snapshot session so it can never complete."""
+        if not run.session:
+            return
+        source = await self.store.get_source(run.source_id)
+        await self.registry.refresh()
+        table = self.registry.snapshot.tables.get((source.group_id, source.table_name))
+        if table is None:
+            return
+        p = ks.partition_of(table.resource_type, source.group_key, self.settings.partitions)
+        scope = Scope(p, table.resource_type, source.group_key, run.session)
+        result = await SessionStore(self.redis).abort(scope, source.integration_id)
+        log.warning("source %s: run %s abandoned by its stage; session %s",
+                    source.name, run.id, result)  # fmt: skip
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        poll = self.settings.source_poll_ms / 1000
+        while not stop.is_set():
+            try:
+                await self.tick()
+                self.outages.all_answered()
+            except UNREACHABLE as e:
+                self.outages.failed(e)
+            except Exception:
+                log.exception("sources: unexpected error; retrying")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), poll)
+        await self.stop_runs()
+
+    async def stop_runs(self) -> None:
+        """Stopping: runs in flight are cancelled; their rows go stale and another stage
+        fails them (``run_abandoned``) and aborts their sessions."""
+        tasks = list(self.running.values())
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(BaseException):
+                await t
+
+
+async def serve(settings: Settings) -> None:
+    dsn, redis_url = settings.require_servers()
+    if not settings.secret_key:
+        raise ConfigError("INGESTD_SECRET_KEY must be set for the sources stage (see README)")
+    pool = await pool_when_reachable(dsn, 4, log)
+    await require_migrated(pool)
+    redis = Redis.from_url(redis_url)
+    registry = RegistryCache(RegistryStore(pool), settings.registry_poll_ms)
+    await registry.start()
+    store = SourceStore(pool, SecretBox(settings.secret_key))
+    stage = SourcesStage(settings, store, registry, redis)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("sources stage %s polling every %d ms", stage.owner, settings.source_poll_ms)
+    try:
+        await stage.serve(stop)
+    finally:
+        await registry.stop()
+        await redis.aclose()
+        await pool.close()
