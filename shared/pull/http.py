@@ -246,6 +246,10 @@ class Fetcher:
     async def _attempt(self, hop: _Hop) -> tuple[int, CIMultiDictProxy[str], bytes]:
         """One HTTP request: (status, headers, body) of any non-transient answer."""
         assert self._session is not None, "Fetcher used outside 'async with'"
+        if hop.url.scheme not in ("http", "https") or not hop.url.host:
+            raise self._error(
+                Code.SOURCE_HTTP_ERROR, hop, f"invalid URL in {self._req(hop)}: not http(s)"
+            )
         await self._paced()
         self.requests += 1
         try:

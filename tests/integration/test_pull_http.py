@@ -293,3 +293,12 @@ async def test_members_with_key_via_fetcher(demo: DemoServer) -> None:
         resp = await f.fetch(get(url, Authorization=f"Bearer {demo.state.api_key}"))
     assert e.value.code is Code.SOURCE_HTTP_ERROR and "HTTP 401" in e.value.message
     assert parse_json(resp)["total_items"] == 25
+
+
+async def test_unusable_url_is_not_retried() -> None:
+    async with Fetcher(secrets=[SECRET], **FAST) as f:
+        with pytest.raises(PullError) as e:
+            await f.fetch(get(f"ftp://example.invalid/{quote(SECRET, safe='')}"))
+    assert e.value.code is Code.SOURCE_HTTP_ERROR and "invalid URL" in e.value.message
+    assert f.retries_done == 0
+    assert_no_secret(e.value.message, e.value.request)
