@@ -120,7 +120,9 @@ class Fetcher:
 
     ``requests`` counts every HTTP request sent (retries and redirect hops
     included), ``retries_done`` the retries among them. ``delay_ms`` spaces the
-    starts of consecutive requests by at least that much.
+    starts of consecutive requests by at least that much. Each hop of a redirect
+    chain has ``retries`` retries. A ``User-Agent`` in the request's own headers
+    (a spec's headerParams) replaces the default ``ingestd/<version>``.
     """
 
     def __init__(
