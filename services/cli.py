@@ -1,4 +1,4 @@
-"""The ``ingestd`` command: dev, gateway, worker, projector, migrate, psql."""
+"""The ``ingestd`` command: dev, gateway, worker, projector, sources, migrate, psql."""
 
 from __future__ import annotations
 
@@ -85,6 +85,27 @@ def projector() -> None:
     from services.projector.main import serve
 
     asyncio.run(serve(_settings()))
+
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+def sources(ctx: click.Context) -> None:
+    """Run the sources stage (no subcommand), or manage pull sources (list, run, runs,
+    preview: clients of the gateway's admin API)."""
+    if ctx.invoked_subcommand is None:
+        from services.sources.main import serve
+
+        asyncio.run(serve(_settings()))
+
+
+def _add_source_commands() -> None:
+    from services.sources.client import COMMANDS
+
+    for command in COMMANDS:
+        sources.add_command(command)
+
+
+_add_source_commands()
 
 
 @main.command()

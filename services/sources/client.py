@@ -1,0 +1,154 @@
+"""``ingestd sources list|run|runs|preview``: the admin API of pull sources from a terminal.
+
+The commands are clients of the gateway (``INGESTD_URL``, default the local gateway
+of ``INGESTD_HTTP_HOST``/``INGESTD_HTTP_PORT``) with the admin token
+(``INGESTD_ADMIN_TOKEN``, or the one ``ingestd dev`` saved in the data dir), so they
+work the same against ``make run`` and a deployment. ``run --follow`` shows a live
+progress line (rich) and exits 1 when the run does not succeed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+from urllib.parse import quote
+
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from shared.config import Settings
+from shared.errors import ConfigError
+
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+class Api:
+    def __init__(self, settings: Settings) -> None:
+        self.base = settings.gateway_url().rstrip("/")
+        token = settings.admin_token
+        if not token:
+            path = settings.data_dir / "admin-token"
+            if not path.exists():
+                raise ConfigError(
+                    "INGESTD_ADMIN_TOKEN is not set and no admin-token file is in "
+                    f"{settings.data_dir} (start `ingestd dev` once, or set the token)"
+                )
+            token = path.read_text().strip()
+        self.token = token
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        req.add_header("Authorization", f"Bearer {self.token}")
+        req.add_header("Accept", "application/json")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                raw = r.read()
+        except urllib.error.HTTPError as e:
+            detail = e.read().decode(errors="replace")
+            try:
+                err = json.loads(detail)
+                detail = f"{err.get('code')}: {err.get('message')}"
+            except ValueError:
+                pass
+            raise click.ClickException(f"{method} {path}: HTTP {e.code} {detail}") from None
+        except OSError as e:
+            raise click.ClickException(f"cannot reach the gateway at {self.base}: {e}") from None
+        return json.loads(raw) if raw else None
+
+    def source(self, name: str) -> str:
+        return f"/admin/v1/sources/{quote(name, safe='')}"
+
+
+def _line(run: dict[str, Any], elapsed: float) -> Text:
+    rate = run.get("records", 0) / elapsed if elapsed > 0 else 0.0
+    return Text(
+        f"{run['runId']} {run['status']:<9} requests {run.get('requests', 0):,}  "
+        f"pages {run.get('pages', 0):,}  records {run.get('records', 0):,}  "
+        f"{rate:,.0f} rec/s  {elapsed:,.1f} s"
+    )
+
+
+def follow(api: Api, name: str, run_id: str, console: Console) -> dict[str, Any]:
+    path = f"{api.source(name)}/runs/{quote(run_id, safe='')}"
+    started = time.monotonic()
+    run = api.call("GET", path)
+    with Live(_line(run, 0), console=console, refresh_per_second=4, transient=False) as live:
+        while run["status"] not in FINAL:
+            time.sleep(0.25)
+            run = api.call("GET", path)
+            live.update(_line(run, time.monotonic() - started))
+    return run
+
+
+@click.command("list")
+def list_sources() -> None:
+    """Every source, with its mode, schedule and last run."""
+    api = Api(Settings.from_env())
+    table = Table("name", "mode", "table", "groupKey", "schedule", "paused", box=None)
+    for s in api.call("GET", "/admin/v1/sources")["items"]:
+        sched = s.get("schedule") or {}
+        table.add_row(
+            s["name"], s["mode"], s["table"], s.get("groupKey", ""),
+            sched.get("every") or sched.get("cron") or "-", "yes" if s.get("paused") else "",
+        )  # fmt: skip
+    Console().print(table)
+
+
+@click.command("run")
+@click.argument("name")
+@click.option("--backfill", is_flag=True, help="a backfill run (no window start)")
+@click.option("--follow", "follow_", is_flag=True, help="show progress until the run ends")
+def run_source(name: str, backfill: bool, follow_: bool) -> None:
+    """Start a run of NAME now."""
+    api = Api(Settings.from_env())
+    body = {"kind": "backfill"} if backfill else {}
+    run_id = api.call("POST", f"{api.source(name)}/runs", body)["runId"]
+    console = Console()
+    if not follow_:
+        console.print(run_id)
+        return
+    run = follow(api, name, run_id, console)
+    counts = ", ".join(f"{k} {run.get(k, 0):,}" for k in
+                       ("created", "updated", "deleted", "unchanged", "rejected"))  # fmt: skip
+    console.print(f"{run['status']}: {counts}{' (truncated)' if run.get('truncated') else ''}")
+    if run.get("error"):
+        console.print(f"error {run['error']['code']}: {run['error']['message']}")
+    if run["status"] != "succeeded":
+        sys.exit(1)
+
+
+@click.command("runs")
+@click.argument("name")
+def list_runs(name: str) -> None:
+    """NAME's runs, newest first."""
+    api = Api(Settings.from_env())
+    table = Table("run", "kind", "status", "requests", "records", "started", "error", box=None)
+    for r in api.call("GET", f"{api.source(name)}/runs")["items"]:
+        err = r.get("error") or {}
+        table.add_row(
+            r["runId"], r["kind"], r["status"], str(r.get("requests", 0)),
+            str(r.get("records", 0)), r.get("startedAt") or "-", err.get("code", ""),
+        )  # fmt: skip
+    Console().print(table)
+
+
+@click.command("preview")
+@click.argument("name")
+def preview(name: str) -> None:
+    """Fetch NAME's first page and show the records it yields (ingests nothing)."""
+    api = Api(Settings.from_env())
+    out = api.call("POST", f"{api.source(name)}/preview", {})
+    click.echo(json.dumps(out, indent=2, ensure_ascii=False))
+
+
+COMMANDS = (list_sources, run_source, list_runs, preview)
