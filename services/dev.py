@@ -2,7 +2,8 @@
 
 Takes an exclusive lock on ``INGESTD_DATA_DIR`` (a second ``ingestd dev`` on the same
 folder exits 2 naming the first), starts embedded PostgreSQL and Redis when
-``DATABASE_URL`` / ``REDIS_URL`` are unset (data in that folder), applies migrations,
+``DATABASE_URL`` / ``REDIS_URL`` are unset (data in that folder), generates the admin
+token and the secret key of pull sources into it when unset, applies migrations,
 then runs the gateway, the worker(s) and the projector as child processes, exactly as
 ``ingestd gateway|worker|projector`` run them, and says it is ready once the gateway's
 ``/healthz`` answers 200.
