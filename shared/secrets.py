@@ -13,11 +13,16 @@ from typing import Any
 import orjson
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from shared.errors import ConfigError
+from shared.codes import Code
+from shared.errors import ApiError, ConfigError
 
 
-class SecretError(Exception):
-    """A sealed blob none of the configured keys opens (a key was removed too early)."""
+class SecretError(ApiError):
+    """A sealed blob none of the configured keys opens (a key was removed too early):
+    503 ``unavailable`` to an HTTP client, naming the setting to fix."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(Code.UNAVAILABLE, message, status=503)
 
 
 class SecretBox:

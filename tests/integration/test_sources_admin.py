@@ -447,3 +447,18 @@ async def test_run_kinds(client: Client, seeded: Seeded) -> None:
     # deleting a source with an open run cancels and removes it
     assert (await client.delete(f"{SOURCES}/full", headers=ADMIN)).status == 204
     await error(await client.get(f"{SOURCES}/full/runs", headers=ADMIN), 404, "source_not_found")
+
+
+async def test_a_key_that_cannot_open_the_secrets_is_unavailable(
+    client: Client, seeded: Seeded, settings: Settings
+) -> None:
+    await new_spec(client)
+    src = await new_source(client, seeded)
+    other = replace(settings, secret_key=SecretBox.generate_key())
+    async with TestClient(TestServer(create_app(other))) as c:
+        body = await error(await c.get(f"{SOURCES}/{src['id']}", headers=ADMIN), 503,
+                           "unavailable")  # fmt: skip
+        assert "INGESTD_SECRET_KEY" in body["message"] and SECRET not in body["message"]
+    rotated = replace(settings, secret_key=f"{SecretBox.generate_key()},{SECRET_KEY}")
+    async with TestClient(TestServer(create_app(rotated))) as c:
+        assert (await ok(await c.get(f"{SOURCES}/{src['id']}", headers=ADMIN)))["id"] == src["id"]

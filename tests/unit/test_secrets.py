@@ -35,6 +35,7 @@ def test_wrong_key_is_a_secret_error() -> None:
     with pytest.raises(SecretError) as e:
         SecretBox(SecretBox.generate_key()).open(blob)
     assert "INGESTD_SECRET_KEY" in str(e.value)
+    assert (e.value.status, e.value.code) == (503, "unavailable")
 
 
 @pytest.mark.parametrize("keys", ["", " , ", "not-a-key", "short,also"])
