@@ -2,7 +2,8 @@
 
 Takes an exclusive lock on ``INGESTD_DATA_DIR`` (a second ``ingestd dev`` on the same
 folder exits 2 naming the first), starts embedded PostgreSQL and Redis when
-``DATABASE_URL`` / ``REDIS_URL`` are unset (data in that folder), applies migrations,
+``DATABASE_URL`` / ``REDIS_URL`` are unset (data in that folder), generates the admin
+token and the secret key of pull sources into it when unset, applies migrations,
 then runs the gateway, the worker(s) and the projector as child processes, exactly as
 ``ingestd gateway|worker|projector`` run them, and says it is ready once the gateway's
 ``/healthz`` answers 200.
@@ -37,6 +38,7 @@ from shared.config import Settings
 from shared.embedded import EmbeddedPostgres, EmbeddedRedis, pid_alive, psql_binary
 from shared.errors import ConfigError, TransientError
 from shared.pg.migrate import migrate
+from shared.secrets import SecretBox
 
 log = logging.getLogger("ingestd.dev")
 
@@ -149,6 +151,24 @@ def _admin_token(settings: Settings) -> Settings:
     return replace(settings, admin_token=token)
 
 
+def _secret_key(settings: Settings) -> Settings:
+    """The key sealing secret source params: generated once into the data dir (never
+    printed: it guards stored credentials, and the file is what a restart reuses)."""
+    if settings.secret_key:
+        return settings
+    path = settings.data_dir / "secret-key"
+    if path.exists():
+        key = path.read_text().strip()
+    else:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        key = SecretBox.generate_key()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+    log.info("INGESTD_SECRET_KEY from %s", path)
+    return replace(settings, secret_key=key)
+
+
 def health_url(settings: Settings) -> str:
     host = settings.http_host
     if host in ("", "0.0.0.0"):
@@ -218,7 +238,7 @@ class Dev:
             log.info("embedded Redis at %s (AOF on)", redis_url)
         if self.stopping or not dsn or not redis_url:
             return 0
-        settings = _admin_token(settings.with_servers(dsn, redis_url))
+        settings = _secret_key(_admin_token(settings.with_servers(dsn, redis_url)))
         asyncio.run(migrate(dsn))
         env = {**Settings.process_env(), **settings.server_env()}
         stages = ["gateway", "projector"] + ["worker"] * self.workers

@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from shared.errors import ConfigError
+from shared.secrets import SecretBox
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
@@ -76,6 +77,16 @@ def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | N
     return raw
 
 
+def _secret_key(env: Mapping[str, str]) -> str | None:
+    """The Fernet key(s) sealing secret source params, checked now (a bad one is a
+    configuration error at start, not a 500 at the first source written)."""
+    raw = (env.get("INGESTD_SECRET_KEY") or "").strip()
+    if not raw:
+        return None
+    SecretBox(raw)
+    return raw
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str | None
@@ -95,6 +106,12 @@ class Settings:
     redis_timeout_ms: int = 2000
     http_idle_timeout_ms: int = 15_000
     http_body_timeout_ms: int = 30_000
+    secret_key: str | None = None
+    source_retries: int = 5
+    source_connect_timeout_ms: int = 10_000
+    source_read_timeout_ms: int = 30_000
+    source_stale_s: int = 60
+    source_poll_ms: int = 1000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -116,6 +133,12 @@ class Settings:
             redis_timeout_ms=_int(env, "INGESTD_REDIS_TIMEOUT_MS", 2000),
             http_idle_timeout_ms=_int(env, "INGESTD_HTTP_IDLE_TIMEOUT_MS", 15_000),
             http_body_timeout_ms=_int(env, "INGESTD_HTTP_BODY_TIMEOUT_MS", 30_000),
+            secret_key=_secret_key(env),
+            source_retries=_int(env, "INGESTD_SOURCE_RETRIES", 5, minimum=0),
+            source_connect_timeout_ms=_int(env, "INGESTD_SOURCE_CONNECT_TIMEOUT_MS", 10_000),
+            source_read_timeout_ms=_int(env, "INGESTD_SOURCE_READ_TIMEOUT_MS", 30_000),
+            source_stale_s=_int(env, "INGESTD_SOURCE_STALE_S", 60),
+            source_poll_ms=_int(env, "INGESTD_SOURCE_POLL_MS", 1000),
         )
 
     def with_servers(self, database_url: str, redis_url: str) -> Settings:
@@ -139,6 +162,11 @@ class Settings:
             "INGESTD_REDIS_TIMEOUT_MS": str(self.redis_timeout_ms),
             "INGESTD_HTTP_IDLE_TIMEOUT_MS": str(self.http_idle_timeout_ms),
             "INGESTD_HTTP_BODY_TIMEOUT_MS": str(self.http_body_timeout_ms),
+            "INGESTD_SOURCE_RETRIES": str(self.source_retries),
+            "INGESTD_SOURCE_CONNECT_TIMEOUT_MS": str(self.source_connect_timeout_ms),
+            "INGESTD_SOURCE_READ_TIMEOUT_MS": str(self.source_read_timeout_ms),
+            "INGESTD_SOURCE_STALE_S": str(self.source_stale_s),
+            "INGESTD_SOURCE_POLL_MS": str(self.source_poll_ms),
         }
         if self.database_url:
             env["DATABASE_URL"] = self.database_url
@@ -146,6 +174,8 @@ class Settings:
             env["REDIS_URL"] = self.redis_url
         if self.admin_token:
             env["INGESTD_ADMIN_TOKEN"] = self.admin_token
+        if self.secret_key:
+            env["INGESTD_SECRET_KEY"] = self.secret_key
         return env
 
     @staticmethod

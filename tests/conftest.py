@@ -41,8 +41,10 @@ from shared.pg.migrate import migrate
 from shared.pg.pool import create_pool
 from shared.pg.registry import RegistryCache, RegistryStore
 from shared.pg.resources import ResourceStore
+from shared.secrets import SecretBox
 
 ADMIN_TOKEN = "test-admin-token"
+SECRET_KEY = SecretBox.generate_key()  # seals secret source params in this run
 TEST_DB = f"ingestd_test_{os.getpid()}"
 CLAIM_KEY = "ingestd-test-run-claim"
 
@@ -212,6 +214,11 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
 
 
 TABLES = [
+    "source_run_events",
+    "source_runs",
+    "sources",
+    "source_spec_revisions",
+    "source_specs",
     "resource_changes",
     "resources",
     "ingest_events",
@@ -243,6 +250,7 @@ async def settings(servers: tuple[str, str]) -> Settings:
         database_url=dsn,
         redis_url=redis_url,
         admin_token=ADMIN_TOKEN,
+        secret_key=SECRET_KEY,
         partitions=4,
         registry_poll_ms=100,
     )

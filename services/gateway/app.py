@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 from redis.asyncio import Redis
 
-from services.gateway import admin, bulk, ingest, read, receipts
+from services.gateway import admin, bulk, ingest, read, receipts, sources
 from services.gateway.appender import Appender
 from services.gateway.http import MAX_HEADERS, MAX_LINE, error_middleware, json_response
 from services.gateway.state import (
@@ -23,6 +23,7 @@ from services.gateway.state import (
     RESOURCES,
     SESSIONS,
     SETTINGS,
+    SOURCES,
 )
 from shared import cursors
 from shared.codes import Code
@@ -32,7 +33,9 @@ from shared.pg.migrate import require_migrated
 from shared.pg.pool import create_pool, ping
 from shared.pg.registry import RegistryCache, RegistryStore
 from shared.pg.resources import ResourceStore
+from shared.pg.sources import SourceStore
 from shared.redis.sessions import SessionStore
+from shared.secrets import SecretBox
 
 log = logging.getLogger("ingestd.gateway")
 MAX_BODY = 5 << 20
@@ -57,6 +60,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[SESSIONS] = SessionStore(redis)
     app[REGISTRY_STORE] = RegistryStore(pool)
     app[RESOURCES] = ResourceStore(pool)
+    box = SecretBox(settings.secret_key) if settings.secret_key else None
+    app[SOURCES] = SourceStore(pool, box)
     registry = RegistryCache(app[REGISTRY_STORE], settings.registry_poll_ms)
     await registry.start()
     app[REGISTRY] = registry
@@ -122,6 +127,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/livez", livez)
     app.router.add_routes(admin.routes)
+    app.router.add_routes(sources.routes)
     app.router.add_routes(ingest.routes)
     app.router.add_routes(bulk.routes)
     app.router.add_routes(receipts.routes)

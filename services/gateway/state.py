@@ -10,6 +10,7 @@ from services.gateway.appender import Appender
 from shared.config import Settings
 from shared.pg.registry import RegistryCache, RegistryStore
 from shared.pg.resources import ResourceStore
+from shared.pg.sources import SourceStore
 from shared.redis.sessions import SessionStore
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -20,4 +21,5 @@ REGISTRY_STORE = web.AppKey("registry_store", RegistryStore)
 RESOURCES = web.AppKey("resources", ResourceStore)
 APPENDER = web.AppKey("appender", Appender)
 SESSIONS = web.AppKey("sessions", SessionStore)
+SOURCES = web.AppKey("sources", SourceStore)  # its box is None without INGESTD_SECRET_KEY
 CURSOR_KEY = web.AppKey("cursor_key", bytes)  # signs page cursors (shared/cursors.py)

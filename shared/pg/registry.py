@@ -321,6 +321,9 @@ class RegistryStore:
         rows = await self._db.fetch("SELECT * FROM integrations ORDER BY created_at, id")
         return [_integration(r) for r in rows]
 
+    async def get_integration(self, integration_id: str) -> Integration:
+        return _integration(await self._integration_row(self._db, integration_id))
+
     async def add_key(self, integration_id: str) -> IssuedKey:
         async with connection(self._db) as conn, conn.transaction():
             r = await self._integration_row(conn, integration_id)

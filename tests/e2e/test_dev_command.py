@@ -32,14 +32,19 @@ def test_dev_starts_embedded_servers_stops_cleanly_and_keeps_data(
             "POST", "/admin/v1/schema-groups", token, {"name": "directory", "prefix": "_directory"}
         )
         assert group["prefix"] == "_directory"
+        assert dev.call("GET", "/admin/v1/source-specs", token) == {"items": []}  # key given
         probe = f"{ks.PREFIX}:test:probe"
         with redis.Redis.from_url(dev.wait_for(REDIS_AT)) as r:
             r.set(probe, token)
         stop_cleanly(dev)
     assert (data_dir / "admin-token").stat().st_mode & 0o077 == 0
+    key_file = data_dir / "secret-key"
+    assert key_file.stat().st_mode & 0o077 == 0
+    key = key_file.read_text()
 
     with running_dev(tmp_path, data_dir) as dev:
         assert dev.wait_for(TOKEN) == token  # the generated token is kept
+        assert key_file.read_text() == key  # and the secret key
         wait_healthy(dev.port, START_TIMEOUT)
         items = dev.call("GET", "/admin/v1/schema-groups", token)["items"]
         assert [(g["id"], g["name"]) for g in items] == [(group["id"], "directory")]

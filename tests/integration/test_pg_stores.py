@@ -4,6 +4,7 @@ RegistryCache and ResourceStore (the HTTP tests cover them through the gateway).
 from __future__ import annotations
 
 import contextlib
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -50,7 +51,8 @@ async def test_migrate_on_a_fresh_database_starts_with_0000(scratch_dsn: str) ->
     assert names[0] == ZERO
     pool = await create_pool(scratch_dsn, max_size=1)
     try:
-        with pytest.raises(ConfigError, match=r"\[0, 1, 2, 3\].*ingestd migrate"):
+        every = re.escape(str([n for n, _, _ in migration_files()]))
+        with pytest.raises(ConfigError, match=every + r".*ingestd migrate"):
             await require_migrated(pool)  # no schema_migrations at all: nothing applied
         assert await migrate(scratch_dsn) == names
         assert await versions(scratch_dsn) == {n: name for n, name, _ in migration_files()}
