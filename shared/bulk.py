@@ -282,7 +282,7 @@ class Tally:
                 Code.DUPLICATE_ID,
                 f"id {item.rid!r} occurs more than once in the snapshot "
                 f"(first at index {first_index}); no occurrence is applied",
-                pointer,
+                "" if pointer is None else pointer,  # a path the engine walks: the resource
                 item.rid,
                 item.index,
             ),

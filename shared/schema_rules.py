@@ -48,14 +48,25 @@ _IDENTIFIER_CODES: dict[str, Code] = {"prefix": Code.INVALID_PREFIX, "table": Co
 
 def check_identifier(value: Any, field: Literal["prefix", "table"]) -> str:
     # fullmatch: with re.match, "$" would also accept a trailing newline ("employee\n")
-    if not isinstance(value, str) or not IDENTIFIER.fullmatch(value):
-        raise SchemaRuleError(
-            _IDENTIFIER_CODES[field],
-            f"{field} must match {IDENTIFIER.pattern} (lower-case letters, digits and "
-            f"underscores, at most 32 characters), got {value!r}",
-            pointer=f"/{field}",
-        )
-    return value
+    if isinstance(value, str) and IDENTIFIER.fullmatch(value):
+        return value
+    rule = (
+        f"{IDENTIFIER.pattern} (a string of lower-case letters, digits and underscores, "
+        "at most 32 characters)"
+    )
+    if value is None:
+        message = f"{field} is missing: give one that matches {rule}"
+    else:
+        message = f"{field} must match {rule}; {_json(value)} does not"
+    raise SchemaRuleError(_IDENTIFIER_CODES[field], message, pointer=f"/{field}")
+
+
+def _json(value: Any) -> str:
+    """A value as JSON text, to show it in a message."""
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits
+        return repr(value)
 
 
 def normalise_path(path: str) -> str:
@@ -239,9 +250,30 @@ def storable_json(data: Any) -> bytes | Issue:
         return Issue(Code.TOO_DEEP, "the resource nests too deeply to be stored", "")
     if b"\\u0000" in raw and _NUL.search(raw):
         return Issue(
-            Code.INVALID_CHARACTER, "U+0000 (NUL) cannot be stored (PostgreSQL text refuses it)", ""
+            Code.INVALID_CHARACTER,
+            "U+0000 (NUL) cannot be stored (PostgreSQL text refuses it)",
+            nul_pointer(data),
         )
     return raw
+
+
+def nul_pointer(data: Any) -> str:
+    """Where the first U+0000 is: the string value that holds it, or for a key, the object
+    holding that key (a pointer holding U+0000 could not be stored either). Iterative:
+    documents nest deeper than Python's stack."""
+    stack: list[tuple[Any, str]] = [(data, "")]
+    while stack:
+        v, at = stack.pop()
+        if isinstance(v, str):
+            if "\x00" in v:
+                return at
+        elif isinstance(v, dict):
+            if any("\x00" in k for k in v):
+                return at
+            stack.extend((item, pointer.join([k], at)) for k, item in reversed(v.items()))
+        elif isinstance(v, list):
+            stack.extend((item, f"{at}/{n}") for n, item in reversed(list(enumerate(v))))
+    return ""
 
 
 def storable_hash(data: Any) -> str | Issue:
@@ -328,6 +360,7 @@ class CompiledSchema:
             self._validator = _validator(body, backtracking=True)
             self.backtracking = True
         self.is_valid = self._validator.is_valid  # True/False only: the fast path of validate
+        self._id_path = normalise_path(spec.id)
         self._id = compile_path(spec.id, "/resmo/id", singular=True)
         self._name = compile_path(spec.name, "/resmo/name", singular=True) if spec.name else None
         self._important = [(p, compile_path(p, "", singular=False)) for p in spec.important_fields]
@@ -359,7 +392,11 @@ class CompiledSchema:
         if rid is None:
             match = self._id.match(data)
             if match is None:
-                return Issue(Code.MISSING_ID, "the resource has no id at the resmo.id path", None)
+                return Issue(
+                    Code.MISSING_ID,
+                    f"the resource has no id at {self._id_path} (the schema's resmo.id)",
+                    _missing_from(data, self._id_steps),
+                )
             rid = scalar_id(match.obj)
             if rid is None:
                 return _invalid_id(match.obj, _pointer(match.parts))
@@ -393,6 +430,21 @@ class CompiledSchema:
         return Extracted(rid, name, important, digest)
 
 
+def _missing_from(data: Any, steps: tuple[Step, ...] | None) -> str:
+    """Where a missing value is missing from (as ``required`` points at the object that
+    lacks a property): the deepest value that exists along a names-and-indexes path,
+    else ``""``, the resource itself."""
+    at: list[Any] = []
+    cur = data
+    for is_index, key in steps or ():
+        nxt = walk(cur, ((is_index, key),))
+        if nxt is MISSING:
+            break
+        at.append(key)
+        cur = nxt
+    return _pointer(at)
+
+
 def _issue_from_error(e: Any) -> Issue:
     pointer = _pointer(e.instance_path)
     kind = type(e.kind).__name__
@@ -413,4 +465,8 @@ def _issue_from_error(e: Any) -> Issue:
         return Issue(Code.UNKNOWN_FIELD, e.message, pointer)
     if kind == "Required":
         return Issue(Code.MISSING_FIELD, e.message, pointer)
+    if kind == "Format":  # the engine says '"x" is not a "email"'
+        return Issue(
+            Code.SCHEMA_VIOLATION, f"{_json(e.instance)} is not a valid {e.kind.format}", pointer
+        )
     return Issue(Code.SCHEMA_VIOLATION, e.message, pointer)

@@ -31,16 +31,8 @@ Request mapping (resource = the JSON object the table's schema describes):
   :data:`MAX_DEPTH`.
 
 So an XML body and its JSON equivalent produce identical resources, hence
-identical content hashes. Responses use the same mapping in reverse
-(:func:`dumps`): objects → child elements, arrays → repeated elements, null →
-``xsi:nil="true"``; a property name that is not an XML name becomes
-``<property name="…">``. XML 1.0 cannot carry some characters at all (U+0000-U+001F
-but tab, newline and carriage return; U+FFFE, U+FFFF; lone surrogates), not even as
-``&#…;`` references, yet JSON strings may hold them (a receipt echoing a key such as
-``"\u0001\u001b[31m"``). An element whose text or ``name`` holds one is marked
-``escaped="true"``, and its text and ``name`` are then written in backslash notation:
-``\uXXXX`` for each such character and ``\\`` for a backslash, so the reader recovers
-the exact string (``\u0001\u001b[31m``). Unmarked elements are written as they are.
+identical content hashes. Answers, the mapping in reverse, are written by
+:mod:`shared.xmlanswer` (re-exported here as :func:`dumps`).
 """
 
 from __future__ import annotations
@@ -58,14 +50,15 @@ from defusedxml import ElementTree as SafeET
 
 from shared import pointer
 from shared.codes import Code
+from shared.xmlanswer import XSI, dumps
+
+__all__ = ["XML_TYPES", "XSI", "XmlError", "dumps", "resource_from_xml", "resources_from_xml"]
 
 XML_TYPES = frozenset({"application/xml", "text/xml"})
 MAX_DEPTH = 64
-XSI = "http://www.w3.org/2001/XMLSchema-instance"
 _NIL = f"{{{XSI}}}nil"
 _INT = re.compile(r"^[+-]?\d+$")
 _NUM = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9._-]*$")
 
 
 class XmlError(Exception):
@@ -401,72 +394,3 @@ def resources_from_xml(body: bytes, schema: dict[str, Any]) -> list[Any]:
     out = _convert(body, schema, bulk=True)
     assert isinstance(out, list)
     return out
-
-
-# --- JSON -> XML (responses) ----------------------------------------------------
-
-
-# XML 1.0 §2.2: Char ::= #x9 | #xA | #xD | [#x20-#xD7FF] | [#xE000-#xFFFD] | [#x10000-#x10FFFF]
-_UNWRITABLE = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-
-
-def _escape(text: str) -> str:
-    return (
-        text.replace("&", "&amp;")
-        .replace("<", "&lt;")
-        .replace(">", "&gt;")
-        .replace('"', "&quot;")
-        .replace("\r", "&#13;")
-    )
-
-
-def _attribute(text: str) -> str:
-    # a parser normalises a tab or newline in an attribute value to a space
-    return _escape(text).replace("\t", "&#9;").replace("\n", "&#10;")
-
-
-def _backslashed(text: str) -> str:
-    r"""A string XML 1.0 cannot carry, in backslash notation: ``\\`` for a backslash and
-    ``\uXXXX`` for each character XML forbids (all of them are below U+10000)."""
-    return _UNWRITABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text.replace("\\", "\\\\"))
-
-
-def _plain(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return str(v)
-
-
-def _element(out: list[str], name: str, v: Any) -> None:
-    if isinstance(v, list):
-        for item in v:
-            _element(out, name, item)
-        return
-    text = None if v is None or isinstance(v, dict) else _plain(v)
-    escaped = bool(_UNWRITABLE.search(name) or (text is not None and _UNWRITABLE.search(text)))
-    if _NAME.match(name) and not name.lower().startswith("xml"):
-        open_, close = name, name
-    else:
-        shown = _backslashed(name) if escaped else name
-        open_, close = f'property name="{_attribute(shown)}"', "property"
-    if escaped:
-        open_ += ' escaped="true"'
-    if v is None:
-        out.append(f'<{open_} xsi:nil="true"/>')
-    elif isinstance(v, dict):
-        out.append(f"<{open_}>")
-        for k, sub in v.items():
-            _element(out, str(k), sub)
-        out.append(f"</{close}>")
-    else:
-        assert text is not None
-        out.append(f"<{open_}>{_escape(_backslashed(text) if escaped else text)}</{close}>")
-
-
-def dumps(data: dict[str, Any], root: str = "response") -> bytes:
-    """An XML document for a JSON object: the inverse of the request mapping."""
-    out = ['<?xml version="1.0" encoding="UTF-8"?>', f'<{root} xmlns:xsi="{XSI}">']
-    for k, v in data.items():
-        _element(out, str(k), v)
-    out.append(f"</{root}>")
-    return "".join(out).encode()

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from services.gateway import views
-from services.gateway.http import json_object, json_response, refuse_nul, require_admin
+from services.gateway.http import json_object, refuse_nul, require_admin, respond
 from services.gateway.state import REGISTRY, REGISTRY_STORE, SETTINGS
 from shared.codes import Code
 from shared.errors import ApiError
@@ -87,21 +87,21 @@ async def create_group(request: web.Request) -> web.Response:
     prefix = check_identifier(body.get("prefix"), "prefix")
     group = await _store(request).create_group(name, prefix)
     await _changed(request)
-    return json_response(views.group_view(group), status=201)
+    return respond(request, views.group_view(group), status=201, root="schemaGroup")
 
 
 @routes.get(f"{BASE}/schema-groups")
 async def list_groups(request: web.Request) -> web.Response:
     admin(request)
     groups = await _store(request).list_groups()
-    return json_response({"items": [views.group_view(g) for g in groups]})
+    return respond(request, {"items": [views.group_view(g) for g in groups]}, root="schemaGroups")
 
 
 @routes.get(f"{BASE}/schema-groups/{{groupId}}")
 async def get_group(request: web.Request) -> web.Response:
     admin(request)
     group = await _store(request).get_group(request.match_info["groupId"])
-    return json_response(views.group_view(group))
+    return respond(request, views.group_view(group), root="schemaGroup")
 
 
 @routes.post(f"{BASE}/schema-groups/{{groupId}}/schemas")
@@ -113,23 +113,22 @@ async def create_schema(request: web.Request) -> web.Response:
     schema = prepare_schema(body.get("schema"))
     out = await _store(request).create_schema(request.match_info["groupId"], table, schema, title)
     await _changed(request)
-    return json_response(views.schema_view(out), status=201)
+    return respond(request, views.schema_view(out), status=201, root="schema")
 
 
 @routes.get(f"{BASE}/schema-groups/{{groupId}}/schemas")
 async def list_schemas(request: web.Request) -> web.Response:
     admin(request)
     items = await _store(request).list_schemas(request.match_info["groupId"])
-    return json_response({"items": [views.schema_view(s) for s in items]})
+    return respond(request, {"items": [views.schema_view(s) for s in items]}, root="schemas")
 
 
 @routes.get(f"{BASE}/schema-groups/{{groupId}}/schemas/{{table}}")
 async def get_schema(request: web.Request) -> web.Response:
     admin(request)
     m = request.match_info
-    return json_response(
-        views.schema_view(await _store(request).get_schema(m["groupId"], m["table"]))
-    )
+    schema = await _store(request).get_schema(m["groupId"], m["table"])
+    return respond(request, views.schema_view(schema), root="schema")
 
 
 @routes.put(f"{BASE}/schema-groups/{{groupId}}/schemas/{{table}}")
@@ -143,7 +142,7 @@ async def update_schema(request: web.Request) -> web.Response:
         m["groupId"], m["table"], schema, title if isinstance(title, str) else None
     )
     await _changed(request)
-    return json_response(views.schema_view(out))
+    return respond(request, views.schema_view(out), root="schema")
 
 
 @routes.get(f"{BASE}/schema-groups/{{groupId}}/schemas/{{table}}/versions")
@@ -151,7 +150,7 @@ async def list_versions(request: web.Request) -> web.Response:
     admin(request)
     m = request.match_info
     items = await _store(request).list_versions(m["groupId"], m["table"])
-    return json_response({"items": [views.schema_view(s) for s in items]})
+    return respond(request, {"items": [views.schema_view(s) for s in items]}, root="schemas")
 
 
 @routes.post(f"{BASE}/integrations")
@@ -162,14 +161,17 @@ async def create_integration(request: web.Request) -> web.Response:
     group_id = _group_ref(body.get("schemaGroup"))
     integration, key = await _store(request).create_integration(name, group_id)
     await _changed(request)
-    return json_response(views.new_integration_view(integration, key), status=201)
+    view = views.new_integration_view(integration, key)
+    return respond(request, view, status=201, root="integration")
 
 
 @routes.get(f"{BASE}/integrations")
 async def list_integrations(request: web.Request) -> web.Response:
     admin(request)
     items = await _store(request).list_integrations()
-    return json_response({"items": [views.integration_view(i) for i in items]})
+    return respond(
+        request, {"items": [views.integration_view(i) for i in items]}, root="integrations"
+    )
 
 
 @routes.post(f"{BASE}/integrations/{{id}}/keys")
@@ -177,14 +179,14 @@ async def add_key(request: web.Request) -> web.Response:
     admin(request)
     key = await _store(request).add_key(request.match_info["id"])
     await _changed(request)
-    return json_response(views.issued_key_view(key), status=201)
+    return respond(request, views.issued_key_view(key), status=201, root="key")
 
 
 @routes.get(f"{BASE}/integrations/{{id}}/keys")
 async def list_keys(request: web.Request) -> web.Response:
     admin(request)
     items = await _store(request).list_keys(request.match_info["id"])
-    return json_response({"items": [views.key_view(k) for k in items]})
+    return respond(request, {"items": [views.key_view(k) for k in items]}, root="keys")
 
 
 @routes.delete(f"{BASE}/integrations/{{id}}/keys/{{keyId}}")

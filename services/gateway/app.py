@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from services.gateway import admin, bulk, ingest, read, receipts, sources
 from services.gateway.appender import Appender
-from services.gateway.http import MAX_HEADERS, MAX_LINE, error_middleware, json_response
+from services.gateway.http import MAX_HEADERS, MAX_LINE, error_middleware, respond
 from services.gateway.state import (
     APPENDER,
     CURSOR_KEY,
@@ -99,13 +99,14 @@ async def healthz(request: web.Request) -> web.Response:
     )
     problems = [p for p in results if p]
     if problems:
-        return json_response({"code": Code.UNHEALTHY, "message": "; ".join(problems)}, status=503)
-    return json_response({"status": "ok"})
+        body = {"code": Code.UNHEALTHY, "message": "; ".join(problems)}
+        return respond(request, body, status=503, root="error")
+    return respond(request, {"status": "ok"}, root="health")
 
 
 async def livez(request: web.Request) -> web.Response:
     """Liveness: the process serves HTTP, whatever Redis and PostgreSQL do (see /healthz)."""
-    return json_response({"status": "alive"})
+    return respond(request, {"status": "alive"}, root="health")
 
 
 def create_app(settings: Settings) -> web.Application:

@@ -323,6 +323,14 @@ def bearer(request: web.Request) -> str | None:
     return None
 
 
+def is_admin(request: web.Request, admin_token: str | None) -> bool:
+    """Whether ``Authorization: Bearer`` carries the admin token (compared in constant time)."""
+    token = bearer(request)
+    if token is None or not admin_token:
+        return False
+    return hmac.compare_digest(token.encode(), admin_token.encode())
+
+
 def require_admin(request: web.Request, admin_token: str) -> None:
     token = bearer(request)
     if token is None:

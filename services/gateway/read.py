@@ -10,7 +10,7 @@ from aiohttp import web
 
 from services.gateway import views
 from services.gateway.admin import admin
-from services.gateway.http import json_response
+from services.gateway.http import respond
 from services.gateway.state import CURSOR_KEY, REGISTRY, RESOURCES
 from shared import cursors
 from shared.codes import Code
@@ -114,7 +114,7 @@ async def list_resources(request: web.Request) -> web.Response:
         page = await store.list_resources(rt, query[2], at[0] if at else None, limit)
         last = [page.items[-1].resource_id] if page.more else None
     items = [views.resource_view(r) for r in page.items]
-    return json_response({"items": items, "next": _next(request, query, last)})
+    return respond(request, {"items": items, "next": _next(request, query, last)}, root="resources")
 
 
 @routes.get("/api/v1/resources/{resourceType}/{id}")
@@ -125,7 +125,7 @@ async def get_resource(request: web.Request) -> web.Response:
     found = await request.app[RESOURCES].get_resource(rt, _group_key(request), rid)
     if found is None:
         raise NotFoundError(Code.RESOURCE_NOT_FOUND, f"no {rt} resource {rid!r} in this group")
-    return json_response(views.resource_view(found))
+    return respond(request, views.resource_view(found), root="resource")
 
 
 @routes.get("/api/v1/resources/{resourceType}/{id}/history")
@@ -136,7 +136,7 @@ async def history(request: web.Request) -> web.Response:
     entries = await request.app[RESOURCES].history(rt, _group_key(request), rid)
     if not entries:  # never existed (a deleted resource keeps its history)
         raise NotFoundError(Code.RESOURCE_NOT_FOUND, f"no {rt} resource {rid!r} in this group")
-    return json_response({"items": [views.history_view(h) for h in entries]})
+    return respond(request, {"items": [views.history_view(h) for h in entries]}, root="history")
 
 
 def _since(request: web.Request) -> datetime | None:
@@ -182,4 +182,6 @@ async def sync_issues(request: web.Request) -> web.Response:
     )
     last = [issues[limit - 1].id] if len(issues) > limit else None
     items = [views.sync_issue_view(i) for i in issues[:limit]]
-    return json_response({"items": items, "next": _next(request, query, last)})
+    return respond(
+        request, {"items": items, "next": _next(request, query, last)}, root="syncIssues"
+    )

@@ -1,7 +1,9 @@
 """The receipt of an accepted request: ``GET /integration/custom-data/events/{eventId}``.
 
-Pending until the projector wrote its outcome to ``ingest_events``; while pending, a
-session upload's receipt shows the session's progress (or why it will never apply).
+Read with the ingest key of the integration that sent it (any of its keys), or with the
+admin token, which reads every receipt. Pending until the projector wrote its outcome
+to ``ingest_events``; while pending, a session upload's receipt shows the session's
+progress (or why it will never apply).
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from aiohttp import web
 
 from services.gateway import views
 from services.gateway.bulk import pending_receipt
-from services.gateway.http import respond
+from services.gateway.http import is_admin, respond
 from services.gateway.ingest import authenticate
-from services.gateway.state import REDIS, RESOURCES, SESSIONS
+from services.gateway.state import REDIS, RESOURCES, SESSIONS, SETTINGS
 from shared.codes import Code
 from shared.errors import ApiError
 from shared.redis import keyspace as ks
@@ -23,20 +25,30 @@ from shared.redis import keyspace as ks
 routes = web.RouteTableDef()
 
 
+def _reader(request: web.Request) -> str | None:
+    """The integration whose receipts the caller may read; None for the admin token (sent
+    as ``Authorization: Bearer`` without an ``X-Ingest-Key``): every receipt."""
+    if "X-Ingest-Key" not in request.headers and is_admin(
+        request, request.app[SETTINGS].admin_token
+    ):
+        return None
+    return authenticate(request).integration_id
+
+
 @routes.get("/integration/custom-data/events/{eventId}")
 async def get_receipt(request: web.Request) -> web.Response:
-    key = authenticate(request)
+    reader = _reader(request)
     event_id = request.match_info["eventId"]
     applied = await request.app[RESOURCES].receipt(event_id)
     if applied is not None:
-        if applied.integration_id != key.integration_id:
+        if reader is not None and applied.integration_id != reader:
             raise ApiError(Code.EVENT_NOT_FOUND, f"no event {event_id!r}", status=404)
         return respond(request, views.receipt_view(applied), root="receipt")
 
     redis = request.app[REDIS]
     raw = await redis.get(ks.receipt_key(event_id))
     marker = orjson.loads(raw) if raw is not None else {}
-    if marker.get("i") != key.integration_id:
+    if not marker or (reader is not None and marker.get("i") != reader):
         raise ApiError(Code.EVENT_NOT_FOUND, f"no event {event_id!r}", status=404)
     receipt: dict[str, Any] = {
         "eventId": event_id,

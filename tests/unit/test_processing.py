@@ -94,10 +94,10 @@ def test_sequence_in_one_state_object() -> None:
         ({"employeeId": "a", "active": "yes"}, "schema_violation", "/active"),
         ({"employeeId": ""}, "invalid_id", "/employeeId"),
         ({"employeeId": {"k": "v"}}, "invalid_id", "/employeeId"),
-        ({"active": True}, "missing_id", None),
+        ({"active": True}, "missing_id", ""),  # the object it is missing from, like missing_field
     ],
 )
-def test_rejections_leave_state_untouched(doc: Any, code: str, pointer: str | None) -> None:
+def test_rejections_leave_state_untouched(doc: Any, code: str, pointer: str) -> None:
     st = ScopeState(known={"a": ("h", 1)})
     ch = single(doc, st)
     assert ch.status == "rejected" and ch.rejected == 1 and ch.effects == []
