@@ -170,14 +170,7 @@ def _secret_key(settings: Settings) -> Settings:
 
 
 def health_url(settings: Settings) -> str:
-    host = settings.http_host
-    if host in ("", "0.0.0.0"):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{settings.http_port}/healthz"
+    return f"{settings.gateway_url()}/healthz"
 
 
 def _healthz(url: str) -> str | None:

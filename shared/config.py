@@ -112,6 +112,9 @@ class Settings:
     source_read_timeout_ms: int = 30_000
     source_stale_s: int = 60
     source_poll_ms: int = 1000
+    source_concurrency: int = 4
+    #: where CLI clients reach a gateway (``ingestd sources …``); None: the local one
+    url: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -139,7 +142,22 @@ class Settings:
             source_read_timeout_ms=_int(env, "INGESTD_SOURCE_READ_TIMEOUT_MS", 30_000),
             source_stale_s=_int(env, "INGESTD_SOURCE_STALE_S", 60),
             source_poll_ms=_int(env, "INGESTD_SOURCE_POLL_MS", 1000),
+            source_concurrency=_int(env, "INGESTD_SOURCE_CONCURRENCY", 4),
+            url=_url(env, "INGESTD_URL", ("http", "https")),
         )
+
+    def gateway_url(self) -> str:
+        """``INGESTD_URL``, else the gateway this configuration starts locally."""
+        if self.url:
+            return self.url
+        host = self.http_host
+        if host in ("", "0.0.0.0"):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.http_port}"
 
     def with_servers(self, database_url: str, redis_url: str) -> Settings:
         return replace(self, database_url=database_url, redis_url=redis_url)
@@ -167,6 +185,7 @@ class Settings:
             "INGESTD_SOURCE_READ_TIMEOUT_MS": str(self.source_read_timeout_ms),
             "INGESTD_SOURCE_STALE_S": str(self.source_stale_s),
             "INGESTD_SOURCE_POLL_MS": str(self.source_poll_ms),
+            "INGESTD_SOURCE_CONCURRENCY": str(self.source_concurrency),
         }
         if self.database_url:
             env["DATABASE_URL"] = self.database_url

@@ -81,7 +81,7 @@ def _line(run: dict[str, Any], elapsed: float) -> Text:
 def follow(api: Api, name: str, run_id: str, console: Console) -> dict[str, Any]:
     path = f"{api.source(name)}/runs/{quote(run_id, safe='')}"
     started = time.monotonic()
-    run = api.call("GET", path)
+    run: dict[str, Any] = api.call("GET", path)
     with Live(_line(run, 0), console=console, refresh_per_second=4, transient=False) as live:
         while run["status"] not in FINAL:
             time.sleep(0.25)

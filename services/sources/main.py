@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
 import signal
 import socket
+from datetime import UTC, datetime
 
 from redis.asyncio import Redis
-from shared.pg.sources import RunRow, SourceStore
-from shared.secrets import SecretBox
 
 from services.sources.run import Run, RunContext
 from shared.config import Settings
@@ -31,8 +31,10 @@ from shared.outage import UNREACHABLE, Outages
 from shared.pg.migrate import require_migrated
 from shared.pg.pool import pool_when_reachable
 from shared.pg.registry import RegistryCache, RegistryStore
+from shared.pg.sources import RunRow, SourceStore
 from shared.redis import keyspace as ks
 from shared.redis.sessions import Scope, SessionStore
+from shared.secrets import SecretBox
 
 log = logging.getLogger("ingestd.sources")
 
@@ -66,7 +68,7 @@ class SourcesStage:
         """One round: stale runs, due schedules, claims."""
         for stale in await self.store.abandon_stale(self.settings.source_stale_s):
             await self._abort_session(stale)
-        await self.store.schedule_due()
+        await self.store.schedule_due(datetime.now(UTC))
         while len(self.running) < self.settings.source_concurrency:
             run = await self.store.claim_run(self.owner)
             if run is None:
@@ -88,9 +90,9 @@ class SourcesStage:
         log.info("source %s: run %s (%s) started", source.name, run.id, run.kind)
         task = asyncio.create_task(Run(self.ctx, run, source, spec_raw, table).execute())
         self.running[run.id] = task
-        task.add_done_callback(lambda _t, rid=run.id: self._done(rid))
+        task.add_done_callback(functools.partial(self._done, run.id))
 
-    def _done(self, run_id: str) -> None:
+    def _done(self, run_id: str, _task: asyncio.Task[str]) -> None:
         task = self.running.pop(run_id, None)
         self.finished += 1
         if task is not None and not task.cancelled() and task.exception() is not None:

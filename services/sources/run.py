@@ -27,15 +27,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from redis.asyncio import Redis
+
+from shared.codes import Code
 from shared.pg.sources import RunRow, SourceRow, SourceStore
 from shared.pull.http import Fetcher, parse_json
+from shared.pull.model import Page, PullError, Request, RunKind, Window, mask
 from shared.pull.paging import Pager
 from shared.pull.records import extract
 from shared.pull.request import render_base
 from shared.pull.spec import SourceSpec, parse_spec
-
-from shared.codes import Code
-from shared.pull.model import Page, PullError, Window, mask
 from shared.redis.intake import SessionGone, SnapshotWriter, UpsertWriter
 from shared.registry import TableInfo
 
@@ -170,7 +170,8 @@ class Run:
     async def _fetch_all(self, spec: SourceSpec, window: Window) -> bool:
         """Every page until an end condition; True when cut by ``maximumRequest``."""
         self.writer = self._new_writer()
-        base = render_base(spec, self.source.params, self.run.kind, window)
+        kind: RunKind = "incremental" if self.run.kind == "incremental" else "backfill"
+        base = render_base(spec, self.source.params, kind, window)
         pager = Pager(spec.paging, base)
         async with Fetcher(
             connect_timeout_s=self.ctx.connect_timeout_s,
@@ -180,23 +181,32 @@ class Run:
             secrets=self.secrets,
             on_retry=lambda text: log.info("source %s: %s", self.source.name, text),
         ) as fetcher:
-            req = pager.first()
+            req: Request | None = pager.first()
             while req is not None:
-                resp = await fetcher.fetch(req)
-                self.requests = fetcher.requests
-                data = parse_json(resp, self.secrets)
-                count, records = extract(data, spec.content, spec.explode)
-                if records:
-                    await self.writer.add(records)
-                self.pages += 1
-                self.records += len(records)
-                await self._progress()
+                current = req
                 try:
-                    req = pager.next(Page(data, resp.headers, count))
+                    req = await self._page(fetcher, pager, spec, current)
                 except PullError as e:
-                    e.request = e.request or mask(f"{req.method} {req.url}", self.secrets)
+                    what = f"{current.method} {current.url}"
+                    e.request = e.request or mask(what, self.secrets)
                     raise
         return pager.truncated
+
+    async def _page(
+        self, fetcher: Fetcher, pager: Pager, spec: SourceSpec, req: Request
+    ) -> Request | None:
+        """Fetch one page, hand its records on, record progress; the next request."""
+        resp = await fetcher.fetch(req)
+        self.requests = fetcher.requests
+        data = parse_json(resp, self.secrets)
+        count, records = extract(data, spec.content, spec.explode)
+        if records:
+            assert self.writer is not None
+            await self.writer.add(records)
+        self.pages += 1
+        self.records += len(records)
+        await self._progress()
+        return pager.next(Page(data, resp.headers, count))
 
     # -- progress, lease and the end ------------------------------------------------
 

@@ -304,11 +304,21 @@ class RunStore:
         return [_run(r) for r in rows]
 
     async def last_window_end(self, source_id: str) -> datetime | None:
-        """Where the next incremental run starts: the newest successful one's end."""
+        """Where the next incremental run starts: the end of the newest run that read
+        everything up to its end — succeeded and not cut off by ``maximumRequest`` (a
+        truncated run did not, so the next one reads its window again); a backfill
+        counts, since it read everything before its end."""
         end: datetime | None = await self._db.fetchval(
             "SELECT window_end FROM source_runs WHERE source_id = $1::uuid"
-            " AND status = 'succeeded' AND kind = 'incremental' AND window_end IS NOT NULL"
+            " AND status = 'succeeded' AND NOT truncated AND window_end IS NOT NULL"
             " ORDER BY window_end DESC LIMIT 1",
             source_id,
         )
         return end
+
+    async def open_runs(self) -> int:
+        """Runs queued or running, of every source."""
+        n: int = await self._db.fetchval(
+            "SELECT count(*) FROM source_runs WHERE status IN ('queued', 'running')"
+        )
+        return n

@@ -58,6 +58,7 @@ class SourceRow:
     next_run_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    group_id: str = ""  # the integration's schema group: where ``table_name`` lives
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +91,8 @@ def _spec(r: asyncpg.Record) -> SpecRow:
 
 
 _SOURCE = (
-    "SELECT s.*, sp.name AS spec_name FROM sources s JOIN source_specs sp ON sp.id = s.spec_id"
+    "SELECT s.*, sp.name AS spec_name, i.group_id FROM sources s"
+    " JOIN source_specs sp ON sp.id = s.spec_id JOIN integrations i ON i.id = s.integration_id"
 )
 _SOURCE_COLUMNS = (
     "name, spec_id, params, secret_params, integration_id, table_name, group_key, mode,"
@@ -226,7 +228,7 @@ class SourceStore(RunStore):
             str(r["id"]), r["name"], str(r["spec_id"]), r["spec_name"], params, secret_names,
             str(r["integration_id"]), r["table_name"], r["group_key"], r["mode"],
             r["schedule"], r["start_time"], r["paused"], r["next_run_at"],
-            r["created_at"], r["updated_at"],
+            r["created_at"], r["updated_at"], str(r["group_id"]),
         )  # fmt: skip
 
     def _values(self, src: SourceInput) -> list[Any]:
