@@ -111,13 +111,12 @@ async def test_max_requests_fails_a_full_run_and_truncates_an_incremental_one(
     assert run["status"] == "failed" and run["error"]["code"] == "max_requests_reached"
     assert run["requests"] == 2 and await members(pool) == {}
 
-    r = await client.put(
-        "/admin/v1/sources/members",
-        json={"name": "members", "sourceSpec": "members-spec", "params": {"listId": LIST_ID, "apiKey": "******"},
-              "integration": seeded.integration_id, "table": "member",
-              "mode": "incremental"},  # fmt: skip
-        headers=ADMIN,
-    )
+    body = {
+        "name": "members", "sourceSpec": "members-spec",
+        "params": {"listId": LIST_ID, "apiKey": "******"},
+        "integration": seeded.integration_id, "table": "member", "mode": "incremental",
+    }  # fmt: skip
+    r = await client.put("/admin/v1/sources/members", json=body, headers=ADMIN)
     assert r.status == 200, await r.text()
     run = await harness.run("members")
     assert (run["status"], run["truncated"], run["records"]) == ("succeeded", True, 200)
