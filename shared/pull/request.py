@@ -206,10 +206,23 @@ def origin(url: str) -> tuple[str, str, int | None]:
     return scheme, (s.hostname or "").lower(), s.port or {"http": 80, "https": 443}.get(scheme)
 
 
+def secret_forms(secrets: Iterable[str]) -> list[str]:
+    """Each secret as given and as it reads inside a JSON string (a body, a message);
+    :func:`shared.pull.model.mask` adds the percent-encoded forms."""
+    forms: list[str] = []
+    for s in secrets:
+        if s:
+            forms.append(s)
+            escaped = orjson.dumps(s).decode()[1:-1]
+            if escaped != s:
+                forms.append(escaped)
+    return forms
+
+
 def describe(req: Request, secrets: Iterable[str]) -> dict[str, Any]:
     """``{"method", "url", "headers"}`` (and ``"body"``, cut to 2,000 characters) with
     every secret value masked: for previews, run records and error messages."""
-    values = [s for s in secrets if s]
+    values = secret_forms(secrets)
     out: dict[str, Any] = {
         "method": req.method,
         "url": mask(req.url, values),
@@ -221,4 +234,13 @@ def describe(req: Request, secrets: Iterable[str]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["MASK", "describe", "origin", "render_base", "resolve", "with_header", "with_query"]
+__all__ = [
+    "MASK",
+    "describe",
+    "origin",
+    "render_base",
+    "resolve",
+    "secret_forms",
+    "with_header",
+    "with_query",
+]

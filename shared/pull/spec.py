@@ -14,6 +14,7 @@ source's params (400 ``invalid_source_params``); its messages never carry a secr
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -430,13 +431,23 @@ def param_text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+def secret_values(spec: SourceSpec, params: Mapping[str, Any]) -> list[str]:
+    """The texts of the params the spec marks secret: what every log line, run record,
+    error and preview must mask (:func:`shared.pull.model.mask`)."""
+    return [param_text(params[n]) for n in sorted(spec.secrets) if params.get(n) is not None]
+
+
+def _json_forms(values: list[str]) -> list[str]:
+    return values + [orjson.dumps(v).decode()[1:-1] for v in values]
+
+
 def check_params(spec: SourceSpec, params: Any, pointer: str = "/params") -> None:
     """ApiError(invalid_source_params) unless ``params`` fits the spec's schema and gives a
     string, number or boolean to every placeholder the spec uses. Messages never carry a
     secret value."""
     if not isinstance(params, dict):
         raise ApiError(Code.INVALID_SOURCE_PARAMS, "params must be a JSON object", pointer=pointer)
-    secrets = [param_text(params[n]) for n in spec.secrets if n in params]
+    secrets = _json_forms(secret_values(spec, params))
     validator = spec.validator
     if validator is None:
         validator = params_schema(spec.params_schema, "/sourceSpec/spec")[1]
@@ -477,4 +488,5 @@ __all__ = [
     "check_params",
     "param_text",
     "parse_spec",
+    "secret_values",
 ]

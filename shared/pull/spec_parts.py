@@ -192,6 +192,10 @@ class Scan:
 def params_schema(
     schema: Any, ptr: str
 ) -> tuple[dict[str, Any], Any, frozenset[str], frozenset[str]]:
+    """(the schema, its compiled validator, the declared param names, the secret ones).
+
+    A secret: a property with ``"format": "password"``, ``"writeOnly": true`` or
+    ``"secret": true``. Patterns compile with the linear engine (shared.patterns)."""
     if schema is None:
         schema = {"type": "object"}
     if not isinstance(schema, dict):

@@ -11,8 +11,15 @@ import orjson
 import pytest
 
 from shared.pull.model import MASK, Request, Window
-from shared.pull.request import describe, render_base, resolve, with_header, with_query
-from shared.pull.spec import parse_spec
+from shared.pull.request import (
+    describe,
+    render_base,
+    resolve,
+    secret_forms,
+    with_header,
+    with_query,
+)
+from shared.pull.spec import parse_spec, secret_values
 from tests.unit.pull_examples import mailchimp_members, minimal, zendesk_users
 
 START = datetime(2024, 5, 1, 10, 20, 30, 123456, tzinfo=UTC)
@@ -250,3 +257,16 @@ def test_describe_masks_every_secret() -> None:
     assert orjson.loads(d["body"]) == {"auth": MASK}
     plain = describe(Request("GET", "https://h.example/x"), [])
     assert plain == {"method": "GET", "url": "https://h.example/x", "headers": {}}
+
+
+def test_secrets_are_masked_in_their_json_form_too() -> None:
+    obj = minimal(bodyParams={"auth": "${key}"})
+    obj["attributes"]["urlParams"]["method"] = "POST"
+    spec = parse_spec(obj)
+    secret = 'a"b\\c'
+    params = {"key": secret}
+    assert secret_values(spec, params) == [secret]
+    req = render_base(spec, params, "incremental", WINDOW)
+    assert req.body == b'{"auth":"a\\"b\\\\c"}'
+    assert describe(req, secret_values(spec, params))["body"] == '{"auth":"' + MASK + '"}'
+    assert secret_forms(["", "x"]) == ["x"]

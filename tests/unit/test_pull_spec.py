@@ -434,3 +434,10 @@ def test_params_placeholder_values_may_be_numbers_or_booleans() -> None:
     with pytest.raises(ApiError) as info:
         check_params(spec, {"n": 5, "b": [True]})
     assert info.value.pointer == "/params/b"
+
+
+def test_check_params_masks_a_secret_in_its_json_form() -> None:
+    z = zendesk_users()
+    z["spec"]["properties"]["token"]["enum"] = ["only-this"]
+    e = params_refused(z, {"subdomain": "acme", "token": 'my"secret'}, "/params/token")
+    assert "secret" not in e.message, e.message
