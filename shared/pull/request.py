@@ -116,6 +116,10 @@ def render_base(
     if pairs:
         url += "?" + "&".join(f"{_encode(k)}={_encode(v)}" for k, v in pairs)
     split = urlsplit(url)
+    try:
+        split.port  # noqa: B018 (a port that is not a number raises here)
+    except ValueError:
+        raise ValueError("the rendered host has a port that is not a number") from None
     if split.scheme.lower() not in ("http", "https") or not split.hostname:
         raise ValueError("the rendered host is not an http:// or https:// URL with a host name")
     headers = {name: r.text(v, None) for name, v in spec.headers.items()}

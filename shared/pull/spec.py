@@ -45,8 +45,9 @@ PAGINATION_TYPES = ("OFFSET", "POINTER", "CONTINUATION_TOKEN", "PAGE", "NONE")
 PARAMETER_TYPES = ("QUERYPARAM", "HEADERPARAM")
 DEFAULT_TIME_FORMAT = "yyyy-MM-ddTHH:mm:ssK"
 DEFAULT_MAXIMUM_REQUEST = 10_000
-#: what a value substituted into the host may hold: a host label, dots, a port
-HOST_VALUE = re.compile(r"[A-Za-z0-9._:-]+")
+#: what a value substituted into the host may hold: host labels and dots, or a port
+#: (no ":": "evil.example:1" in "https://{domain}.api.x.com" would move the host)
+HOST_VALUE = re.compile(r"[A-Za-z0-9._-]+")
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 Path = jsonpath.JSONPath | jsonpath.CompoundJSONPath
 
@@ -470,7 +471,7 @@ def _check_value(spec: SourceSpec, name: str, value: Any, ptr: str) -> None:
     text = param_text(value)
     if name in spec.host_placeholders and not HOST_VALUE.fullmatch(text):
         raise refuse(
-            f"{name} goes into the host: only letters, digits, '.', '-', '_' and ':' are allowed"
+            f"{name} goes into the host: only letters, digits, '.', '-' and '_' are allowed"
         )
     if name in spec.header_placeholders and any(c in text for c in "\r\n\x00"):
         raise refuse(f"{name} goes into a header: it must not hold CR, LF or NUL")

@@ -82,15 +82,19 @@ def test_host_placeholders() -> None:
     assert req.url.startswith("https://us6.api.mailchimp.com/3.0/")
     with pytest.raises(ValueError, match="host"):
         render_base(spec, {"listId": "x", "domain": "evil.com/x?"}, "incremental", WINDOW)
-    with pytest.raises(ValueError, match="host"):
-        render_base(spec, {"listId": "x", "domain": "a@evil.com"}, "incremental", WINDOW)
+    for bad in ("a@evil.com", "evil.example:443", "evil.example/"):
+        with pytest.raises(ValueError, match="host"):
+            render_base(spec, {"listId": "x", "domain": bad}, "incremental", WINDOW)
     obj = minimal(urlParams={"host": "${base}", "path": "/x", "method": "GET"})
     obj["spec"]["properties"]["base"] = {"type": "string"}
     with pytest.raises(ValueError, match="host"):  # a scheme is not a host label
         render_base(parse_spec(obj), {"base": "https://x"}, "incremental", WINDOW)
-    obj["attributes"]["urlParams"]["host"] = "http://${base}:8080/"
-    req = render_base(parse_spec(obj), {"base": "127.0.0.1"}, "incremental", WINDOW)
+    obj["attributes"]["urlParams"]["host"] = "http://${base}:${port}/"
+    obj["spec"]["properties"]["port"] = {"type": "integer"}
+    req = render_base(parse_spec(obj), {"base": "127.0.0.1", "port": 8080}, "incremental", WINDOW)
     assert req.url == "http://127.0.0.1:8080/x"
+    with pytest.raises(ValueError, match="port"):
+        render_base(parse_spec(obj), {"base": "127.0.0.1", "port": "8o"}, "incremental", WINDOW)
 
 
 ZENDESK_PARAMS = {"subdomain": "acme", "token": "t0p-secret"}

@@ -409,6 +409,7 @@ def test_check_params() -> None:
     params_refused(z, {"subdomain": "acme"}, "/params", "token")
     params_refused(z, {"subdomain": 5, "token": "x"}, "/params/subdomain", "string")
     params_refused(z, {"subdomain": "a/b", "token": "x"}, "/params/subdomain", "host")
+    params_refused(z, {"subdomain": "evil.example:1", "token": "x"}, "/params/subdomain", "host")
     params_refused(z, {"subdomain": "a", "token": "x\r\nEvil: 1"}, "/params/token", "header")
     mc = mailchimp_members()
     params_refused(mc, {"listId": "x"}, "/params/domain", "'domain'")
