@@ -59,8 +59,7 @@ class _Render:
         self.schedule_query = schedule_query
 
     def text(self, value: str, encode: Callable[[str], str] | None, *, host: bool = False) -> str:
-        template = _template(value)
-        rendered = value if template.is_static else template.render(self.start, self.end)
+        rendered = _template(value).render(self.start, self.end)
         if "{" not in rendered:
             return rendered
 

@@ -274,3 +274,16 @@ def test_secrets_are_masked_in_their_json_form_too() -> None:
     assert req.body == b'{"auth":"a\\"b\\\\c"}'
     assert describe(req, secret_values(spec, params))["body"] == '{"auth":"' + MASK + '"}'
     assert secret_forms(["", "x"]) == ["x"]
+
+
+def test_literal_path_text_is_encoded_and_at_at_is_one_at() -> None:
+    obj = minimal(
+        urlParams={
+            "host": "https://api.example.com",
+            "path": "/v1/caf\u00e9 menu/@@me/${id}",
+            "method": "GET",
+            "queryParams": {"sort": "@@timestamp"},
+        }
+    )
+    req = render_base(parse_spec(obj), {"id": "x y"}, "incremental", WINDOW)
+    assert req.url == "https://api.example.com/v1/caf%C3%A9%20menu/@me/x%20y?sort=%40timestamp"
