@@ -31,11 +31,13 @@ from shared.pull.spec_parts import (
     PLACEHOLDER,
     SCHEDULE_QUERY,
     Scan,
+    candidates,
     err,
     get_int,
     get_obj,
     get_str,
     get_str_list,
+    json_equal,
     params_schema,
     scalar_map,
 )
@@ -71,21 +73,6 @@ class Extract:
         object.__setattr__(self, "compiled", compile_path(self.path))
 
 
-def _json_equal(a: Any, b: Any) -> bool:
-    """JSON equality: ``false`` is not ``0``, ``1`` is ``1.0``."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_json_equal(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_json_equal(x, y) for x, y in zip(a, b, strict=True))
-    return bool(type(a) is type(b) or (_is_number(a) and _is_number(b))) and a == b
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
 @dataclass(frozen=True, slots=True)
 class EndCondition:
     """``endConditionName`` / ``endConditionValue``: the run ends when a page holds the value."""
@@ -97,25 +84,12 @@ class EndCondition:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "compiled", compile_path(self.path))
-        object.__setattr__(self, "candidates", _candidates(self.value))
+        object.__setattr__(self, "candidates", candidates(self.value))
 
     def met(self, data: Any) -> bool:
         return any(
-            _json_equal(m.obj, c) for m in self.compiled.finditer(data) for c in self.candidates
+            json_equal(m.obj, c) for m in self.compiled.finditer(data) for c in self.candidates
         )
-
-
-def _candidates(value: Any) -> tuple[Any, ...]:
-    """``Const:false`` is JSON ``false``; ``Const:x`` (or ``x``) is JSON x when it parses,
-    and also the string x."""
-    if not isinstance(value, str):
-        return (value,)
-    text = value.removeprefix("Const:")
-    try:
-        parsed = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return (text,)
-    return (text, parsed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,22 +165,10 @@ def parse_spec(obj: Any, pointer: str = "/sourceSpec") -> SourceSpec:
     attrs = get_obj(obj, "attributes", pointer, required=True)
     assert attrs is not None
     scan = Scan(declared)
-    url_ptr = ap + "/urlParams"
-    url = get_obj(attrs, "urlParams", ap, required=True)
-    assert url is not None
-    host = _host(url, url_ptr, scan)
-    path = get_str(url, "path", url_ptr, required=True)
-    method = get_str(url, "method", url_ptr, required=True)
-    assert path is not None and method is not None
-    scan.text(path, url_ptr + "/path")
-    if method.upper() not in ("GET", "POST"):
-        raise err(f"method must be GET or POST, got {method!r}", url_ptr + "/method")
-    query = scalar_map(url, "queryParams", url_ptr)
-    for name, value in query.items():
-        scan.text(value, f"{url_ptr}/queryParams/{jp.escape(name)}")
+    host, path, method, query = _url(attrs, ap, scan)
     headers = _headers(attrs, ap, scan)
     body = attrs.get("bodyParams")
-    if body is not None and body != {} and method.upper() == "GET":
+    if body is not None and body != {} and method == "GET":
         raise err("bodyParams needs method POST", ap + "/bodyParams")
     scan.walk(body, ap + "/bodyParams")
     content = _extract(attrs, "contentPath", ap, required=True)
@@ -227,7 +189,7 @@ def parse_spec(obj: Any, pointer: str = "/sourceSpec") -> SourceSpec:
         ui=ui,
         host=host,
         path=path,
-        method=method.upper(),
+        method=method,
         query=query,
         headers=headers,
         body=body,
@@ -243,6 +205,24 @@ def parse_spec(obj: Any, pointer: str = "/sourceSpec") -> SourceSpec:
         implicit_params=frozenset(scan.implicit),
         validator=validator,
     )
+
+
+def _url(attrs: dict[str, Any], ap: str, scan: Scan) -> tuple[str, str, str, dict[str, str]]:
+    """urlParams: (host, path, method in upper case, queryParams)."""
+    url_ptr = ap + "/urlParams"
+    url = get_obj(attrs, "urlParams", ap, required=True)
+    assert url is not None
+    host = _host(url, url_ptr, scan)
+    path = get_str(url, "path", url_ptr, required=True)
+    method = get_str(url, "method", url_ptr, required=True)
+    assert path is not None and method is not None
+    scan.text(path, url_ptr + "/path")
+    if method.upper() not in ("GET", "POST"):
+        raise err(f"method must be GET or POST, got {method!r}", url_ptr + "/method")
+    query = scalar_map(url, "queryParams", url_ptr)
+    for name, value in query.items():
+        scan.text(value, f"{url_ptr}/queryParams/{jp.escape(name)}")
+    return host, path, method.upper(), query
 
 
 def _host(url: dict[str, Any], ptr: str, scan: Scan) -> str:
