@@ -35,6 +35,7 @@ _STANDARD = {
     "s": "yyyy-MM-ddTHH:mm:ss",
     "u": "yyyy-MM-dd HH:mm:ssZ",
 }
+MAX_DEPTH = 32
 _SAMPLE_START = "2024-01-02T03:04:05Z"
 _SAMPLE_END = "2024-01-03T03:04:05Z"
 
@@ -81,7 +82,7 @@ def _truth(v: Value) -> bool:
     return v is True
 
 
-def text(v: Value) -> str:
+def as_text(v: Value) -> str:
     """A value as ADF interpolates it into a string."""
     if v is None:
         return ""
@@ -101,7 +102,7 @@ def _format_datetime(args: list[Value]) -> Value:
     if ts is None or ts == "":
         return ""
     if not isinstance(ts, str):
-        raise ValueError(f"the timestamp must be a string, got {text(ts)!r}")
+        raise ValueError(f"the timestamp must be a string, got {as_text(ts)!r}")
     fmt = args[1] if len(args) > 1 else "o"
     if not isinstance(fmt, str):
         raise ValueError("the format must be a string")
@@ -121,7 +122,7 @@ _FUNCS: dict[str, tuple[str, tuple[int, int], Callable[[list[Value]], Value]]] =
     "empty": ("empty", (1, 1), lambda a: a[0] is None or a[0] == ""),
     "coalesce": ("coalesce", (1, 64), lambda a: next((x for x in a if x is not None), None)),
     "equals": ("equals", (2, 2), lambda a: _equals(a[0], a[1])),
-    "concat": ("concat", (1, 64), lambda a: "".join(text(x) for x in a)),
+    "concat": ("concat", (1, 64), lambda a: "".join(as_text(x) for x in a)),
     "formatdatetime": ("formatDateTime", (1, 2), _format_datetime),
 }
 
@@ -130,6 +131,7 @@ class _Parser:
     def __init__(self, src: str, pos: int) -> None:
         self.src = src
         self.pos = pos
+        self.depth = 0
 
     def fail(self, what: str, at: int | None = None) -> ValueError:
         return ValueError(f"expression: {what} at offset {self.pos if at is None else at}")
@@ -149,6 +151,15 @@ class _Parser:
         self.pos += 1
 
     def expr(self) -> _Node:
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise self.fail(f"expression nested deeper than {MAX_DEPTH} calls")
+            return self._expr()
+        finally:
+            self.depth -= 1
+
+    def _expr(self) -> _Node:
         c = self.peek()
         start = self.pos
         if c == "'":
@@ -266,7 +277,7 @@ class Template:
             "ingestionStart": ingestion_start or None,
             "ingestionEnd": ingestion_end or None,
         }
-        return "".join(p if isinstance(p, str) else text(p.eval(env)) for p in self.parts)
+        return "".join(p if isinstance(p, str) else as_text(p.eval(env)) for p in self.parts)
 
 
 def compile_template(text: str) -> Template:
@@ -274,9 +285,14 @@ def compile_template(text: str) -> Template:
     parts: list[str | _Node] = []
     if text.startswith("@") and text[1:2].isalpha():
         parser = _Parser(text, 1)
-        parts.append(parser.expr())
-        if parser.peek():
-            raise parser.fail(f"unexpected {parser.peek()!r} after the expression")
+        try:
+            parts.append(parser.expr())
+            if parser.peek():
+                raise parser.fail(f"unexpected {parser.peek()!r} after the expression")
+        except ValueError as e:
+            raise ValueError(
+                f"{e} (a string starting with @ is one expression; @@ is a literal @)"
+            ) from e
     else:
         _interpolations(text, parts)
     template = Template(text, tuple(parts))

@@ -59,8 +59,7 @@ class _Render:
         self.schedule_query = schedule_query
 
     def text(self, value: str, encode: Callable[[str], str] | None, *, host: bool = False) -> str:
-        template = _template(value)
-        rendered = value if template.is_static else template.render(self.start, self.end)
+        rendered = _template(value).render(self.start, self.end)
         if "{" not in rendered:
             return rendered
 
@@ -116,6 +115,10 @@ def render_base(
     if pairs:
         url += "?" + "&".join(f"{_encode(k)}={_encode(v)}" for k, v in pairs)
     split = urlsplit(url)
+    try:
+        split.port  # noqa: B018 (a port that is not a number raises here)
+    except ValueError:
+        raise ValueError("the rendered host has a port that is not a number") from None
     if split.scheme.lower() not in ("http", "https") or not split.hostname:
         raise ValueError("the rendered host is not an http:// or https:// URL with a host name")
     headers = {name: r.text(v, None) for name, v in spec.headers.items()}
@@ -206,10 +209,23 @@ def origin(url: str) -> tuple[str, str, int | None]:
     return scheme, (s.hostname or "").lower(), s.port or {"http": 80, "https": 443}.get(scheme)
 
 
+def secret_forms(secrets: Iterable[str]) -> list[str]:
+    """Each secret as given and as it reads inside a JSON string (a body, a message);
+    :func:`shared.pull.model.mask` adds the percent-encoded forms."""
+    forms: list[str] = []
+    for s in secrets:
+        if s:
+            forms.append(s)
+            escaped = orjson.dumps(s).decode()[1:-1]
+            if escaped != s:
+                forms.append(escaped)
+    return forms
+
+
 def describe(req: Request, secrets: Iterable[str]) -> dict[str, Any]:
     """``{"method", "url", "headers"}`` (and ``"body"``, cut to 2,000 characters) with
     every secret value masked: for previews, run records and error messages."""
-    values = [s for s in secrets if s]
+    values = secret_forms(secrets)
     out: dict[str, Any] = {
         "method": req.method,
         "url": mask(req.url, values),
@@ -221,4 +237,13 @@ def describe(req: Request, secrets: Iterable[str]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["MASK", "describe", "origin", "render_base", "resolve", "with_header", "with_query"]
+__all__ = [
+    "MASK",
+    "describe",
+    "origin",
+    "render_base",
+    "resolve",
+    "secret_forms",
+    "with_header",
+    "with_query",
+]

@@ -14,6 +14,7 @@ source's params (400 ``invalid_source_params``); its messages never carry a secr
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,11 +31,13 @@ from shared.pull.spec_parts import (
     PLACEHOLDER,
     SCHEDULE_QUERY,
     Scan,
+    candidates,
     err,
     get_int,
     get_obj,
     get_str,
     get_str_list,
+    json_equal,
     params_schema,
     scalar_map,
 )
@@ -44,8 +47,9 @@ PAGINATION_TYPES = ("OFFSET", "POINTER", "CONTINUATION_TOKEN", "PAGE", "NONE")
 PARAMETER_TYPES = ("QUERYPARAM", "HEADERPARAM")
 DEFAULT_TIME_FORMAT = "yyyy-MM-ddTHH:mm:ssK"
 DEFAULT_MAXIMUM_REQUEST = 10_000
-#: what a value substituted into the host may hold: a host label, dots, a port
-HOST_VALUE = re.compile(r"[A-Za-z0-9._:-]+")
+#: what a value substituted into the host may hold: host labels and dots, or a port
+#: (no ":": "evil.example:1" in "https://{domain}.api.x.com" would move the host)
+HOST_VALUE = re.compile(r"[A-Za-z0-9._-]+")
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 Path = jsonpath.JSONPath | jsonpath.CompoundJSONPath
 
@@ -69,21 +73,6 @@ class Extract:
         object.__setattr__(self, "compiled", compile_path(self.path))
 
 
-def _json_equal(a: Any, b: Any) -> bool:
-    """JSON equality: ``false`` is not ``0``, ``1`` is ``1.0``."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_json_equal(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_json_equal(x, y) for x, y in zip(a, b, strict=True))
-    return bool(type(a) is type(b) or (_is_number(a) and _is_number(b))) and a == b
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
 @dataclass(frozen=True, slots=True)
 class EndCondition:
     """``endConditionName`` / ``endConditionValue``: the run ends when a page holds the value."""
@@ -95,25 +84,12 @@ class EndCondition:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "compiled", compile_path(self.path))
-        object.__setattr__(self, "candidates", _candidates(self.value))
+        object.__setattr__(self, "candidates", candidates(self.value))
 
     def met(self, data: Any) -> bool:
         return any(
-            _json_equal(m.obj, c) for m in self.compiled.finditer(data) for c in self.candidates
+            json_equal(m.obj, c) for m in self.compiled.finditer(data) for c in self.candidates
         )
-
-
-def _candidates(value: Any) -> tuple[Any, ...]:
-    """``Const:false`` is JSON ``false``; ``Const:x`` (or ``x``) is JSON x when it parses,
-    and also the string x."""
-    if not isinstance(value, str):
-        return (value,)
-    text = value.removeprefix("Const:")
-    try:
-        parsed = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return (text,)
-    return (text, parsed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,22 +165,10 @@ def parse_spec(obj: Any, pointer: str = "/sourceSpec") -> SourceSpec:
     attrs = get_obj(obj, "attributes", pointer, required=True)
     assert attrs is not None
     scan = Scan(declared)
-    url_ptr = ap + "/urlParams"
-    url = get_obj(attrs, "urlParams", ap, required=True)
-    assert url is not None
-    host = _host(url, url_ptr, scan)
-    path = get_str(url, "path", url_ptr, required=True)
-    method = get_str(url, "method", url_ptr, required=True)
-    assert path is not None and method is not None
-    scan.text(path, url_ptr + "/path")
-    if method.upper() not in ("GET", "POST"):
-        raise err(f"method must be GET or POST, got {method!r}", url_ptr + "/method")
-    query = scalar_map(url, "queryParams", url_ptr)
-    for name, value in query.items():
-        scan.text(value, f"{url_ptr}/queryParams/{jp.escape(name)}")
+    host, path, method, query = _url(attrs, ap, scan)
     headers = _headers(attrs, ap, scan)
     body = attrs.get("bodyParams")
-    if body is not None and body != {} and method.upper() == "GET":
+    if body is not None and body != {} and method == "GET":
         raise err("bodyParams needs method POST", ap + "/bodyParams")
     scan.walk(body, ap + "/bodyParams")
     content = _extract(attrs, "contentPath", ap, required=True)
@@ -225,7 +189,7 @@ def parse_spec(obj: Any, pointer: str = "/sourceSpec") -> SourceSpec:
         ui=ui,
         host=host,
         path=path,
-        method=method.upper(),
+        method=method,
         query=query,
         headers=headers,
         body=body,
@@ -241,6 +205,24 @@ def parse_spec(obj: Any, pointer: str = "/sourceSpec") -> SourceSpec:
         implicit_params=frozenset(scan.implicit),
         validator=validator,
     )
+
+
+def _url(attrs: dict[str, Any], ap: str, scan: Scan) -> tuple[str, str, str, dict[str, str]]:
+    """urlParams: (host, path, method in upper case, queryParams)."""
+    url_ptr = ap + "/urlParams"
+    url = get_obj(attrs, "urlParams", ap, required=True)
+    assert url is not None
+    host = _host(url, url_ptr, scan)
+    path = get_str(url, "path", url_ptr, required=True)
+    method = get_str(url, "method", url_ptr, required=True)
+    assert path is not None and method is not None
+    scan.text(path, url_ptr + "/path")
+    if method.upper() not in ("GET", "POST"):
+        raise err(f"method must be GET or POST, got {method!r}", url_ptr + "/method")
+    query = scalar_map(url, "queryParams", url_ptr)
+    for name, value in query.items():
+        scan.text(value, f"{url_ptr}/queryParams/{jp.escape(name)}")
+    return host, path, method.upper(), query
 
 
 def _host(url: dict[str, Any], ptr: str, scan: Scan) -> str:
@@ -430,13 +412,23 @@ def param_text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+def secret_values(spec: SourceSpec, params: Mapping[str, Any]) -> list[str]:
+    """The texts of the params the spec marks secret: what every log line, run record,
+    error and preview must mask (:func:`shared.pull.model.mask`)."""
+    return [param_text(params[n]) for n in sorted(spec.secrets) if params.get(n) is not None]
+
+
+def _json_forms(values: list[str]) -> list[str]:
+    return values + [orjson.dumps(v).decode()[1:-1] for v in values]
+
+
 def check_params(spec: SourceSpec, params: Any, pointer: str = "/params") -> None:
     """ApiError(invalid_source_params) unless ``params`` fits the spec's schema and gives a
     string, number or boolean to every placeholder the spec uses. Messages never carry a
     secret value."""
     if not isinstance(params, dict):
         raise ApiError(Code.INVALID_SOURCE_PARAMS, "params must be a JSON object", pointer=pointer)
-    secrets = [param_text(params[n]) for n in spec.secrets if n in params]
+    secrets = _json_forms(secret_values(spec, params))
     validator = spec.validator
     if validator is None:
         validator = params_schema(spec.params_schema, "/sourceSpec/spec")[1]
@@ -459,7 +451,7 @@ def _check_value(spec: SourceSpec, name: str, value: Any, ptr: str) -> None:
     text = param_text(value)
     if name in spec.host_placeholders and not HOST_VALUE.fullmatch(text):
         raise refuse(
-            f"{name} goes into the host: only letters, digits, '.', '-', '_' and ':' are allowed"
+            f"{name} goes into the host: only letters, digits, '.', '-' and '_' are allowed"
         )
     if name in spec.header_placeholders and any(c in text for c in "\r\n\x00"):
         raise refuse(f"{name} goes into a header: it must not hold CR, LF or NUL")
@@ -477,4 +469,5 @@ __all__ = [
     "check_params",
     "param_text",
     "parse_spec",
+    "secret_values",
 ]

@@ -9,6 +9,7 @@ import re
 from typing import Any
 
 import jsonschema_rs
+import orjson
 
 from shared import pointer as jp
 from shared.codes import Code
@@ -125,6 +126,34 @@ def scalar_map(d: dict[str, Any], key: str, ptr: str) -> dict[str, str]:
     return out
 
 
+def json_equal(a: Any, b: Any) -> bool:
+    """JSON equality: ``false`` is not ``0``, ``1`` is ``1.0``."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
+    return bool(type(a) is type(b) or (_is_number(a) and _is_number(b))) and a == b
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def candidates(value: Any) -> tuple[Any, ...]:
+    """``Const:false`` is JSON ``false``; ``Const:x`` (or ``x``) is JSON x when it parses,
+    and also the string x."""
+    if not isinstance(value, str):
+        return (value,)
+    text = value.removeprefix("Const:")
+    try:
+        parsed = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return (text,)
+    return (text, parsed)
+
+
 class Scan:
     """Collects the placeholders a spec uses, refusing undeclared ones and bad templates."""
 
@@ -192,6 +221,10 @@ class Scan:
 def params_schema(
     schema: Any, ptr: str
 ) -> tuple[dict[str, Any], Any, frozenset[str], frozenset[str]]:
+    """(the schema, its compiled validator, the declared param names, the secret ones).
+
+    A secret: a property with ``"format": "password"``, ``"writeOnly": true`` or
+    ``"secret": true``. Patterns compile with the linear engine (shared.patterns)."""
     if schema is None:
         schema = {"type": "object"}
     if not isinstance(schema, dict):

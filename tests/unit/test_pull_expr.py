@@ -98,3 +98,14 @@ def test_refused_with_what_and_where(text: str, says: str) -> None:
 def test_offset_points_at_the_function() -> None:
     with pytest.raises(ValueError, match="at offset 7"):
         compile_template("/path@{utcNow()}")
+
+
+def test_nesting_is_bounded_and_the_at_form_says_how_to_escape() -> None:
+    deep = "@{" + "concat(" * 40 + "'x'" + ")" * 40 + "}"
+    with pytest.raises(ValueError, match="nested deeper than 32"):
+        compile_template(deep)
+    ok = "@{" + "concat(" * 30 + "'x'" + ")" * 30 + "}"
+    assert compile_template(ok).render("", END) == "x"
+    with pytest.raises(ValueError, match="@@ is a literal @"):
+        compile_template("@timestamp")
+    assert compile_template("@@timestamp").render("", END) == "@timestamp"

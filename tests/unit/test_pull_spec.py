@@ -409,6 +409,7 @@ def test_check_params() -> None:
     params_refused(z, {"subdomain": "acme"}, "/params", "token")
     params_refused(z, {"subdomain": 5, "token": "x"}, "/params/subdomain", "string")
     params_refused(z, {"subdomain": "a/b", "token": "x"}, "/params/subdomain", "host")
+    params_refused(z, {"subdomain": "evil.example:1", "token": "x"}, "/params/subdomain", "host")
     params_refused(z, {"subdomain": "a", "token": "x\r\nEvil: 1"}, "/params/token", "header")
     mc = mailchimp_members()
     params_refused(mc, {"listId": "x"}, "/params/domain", "'domain'")
@@ -434,3 +435,10 @@ def test_params_placeholder_values_may_be_numbers_or_booleans() -> None:
     with pytest.raises(ApiError) as info:
         check_params(spec, {"n": 5, "b": [True]})
     assert info.value.pointer == "/params/b"
+
+
+def test_check_params_masks_a_secret_in_its_json_form() -> None:
+    z = zendesk_users()
+    z["spec"]["properties"]["token"]["enum"] = ["only-this"]
+    e = params_refused(z, {"subdomain": "acme", "token": 'my"secret'}, "/params/token")
+    assert "secret" not in e.message, e.message
