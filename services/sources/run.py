@@ -35,7 +35,7 @@ from shared.pull.model import Page, PullError, Request, RunKind, Window, mask
 from shared.pull.paging import Pager
 from shared.pull.records import extract
 from shared.pull.request import render_base
-from shared.pull.spec import SourceSpec, parse_spec
+from shared.pull.spec import SourceSpec, parse_spec, secret_values
 from shared.redis.intake import SessionGone, SnapshotWriter, UpsertWriter
 from shared.registry import TableInfo
 
@@ -110,9 +110,9 @@ class Run:
         truncated = False
         try:
             spec = parse_spec(self.spec_raw)
-            self.secrets = [str(self.source.params[n]) for n in spec.secrets
-                            if self.source.params.get(n) not in (None, "")]  # fmt: skip
+            self.secrets = secret_values(spec, self.source.params)
             window = await self._window()
+            await self.ctx.store.set_window(self.run.id, self.ctx.owner, window.start, window.end)
             truncated = await self._fetch_all(spec, window)
             if self.source.mode == "full":
                 if truncated:
@@ -128,6 +128,10 @@ class Run:
         except PullError as e:
             await self._abort_session()
             return await self._finish("failed", window, error=self._error(e))
+        except ValueError as e:  # the params cannot make a request (render_base says why)
+            await self._abort_session()
+            err = PullError(Code.INVALID_SOURCE_PARAMS, f"cannot build the request: {e}")
+            return await self._finish("failed", window, error=self._error(err))
         except SessionGone as e:
             err = PullError(
                 Code.SOURCE_UNAVAILABLE,
@@ -172,7 +176,7 @@ class Run:
         self.writer = self._new_writer()
         kind: RunKind = "incremental" if self.run.kind == "incremental" else "backfill"
         base = render_base(spec, self.source.params, kind, window)
-        pager = Pager(spec.paging, base)
+        pager = Pager(spec.paging, base, secrets=self.secrets)
         async with Fetcher(
             connect_timeout_s=self.ctx.connect_timeout_s,
             read_timeout_s=self.ctx.read_timeout_s,
