@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from services.gateway.admin import BASE, MAX_NAME, admin, admin_body
-from services.gateway.http import json_response, parse_json, query_text, read_body
+from services.gateway.http import parse_json, query_text, read_body, respond
 from services.gateway.ingest import MAX_GROUP_KEY
 from services.gateway.source_views import run_view, source_view, spec_view
 from services.gateway.state import REGISTRY_STORE, SETTINGS, SOURCES
@@ -73,18 +73,19 @@ async def create_spec(request: web.Request) -> web.Response:
     body = await admin_body(request, SPEC_LIMIT)
     name = _name(body.get("name"))
     spec = parse_spec(body.get("sourceSpec"))
-    return json_response(spec_view(await s.create_spec(name, spec.raw)), status=201)
+    return respond(request, spec_view(await s.create_spec(name, spec.raw)), 201, root="sourceSpec")
 
 
 @routes.get(SPECS)
 async def list_specs(request: web.Request) -> web.Response:
     items = await store(request).list_specs()
-    return json_response({"items": [spec_view(s) for s in items]})
+    return respond(request, {"items": [spec_view(s) for s in items]}, root="sourceSpecs")
 
 
 @routes.get(f"{SPECS}/{{id}}")
 async def get_spec(request: web.Request) -> web.Response:
-    return json_response(spec_view(await store(request).get_spec(request.match_info["id"])))
+    spec = await store(request).get_spec(request.match_info["id"])
+    return respond(request, spec_view(spec), root="sourceSpec")
 
 
 @routes.put(f"{SPECS}/{{id}}")
@@ -102,7 +103,7 @@ async def update_spec(request: web.Request) -> web.Response:
     for u in users:
         if secret_names(spec, u.params) != u.secret_names:
             await s.update_source(u.id, _input_of(u, spec))
-    return json_response(spec_view(out))
+    return respond(request, spec_view(out), root="sourceSpec")
 
 
 def _still_fits(spec: SourceSpec, src: SourceRow) -> None:
@@ -243,18 +244,19 @@ async def create_source(request: web.Request) -> web.Response:
     s = store(request)
     body = await admin_body(request)
     src = await s.create_source(await _source_input(request, s, body, None))
-    return json_response(source_view(src), status=201)
+    return respond(request, source_view(src), 201, root="source")
 
 
 @routes.get(SOURCES_PATH)
 async def list_sources(request: web.Request) -> web.Response:
     items = await store(request).list_sources()
-    return json_response({"items": [source_view(s) for s in items]})
+    return respond(request, {"items": [source_view(s) for s in items]}, root="sources")
 
 
 @routes.get(f"{SOURCES_PATH}/{{id}}")
 async def get_source(request: web.Request) -> web.Response:
-    return json_response(source_view(await store(request).get_source(request.match_info["id"])))
+    src = await store(request).get_source(request.match_info["id"])
+    return respond(request, source_view(src), root="source")
 
 
 @routes.put(f"{SOURCES_PATH}/{{id}}")
@@ -264,7 +266,7 @@ async def update_source(request: web.Request) -> web.Response:
     body = await admin_body(request)
     current = await s.get_source(request.match_info["id"])
     src = await s.update_source(current.id, await _source_input(request, s, body, current))
-    return json_response(source_view(src))
+    return respond(request, source_view(src), root="source")
 
 
 @routes.delete(f"{SOURCES_PATH}/{{id}}")
@@ -278,7 +280,7 @@ async def delete_source(request: web.Request) -> web.Response:
 async def _set_paused(request: web.Request, paused: bool) -> web.Response:
     s = store(request)
     current = await s.get_source(request.match_info["id"])
-    return json_response(source_view(await s.set_paused(current.id, paused)))
+    return respond(request, source_view(await s.set_paused(current.id, paused)), root="source")
 
 
 @routes.post(f"{SOURCES_PATH}/{{id}}/pause")
@@ -294,7 +296,7 @@ async def resume(request: web.Request) -> web.Response:
 # ---- runs ---------------------------------------------------------------------------------
 
 
-async def _optional_body(request: web.Request) -> dict[str, Any]:
+async def optional_body(request: web.Request) -> dict[str, Any]:
     raw = await read_body(request, 1 << 16)
     if not raw.strip():
         return {}
@@ -304,7 +306,7 @@ async def _optional_body(request: web.Request) -> dict[str, Any]:
     return data
 
 
-def _kind(value: Any, src: SourceRow) -> str:
+def run_kind(value: Any, src: SourceRow) -> str:
     if value is None:
         return default_kind(src.mode)
     if value not in KINDS:
@@ -322,11 +324,11 @@ def _kind(value: Any, src: SourceRow) -> str:
 @routes.post(f"{SOURCES_PATH}/{{id}}/runs")
 async def request_run(request: web.Request) -> web.Response:
     s = store(request)
-    body = await _optional_body(request)
+    body = await optional_body(request)
     src = await s.get_source(request.match_info["id"])
-    kind = _kind(body.get("kind"), src)
+    kind = run_kind(body.get("kind"), src)
     run = await s.request_run(src.id, "incremental" if kind == "incremental" else "backfill")
-    return json_response({"runId": run.id, "status": run.status}, status=202)
+    return respond(request, {"runId": run.id, "status": run.status}, 202, root="run")
 
 
 def _limit(request: web.Request) -> int:
@@ -351,18 +353,20 @@ async def list_runs(request: web.Request) -> web.Response:
     src = await s.get_source(request.match_info["id"])
     runs = await s.list_runs(src.id, limit, before)
     nxt = runs[-1].id if len(runs) == limit else None
-    return json_response({"items": [run_view(r) for r in runs], "next": nxt})
+    return respond(request, {"items": [run_view(r) for r in runs], "next": nxt}, root="runs")
 
 
 @routes.get(f"{SOURCES_PATH}/{{id}}/runs/{{runId}}")
 async def get_run(request: web.Request) -> web.Response:
     s = store(request)
     src = await s.get_source(request.match_info["id"])
-    return json_response(run_view(await s.get_run(request.match_info["runId"], src.id)))
+    run = await s.get_run(request.match_info["runId"], src.id)
+    return respond(request, run_view(run), root="run")
 
 
 @routes.delete(f"{SOURCES_PATH}/{{id}}/runs/{{runId}}")
 async def cancel_run(request: web.Request) -> web.Response:
     s = store(request)
     src = await s.get_source(request.match_info["id"])
-    return json_response(run_view(await s.cancel_run(request.match_info["runId"], src.id)))
+    run = await s.cancel_run(request.match_info["runId"], src.id)
+    return respond(request, run_view(run), root="run")

@@ -150,10 +150,8 @@ class Run:
 
     async def _window(self) -> Window:
         end = self.run.started_at or datetime.now(UTC)
-        start: datetime | None = None
-        if self.run.kind == "incremental":
-            start = await self.ctx.store.last_window_end(self.source.id) or self.source.start_time
-        return Window(start, end)
+        src = self.source
+        return await self.ctx.store.next_window(src.id, self.run.kind, src.start_time, end)
 
     def _new_writer(self) -> SnapshotWriter | UpsertWriter:
         kw: dict[str, Any] = {
@@ -194,6 +192,8 @@ class Run:
                     what = f"{current.method} {current.url}"
                     e.request = e.request or mask(what, self.secrets)
                     raise
+                finally:
+                    self.requests = fetcher.requests
         return pager.truncated
 
     async def _page(

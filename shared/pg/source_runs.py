@@ -20,7 +20,7 @@ import asyncpg
 from shared.codes import Code
 from shared.errors import ConflictError, NotFoundError
 from shared.pg.pool import Db, connection
-from shared.pull.model import RunKind
+from shared.pull.model import RunKind, Window
 from shared.pull.schedule import parse_schedule
 
 OPEN = ("queued", "running")
@@ -315,6 +315,16 @@ class RunStore:
             source_id,
         )
         return end
+
+    async def next_window(
+        self, source_id: str, kind: str, start_time: datetime | None, end: datetime
+    ) -> Window:
+        """The window a run of ``kind`` ending at ``end`` reads: a backfill from the
+        beginning; an incremental run from where the last complete run ended, else the
+        source's ``startTime``, else the beginning."""
+        if kind != "incremental":
+            return Window(None, end)
+        return Window(await self.last_window_end(source_id) or start_time, end)
 
     async def open_runs(self) -> int:
         """Runs queued or running, of every source."""
