@@ -98,10 +98,10 @@ class Run:
                          self.source.name, self.run.id)  # fmt: skip
                 return "stopped"
             return await work
-        finally:
-            for t in (beat, lost):
+        finally:  # also when this task is cancelled (the stage stops): nothing outlives it
+            for t in (work, beat, lost):
                 t.cancel()
-            for t in (beat, lost):
+            for t in (work, beat, lost):
                 with contextlib.suppress(BaseException):
                     await t
 
