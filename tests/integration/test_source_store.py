@@ -271,14 +271,23 @@ async def test_finish_counts_and_window(
         "succeeded", True, end, 5, 9,
     )  # fmt: skip
     assert (got.created, got.updated, got.deleted, got.unchanged, got.rejected) == (3, 4, 0, 0, 1)
-    assert await store.last_window_end(sid) == end
-    # a failed or backfill run does not move the window
-    for kind, status in (("incremental", "failed"), ("backfill", "succeeded")):
+    # a truncated run read only part of its window: the next run reads it again
+    assert await store.last_window_end(sid) is None
+    # a failed or truncated run does not move the window; a complete one (incremental
+    # or backfill: both read everything before their end) does
+    cases = [
+        ("incremental", "failed", False, 3, None),
+        ("incremental", "succeeded", True, 4, None),
+        ("incremental", "succeeded", False, 5, 5),
+        ("backfill", "succeeded", False, 9, 9),
+    ]
+    for kind, status, cut, days, moves_to in cases:
         r = await store.request_run(sid, kind)  # type: ignore[arg-type]
         assert await store.claim_run("a") is not None
-        later = end + timedelta(days=3)
-        assert await store.finish_run(r.id, "a", status, window_end=later)
-    assert await store.last_window_end(sid) == end
+        later = end + timedelta(days=days)
+        assert await store.finish_run(r.id, "a", status, truncated=cut, window_end=later)
+        got_end = await store.last_window_end(sid)
+        assert got_end == (end + timedelta(days=moves_to) if moves_to else None)
 
 
 async def test_list_runs_newest_first(store: SourceStore, integration: str) -> None:
