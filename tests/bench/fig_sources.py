@@ -12,10 +12,13 @@ Per size (N, then N/4 to show memory does not grow with the run), on a fresh sta
 1. floor: a plain aiohttp client fetching every page of ``/bulk/items`` with the same
    page size and parsing each with orjson (the API's own serving cost, with the
    client's parse), records/s; measured before and after the run, the mean is used;
-2. the run: from ``POST .../runs`` to the run's ``succeeded`` (every page fetched and
-   handed to the pipeline) and to its snapshot applied (the run's ``created`` reaches
-   N, counted by the pipeline as it applies); the sources process's RSS sampled every
-   10 ms (psutil) and its VmHWM read at the end;
+2. the run: its fetch time is the run's own ``startedAt`` -> ``finishedAt`` (claimed,
+   every page fetched and handed to the pipeline, ``succeeded``: one clock, no poll
+   granularity); its applied time runs from ``POST .../runs`` (the claim wait
+   included, at most ``INGESTD_SOURCE_POLL_MS`` = 100 ms) to its snapshot applied (the
+   run's ``created`` reaching N, counted by the pipeline as it applies), polled every
+   20 ms; the sources process's RSS sampled every 10 ms (psutil) and its VmHWM read at
+   the end;
 3. ceiling beside it: the same N records pushed through the gateway as one snapshot
    session of 1,000-record parts into another groupKey, to its receipt applied: the
    pipeline's own rate for an all-created snapshot of that size, which bounds the
@@ -36,6 +39,7 @@ import sys
 import time
 import uuid
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -265,6 +269,10 @@ async def count_resources(settings: Settings, resource_type: str, group_key: str
     return int(n)
 
 
+def _at(stamp: str) -> float:
+    return datetime.fromisoformat(stamp).timestamp()
+
+
 async def one_size(bench: Bench, settings: Settings, n: int) -> dict[str, Any]:
     """Fresh state and processes; floor, the run, floor again, then the pushed ceiling."""
     await reset_state(settings)
@@ -306,12 +314,15 @@ async def one_size(bench: Bench, settings: Settings, n: int) -> dict[str, Any]:
         raise RuntimeError(f"expected {n} records and resources, found {got}: {run}")
     if before["records"] != n:
         raise RuntimeError(f"the floor fetched {before['records']} records, not {n}")
-    fetch_s, applied_s = seen["succeeded"] - t0, seen["applied"] - t0
+    applied_s = seen["applied"] - t0
+    fetch_s = _at(run["finishedAt"]) - _at(run["startedAt"])  # the stage's own clock
     floor_rps = statistics.mean([before["rps"], after["rps"]])
     return {
         "records": n,
         "requests": run["requests"],
         "fetch_s": fetch_s,
+        "fetch_polled_s": seen["succeeded"] - t0,
+        "claim_s": _at(run["startedAt"]) - _at(run["createdAt"]),
         "applied_s": applied_s,
         "fetch_rps": n / fetch_s,
         "applied_rps": n / applied_s,
