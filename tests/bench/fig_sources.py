@@ -55,8 +55,18 @@ from shared.pg.registry import RegistryStore
 from shared.schema_rules import prepare_schema
 from shared.secrets import SecretBox
 from tests.bench.core import Bench, Figure
-from tests.bench.env import ADMIN_TOKEN, CpuMeter, Proc, Procs, procs, reset_state, wait_port
+from tests.bench.env import (
+    ADMIN_TOKEN,
+    CpuMeter,
+    Proc,
+    Procs,
+    Spy,
+    procs,
+    reset_state,
+    wait_port,
+)
 from tests.bench.fig_pipeline import wait_leases
+from tests.bench.profile import format_hotspots, hotspots
 from tests.demo_api import bulk_records
 
 PAGE = 1000
@@ -273,8 +283,11 @@ def _at(stamp: str) -> float:
     return datetime.fromisoformat(stamp).timestamp()
 
 
-async def one_size(bench: Bench, settings: Settings, n: int) -> dict[str, Any]:
-    """Fresh state and processes; floor, the run, floor again, then the pushed ceiling."""
+async def one_size(
+    bench: Bench, settings: Settings, n: int, profile: Path | None = None
+) -> dict[str, Any]:
+    """Fresh state and processes; floor, the run, floor again, then the pushed ceiling.
+    ``profile``: the run with the sources process under ``py-spy record`` into it."""
     await reset_state(settings)
     integration, key, resource_type = await seed(settings)
     timeout = max(300.0, n / 200)
@@ -302,10 +315,13 @@ async def one_size(bench: Bench, settings: Settings, n: int) -> dict[str, Any]:
             meters.update(
                 {p.name: p.target() for p in ps.running if p.name in ("worker", "projector")}
             )
+            spy = Spy(sources.pid, profile / "sources.raw", rate=1000) if profile else None
             with RssSampler(sp) as rss, CpuMeter(**meters) as cpu:
                 t0 = time.monotonic()
                 run_id = (await _call(c, "POST", "/admin/v1/sources/bulk/runs"))["runId"]
                 run = await wait_run(c, "bulk", run_id, n, timeout, seen)
+            if spy is not None:
+                spy.stop()
             hwm = vm_hwm_mib(sources.pid)
             after = await floor_fetch(demo_url)
             push = await push_snapshot(c, key, n, "push", timeout)
@@ -387,4 +403,10 @@ async def figure8(bench: Bench) -> Figure:
         f"{big['rss_peak_mib']:.0f} MiB at {n:,} (growth {growth:+.1f} MiB; start "
         f"{big['rss_start_mib']:.0f} MiB); CPU us/record {big['cpu_us_per_record']}"
     )
+    if bench.profile_dir is not None:  # a pass more, so py-spy slows no measured run
+        bench.profile_dir.mkdir(parents=True, exist_ok=True)
+        print(f"[bench] figure 8: a run under py-spy -> {bench.profile_dir}", flush=True)
+        await one_size(bench, settings, n, profile=bench.profile_dir)
+        fig.details["profile"] = hotspots(bench.profile_dir / "sources.raw")
+        print(format_hotspots("sources", fig.details["profile"]), flush=True)
     return fig
