@@ -19,10 +19,11 @@ Per size (N, then N/4 to show memory does not grow with the run), on a fresh sta
    run's ``created`` reaching N, counted by the pipeline as it applies), polled every
    20 ms; the sources process's RSS sampled every 10 ms (psutil) and its VmHWM read at
    the end;
-3. ceiling beside it: the same N records pushed through the gateway as one snapshot
-   session of 1,000-record parts into another groupKey, to its receipt applied: the
-   pipeline's own rate for an all-created snapshot of that size, which bounds the
-   run's applied rate whatever the sources stage does.
+3. ceiling beside it: on a fresh state again (an empty table, as the run had it) and
+   fresh stages, the same N records pushed through the gateway as one snapshot session
+   of 1,000-record parts, to its receipt applied: the pipeline's own rate for an
+   all-created snapshot of that size, which bounds the run's applied rate whatever the
+   sources stage does.
 
 Ratio: run records/s to applied ÷ floor records/s. The fetch ratio (to ``succeeded``)
 is the sources stage's own cost and is the one held to the target, with the RSS growth
@@ -265,6 +266,19 @@ async def push_snapshot(
     return {"seconds": secs, "upload_s": t_upload, "rps": records / secs}
 
 
+async def push_ceiling(bench: Bench, settings: Settings, n: int, within: float) -> dict[str, Any]:
+    """The pushed snapshot on a fresh state and fresh stages, as the run had them."""
+    await reset_state(settings)
+    _, key, _ = await seed(settings)
+    with procs(settings, bench.workdir) as ps:
+        _, port = ps.stage("gateway")
+        ps.stage("projector")
+        ps.stage("worker")
+        await wait_leases(bench)
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as c:
+            return await push_snapshot(c, key, n, "push", within)
+
+
 async def count_resources(settings: Settings, resource_type: str, group_key: str) -> int:
     assert settings.database_url
     conn = await asyncpg.connect(settings.database_url)
@@ -289,7 +303,7 @@ async def one_size(
     """Fresh state and processes; floor, the run, floor again, then the pushed ceiling.
     ``profile``: the run with the sources process under ``py-spy record`` into it."""
     await reset_state(settings)
-    integration, key, resource_type = await seed(settings)
+    integration, _, resource_type = await seed(settings)
     timeout = max(300.0, n / 200)
     with procs(settings, bench.workdir) as ps:
         demo, demo_url = demo_api(ps, n)
@@ -324,8 +338,8 @@ async def one_size(
                 spy.stop()
             hwm = vm_hwm_mib(sources.pid)
             after = await floor_fetch(demo_url)
-            push = await push_snapshot(c, key, n, "push", timeout)
     got = await count_resources(settings, resource_type, "pull")
+    push = await push_ceiling(bench, settings, n, timeout)
     if got != n or run["records"] != n or run["pages"] != n // PAGE + 1:
         raise RuntimeError(f"expected {n} records and resources, found {got}: {run}")
     if before["records"] != n:
