@@ -48,7 +48,10 @@ def extract(data: Any, content: Extract, explode: Extract | None) -> tuple[int, 
         found: list[Any] = matches[0] or []
     else:
         found = matches
-    shaped = [shape(r, content) for r in found]
+    if content.keep or content.skip or content.wrapper:
+        shaped = [shape(r, content) for r in found]
+    else:  # nothing to shape: shape() would return every record as it is
+        shaped = list(found)
     if explode is None:
         return len(found), shaped
     return len(found), [out for r in shaped for out in explode_record(r, explode)]

@@ -4,10 +4,12 @@
     make bench BENCH_ARGS="--quick"         # smoke run, about 1 minute
     make bench BENCH_ARGS="--only 1,3"      # some figures
     make bench BENCH_ARGS="--profile DIR"   # + py-spy hotspots of worker and projector
+                                            #   (and of the sources stage with figure 8)
 
 Servers: ``DATABASE_URL`` / ``REDIS_URL`` when set (database ``ingestd_bench``,
 Redis db 14), embedded ones otherwise. Every process under test is started as a
-user starts it (``ingestd gateway|worker|projector``); load comes from a
+user starts it (``ingestd gateway|worker|projector|sources``, the demo API as
+``python -m tests.demo_api``); load comes from a
 separate process: ``wrk`` when installed, else ``python -m tests.bench.load``.
 The table goes to stdout, every number (runs, CPU shares, floors) to
 ``bench-results.json``.
@@ -15,5 +17,6 @@ The table goes to stdout, every number (runs, CPU shares, floors) to
 Modules: ``__main__`` (CLI, table), ``env`` (servers, state, processes, CPU
 meters), ``load`` / ``loadgen`` (generators), ``bare`` (floor servers),
 ``fig_gateway`` (1), ``fig_pipeline`` (3, 5, 6), ``fig_bulk`` (2, 4, 7),
+``fig_sources`` (8: a full pull-source run),
 ``profile`` (py-spy hotspots), ``bulk_diff`` (figure 7's own script).
 """

@@ -23,6 +23,7 @@ class Sizes:
     latency_duration: float  # figure 5 seconds of fixed-rate load
     snapshot: int  # figure 4 resources
     bulk_items: int  # resources per bulk request in figure 2
+    pull_records: int  # figure 8: records the demo API serves to one full source run
 
 
 FULL = Sizes(
@@ -33,6 +34,7 @@ FULL = Sizes(
     latency_duration=10,
     snapshot=200_000,
     bulk_items=1000,
+    pull_records=200_000,
 )
 QUICK = Sizes(
     rounds=1,
@@ -42,6 +44,7 @@ QUICK = Sizes(
     latency_duration=3,
     snapshot=10_000,
     bulk_items=200,
+    pull_records=20_000,
 )
 
 

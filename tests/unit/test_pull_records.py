@@ -116,6 +116,15 @@ def test_content_path_shapes(path: str, data: Any, expected: list[Any]) -> None:
     assert (count, records) == (len(expected), expected)
 
 
+def test_records_with_nothing_to_shape_are_a_new_list_over_the_page() -> None:
+    page = {"items": [{"a": 1, "b": {"c": 2}}, "not an object"]}
+    before = copy.deepcopy(page)
+    _, records = extract(page, Extract("$.items"), None)
+    assert records == page["items"] and records is not page["items"]
+    records.append("more")
+    assert page == before
+
+
 def test_content_path_not_found_names_the_page() -> None:
     page = {"error": "x" * 1000, "data": []}
     with pytest.raises(PullError) as info:
