@@ -30,6 +30,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
@@ -136,17 +137,24 @@ def _check_port_free(host: str, port: int) -> None:
             ) from None
 
 
+def _kept_secret(settings: Settings, name: str, make: Callable[[], str]) -> tuple[str, Path]:
+    """``<data dir>/<name>``'s value, made by ``make`` and written (mode 0600, never
+    overwritten) the first time: what a restart of ``ingestd dev`` reuses."""
+    path = settings.data_dir / name
+    if path.exists():
+        return path.read_text().strip(), path
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    value = make()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    return value, path
+
+
 def _admin_token(settings: Settings) -> Settings:
     if settings.admin_token:
         return settings
-    path = settings.data_dir / "admin-token"
-    if path.exists():
-        token = path.read_text().strip()
-    else:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        token = secrets.token_urlsafe(24)
-        path.write_text(token + "\n")
-        path.chmod(0o600)
+    token, path = _kept_secret(settings, "admin-token", lambda: secrets.token_urlsafe(24))
     print(f"INGESTD_ADMIN_TOKEN={token}  (saved in {path})", flush=True)
     return replace(settings, admin_token=token)
 
@@ -156,15 +164,7 @@ def _secret_key(settings: Settings) -> Settings:
     printed: it guards stored credentials, and the file is what a restart reuses)."""
     if settings.secret_key:
         return settings
-    path = settings.data_dir / "secret-key"
-    if path.exists():
-        key = path.read_text().strip()
-    else:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        key = SecretBox.generate_key()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(key + "\n")
+    key, path = _kept_secret(settings, "secret-key", SecretBox.generate_key)
     log.info("INGESTD_SECRET_KEY from %s", path)
     return replace(settings, secret_key=key)
 

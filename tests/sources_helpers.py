@@ -15,6 +15,7 @@ from shared.pg.registry import RegistryCache, RegistryStore
 from shared.pg.sources import SourceStore
 from shared.secrets import SecretBox
 from tests.conftest import ADMIN, InlinePipeline, Seeded
+from tests.unit.pull_examples import mailchimp_members as seed_members
 
 Client = TestClient[Any, Any]
 
@@ -42,57 +43,15 @@ MEMBER_SCHEMA: dict[str, Any] = {
 
 
 def mailchimp_members(host: str) -> dict[str, Any]:
-    """The seed's completed Mailchimp Members source spec, exactly as printed in the seed
-    (only ``host`` points at the demo API, and the API key header is added)."""
-    return {
-        "attributes": {
-            "uiAttributes": {
-                "isSource": True,
-                "isPreview": True,
-                "isBeta": True,
-                "category": {"key": "marketingAutomation"},
-                "icon": {"key": "mailchimpMembersIcon"},
-                "description": {"key": "mailchimpMembersDescription"},
-                "label": {"key": "mailchimpMembersLabel"},
-            },
-            "urlParams": {
-                "host": host,
-                "path": "/3.0/lists/${listId}/members",
-                "method": "GET",
-            },
-            "headerParams": {"Authorization": "Bearer ${apiKey}"},
-            "contentPath": {
-                "path": "$.members",
-                "skipAttributes": ["_links", "total_items", "list_id"],
-                "overrideWrapperAttribute": "member",
-            },
-            "paginationParams": {
-                "type": "OFFSET",
-                "limitName": "count",
-                "limitValue": "100",
-                "offSetName": "offset",
-            },
-            "scheduleParams": {
-                "scheduleStartParamName": "since_last_changed",
-                "scheduleEndParamName": "before_last_changed",
-                "scheduleStartParamFormat": "yyyy-MM-ddTHH:mm:ss:fffffffK",
-                "scheduleEndParamFormat": "yyyy-MM-ddTHH:mm:ss:fffffffK",
-            },
-        },
-        "spec": {
-            "$schema": "http://json-schema.org/draft-07/schema#",
-            "type": "object",
-            "description": "Define user input parameters to fetch resource values.",
-            "properties": {
-                "listId": {
-                    "type": "string",
-                    "description": "listId for which members need to fetch.",
-                },
-                "apiKey": {"type": "string", "format": "password"},
-            },
-            "required": ["listId", "apiKey"],
-        },
-    }
+    """The seed's completed Mailchimp Members source spec, parsed from the seed's own text
+    (:data:`tests.unit.pull_examples.MAILCHIMP_MEMBERS_TEXT`), with ``host`` pointing at
+    the demo API, the API key header added and the key declared as a secret param."""
+    spec = seed_members()
+    spec["attributes"]["urlParams"]["host"] = host
+    spec["attributes"]["headerParams"] = {"Authorization": "Bearer ${apiKey}"}
+    spec["spec"]["properties"]["apiKey"] = {"type": "string", "format": "password"}
+    spec["spec"]["required"] = ["listId", "apiKey"]
+    return spec
 
 
 def with_paging(spec: dict[str, Any], **paging: Any) -> dict[str, Any]:

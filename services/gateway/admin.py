@@ -49,7 +49,7 @@ def _store(request: web.Request) -> RegistryStore:
     return request.app[REGISTRY_STORE]
 
 
-def _name(value: Any) -> str:
+def name_of(value: Any) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME:
         raise ApiError(
             Code.INVALID_NAME,
@@ -83,7 +83,7 @@ def _group_ref(value: Any) -> str:
 async def create_group(request: web.Request) -> web.Response:
     admin(request)
     body = await admin_body(request)
-    name = _name(body.get("name"))
+    name = name_of(body.get("name"))
     prefix = check_identifier(body.get("prefix"), "prefix")
     group = await _store(request).create_group(name, prefix)
     await _changed(request)
@@ -157,7 +157,7 @@ async def list_versions(request: web.Request) -> web.Response:
 async def create_integration(request: web.Request) -> web.Response:
     admin(request)
     body = await admin_body(request)
-    name = _name(body.get("name"))
+    name = name_of(body.get("name"))
     group_id = _group_ref(body.get("schemaGroup"))
     integration, key = await _store(request).create_integration(name, group_id)
     await _changed(request)

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from services.gateway.admin import BASE, MAX_NAME, admin, admin_body
+from services.gateway.admin import BASE, admin, admin_body, name_of
 from services.gateway.http import parse_json, query_text, read_body, respond
 from services.gateway.ingest import MAX_GROUP_KEY
 from services.gateway.source_views import run_view, source_view, spec_view
@@ -54,16 +54,6 @@ def _invalid(message: str, pointer: str) -> ApiError:
     return ApiError(Code.INVALID_SOURCE, message, pointer=pointer)
 
 
-def _name(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME:
-        raise ApiError(
-            Code.INVALID_NAME,
-            f"name must be a non-empty string of at most {MAX_NAME} characters",
-            pointer="/name",
-        )
-    return value
-
-
 # ---- source specs -------------------------------------------------------------------------
 
 
@@ -71,7 +61,7 @@ def _name(value: Any) -> str:
 async def create_spec(request: web.Request) -> web.Response:
     s = store(request)
     body = await admin_body(request, SPEC_LIMIT)
-    name = _name(body.get("name"))
+    name = name_of(body.get("name"))
     spec = parse_spec(body.get("sourceSpec"))
     return respond(request, spec_view(await s.create_spec(name, spec.raw)), 201, root="sourceSpec")
 
@@ -220,7 +210,7 @@ def _keep_masked(spec: SourceSpec, params: Any, current: SourceRow | None) -> An
 async def _source_input(
     request: web.Request, s: SourceStore, body: dict[str, Any], current: SourceRow | None
 ) -> SourceInput:
-    name = _name(body.get("name"))
+    name = name_of(body.get("name"))
     spec_id, spec = await _spec_of(s, body.get("sourceSpec"))
     params = _keep_masked(spec, body.get("params", {}), current)
     check_params(spec, params)

@@ -19,7 +19,7 @@ from services.sources.main import SourcesStage
 from shared.config import Settings
 from shared.redis import keyspace as ks
 from shared.redis.sessions import Scope, SessionStore
-from tests.conftest import ADMIN, InlinePipeline, Seeded
+from tests.conftest import ADMIN, Seeded
 from tests.demo_api import API_KEY, LIST_ID, DemoServer, DemoState, running
 from tests.helpers import poll
 from tests.sources_helpers import (
@@ -38,14 +38,6 @@ SECRET = API_KEY  # the demo API's key: a secret param of the source
 async def demo() -> AsyncIterator[DemoServer]:
     async with running(DemoState.sample(members=120)) as server:
         yield server
-
-
-@pytest.fixture
-async def harness(
-    client: Client, settings: Settings, pool: asyncpg.Pool, redis: Redis,
-    pipeline: InlinePipeline,
-) -> Harness:  # fmt: skip
-    return Harness(client, settings, pool, redis, pipeline)
 
 
 async def members_source(client: Client, seeded: Seeded, demo: DemoServer, **kw: Any) -> None:

@@ -11,10 +11,8 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
-from redis.asyncio import Redis
 
-from shared.config import Settings
-from tests.conftest import InlinePipeline, Seeded
+from tests.conftest import Seeded
 from tests.demo_api import API_KEY, CAMPAIGN_ID, LIST_ID, DemoServer, DemoState, running
 from tests.sources_helpers import Harness, add_table, create_source, mailchimp_members
 from tests.unit.pull_examples import zendesk_users
@@ -41,14 +39,6 @@ USER_SCHEMA: dict[str, Any] = {
 async def demo() -> AsyncIterator[DemoServer]:
     async with running(DemoState.sample(members=30, users=45, items=23)) as server:
         yield server
-
-
-@pytest.fixture
-async def harness(
-    client: Client, settings: Settings, pool: asyncpg.Pool, redis: Redis,
-    pipeline: InlinePipeline,
-) -> Harness:  # fmt: skip
-    return Harness(client, settings, pool, redis, pipeline)
 
 
 def generic(host: str, path: str, paging: dict[str, Any], **content: Any) -> dict[str, Any]:

@@ -9,10 +9,8 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
-from redis.asyncio import Redis
 
-from shared.config import Settings
-from tests.conftest import ADMIN, InlinePipeline, Seeded
+from tests.conftest import ADMIN, Seeded
 from tests.demo_api import API_KEY, LIST_ID, DemoServer, DemoState, member_id, running
 from tests.sources_helpers import (
     MEMBER_SCHEMA,
@@ -30,14 +28,6 @@ Client = TestClient[Any, Any]
 async def demo() -> AsyncIterator[DemoServer]:
     async with running(DemoState.sample(members=250)) as server:
         yield server
-
-
-@pytest.fixture
-async def harness(
-    client: Client, settings: Settings, pool: asyncpg.Pool, redis: Redis,
-    pipeline: InlinePipeline,
-) -> Harness:  # fmt: skip
-    return Harness(client, settings, pool, redis, pipeline)
 
 
 async def members(pool: asyncpg.Pool) -> dict[str, Any]:
