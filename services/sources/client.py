@@ -4,7 +4,8 @@ The commands are clients of the gateway (``INGESTD_URL``, default the local gate
 of ``INGESTD_HTTP_HOST``/``INGESTD_HTTP_PORT``) with the admin token
 (``INGESTD_ADMIN_TOKEN``, or the one ``ingestd dev`` saved in the data dir), so they
 work the same against ``make run`` and a deployment. ``run --follow`` shows a live
-progress line (rich) and exits 1 when the run does not succeed.
+progress line (rich) until the run has ended and the pipeline has applied what it sent
+(so the counts it prints are final), and exits 1 when the run does not succeed.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from shared.config import Settings
 from shared.errors import ConfigError
 
 FINAL = ("succeeded", "failed", "cancelled")
+APPLY_WAIT_S = 120.0
 
 
 class Api:
@@ -71,21 +73,37 @@ class Api:
 
 def _line(run: dict[str, Any], elapsed: float) -> Text:
     rate = run.get("records", 0) / elapsed if elapsed > 0 else 0.0
+    status = run["status"]
+    if status == "succeeded" and run.get("pending", 0):
+        status = "applying"  # the run has ended; the pipeline is applying what it sent
     return Text(
-        f"{run['runId']} {run['status']:<9} requests {run.get('requests', 0):,}  "
+        f"{run['runId']} {status:<9} requests {run.get('requests', 0):,}  "
         f"pages {run.get('pages', 0):,}  records {run.get('records', 0):,}  "
         f"{rate:,.0f} rec/s  {elapsed:,.1f} s"
     )
 
 
+def _following(run: dict[str, Any], applied_by: float | None) -> bool:
+    """Still running, or succeeded with events the pipeline has yet to apply (their
+    counts are not final until it has), for at most APPLY_WAIT_S after the run ended."""
+    if run["status"] not in FINAL:
+        return True
+    if run["status"] != "succeeded" or not run.get("pending", 0):
+        return False
+    return applied_by is None or time.monotonic() < applied_by
+
+
 def follow(api: Api, name: str, run_id: str, console: Console) -> dict[str, Any]:
     path = f"{api.source(name)}/runs/{quote(run_id, safe='')}"
     started = time.monotonic()
+    applied_by: float | None = None
     run: dict[str, Any] = api.call("GET", path)
     with Live(_line(run, 0), console=console, refresh_per_second=4, transient=False) as live:
-        while run["status"] not in FINAL:
+        while _following(run, applied_by):
             time.sleep(0.25)
             run = api.call("GET", path)
+            if applied_by is None and run["status"] in FINAL:
+                applied_by = time.monotonic() + APPLY_WAIT_S
             live.update(_line(run, time.monotonic() - started))
     return run
 
@@ -120,7 +138,10 @@ def run_source(name: str, backfill: bool, follow_: bool) -> None:
     run = follow(api, name, run_id, console)
     counts = ", ".join(f"{k} {run.get(k, 0):,}" for k in
                        ("created", "updated", "deleted", "unchanged", "rejected"))  # fmt: skip
-    console.print(f"{run['status']}: {counts}{' (truncated)' if run.get('truncated') else ''}")
+    notes = " (truncated)" if run.get("truncated") else ""
+    if run.get("pending"):
+        notes += f" ({run['pending']:,} events not applied yet: counts so far)"
+    console.print(f"{run['status']}: {counts}{notes}")
     if run.get("error"):
         console.print(f"error {run['error']['code']}: {run['error']['message']}")
     if run["status"] != "succeeded":
