@@ -5,12 +5,14 @@ servers, its own sources stage) and the demo API as a process, with the admin to
 A run with `--follow` prints its progress and, once the pipeline has applied what it
 read, the final counts, and exits 0; a run the remote API refuses (an unknown Mailchimp
 list: 404) exits 1 and prints the error code, and never the API key; `runs` lists the
-runs newest first; on a terminal the progress line is live (rich). `ingestd sources`
-without the secret key stops at once with exit code 2.
+runs newest first; on a terminal the progress line is live (rich); `preview` prints the
+first page's preview (the key masked) and records no run, and exits 1 on a 502.
+`ingestd sources` without the secret key stops at once with exit code 2.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
@@ -223,3 +225,22 @@ def test_the_sources_stage_needs_the_secret_key(tmp_path: Path) -> None:
     assert done.stderr == (
         "configuration error: INGESTD_SECRET_KEY must be set for the sources stage (see README)\n"
     )
+
+
+def test_preview_prints_the_first_page_as_json_and_ingests_nothing(env: Env) -> None:
+    runs_before = env.call("GET", "/admin/v1/sources/members/runs")["items"]
+    done = cli(env, "preview", "members")
+    assert done.returncode == 0, done.stdout + done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["request"]["headers"]["Authorization"] == "Bearer ******"
+    assert API_KEY not in done.stdout + done.stderr
+    assert "count=100" in answer["request"]["url"] and "offset=0" in answer["request"]["url"]
+    assert answer["count"] == 100 and answer["invalid"] == 0
+    assert answer["records"][0]["issues"] == [] and "member" in answer["records"][0]["record"]
+    assert "offset=100" in answer["next"]["url"]  # the second page of the 120 members
+    assert env.call("GET", "/admin/v1/sources/members/runs")["items"] == runs_before
+
+    failed = cli(env, "preview", "lost-list")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "HTTP 502 source_http_error: HTTP 404 from GET" in failed.stderr, failed.stderr
+    assert API_KEY not in failed.stdout + failed.stderr

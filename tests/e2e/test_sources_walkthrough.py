@@ -2,7 +2,8 @@
 new user runs it: `ingestd dev` with embedded servers and the demo API as a process (the
 README's command, on a free port), then `examples/sources-walkthrough.sh` twice in a row
 (executed, then sourced); each output is compared with what the README shows, and the
-run records and the resources are checked through the API.
+spec it posted (the seed's), the run records and the resources are checked through the
+API.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tests.e2e.demoproc import DemoProc, demo_api
 from tests.e2e.devproc import READY, TOKEN, Dev, data_folder, running_dev, stop_cleanly
 from tests.e2e.procs import unconfigured_env
 from tests.e2e.readme import ROOT, block, output_matches
+from tests.sources_helpers import mailchimp_members
 
 pytestmark = pytest.mark.slow  # `ingestd dev` and the demo API as processes
 
@@ -49,6 +51,7 @@ def shell(dev: Dev, demo: DemoProc, script: str) -> str:
 class Walked:
     dev: Dev
     token: str
+    demo: DemoProc
     first: str
     second: str
 
@@ -61,7 +64,7 @@ def walked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Walked]:
         dev.wait_for(READY)
         first = shell(dev, demo, "bash examples/sources-walkthrough.sh")
         second = shell(dev, demo, ". examples/sources-walkthrough.sh")
-        yield Walked(dev, token, first, second)
+        yield Walked(dev, token, demo, first, second)
         stop_cleanly(dev)
 
 
@@ -91,6 +94,10 @@ def test_both_runs_succeeded_and_the_members_are_resources(walked: Walked) -> No
         ("succeeded", "backfill", 25, 0),
     ]
     assert [(r["created"], r["unchanged"]) for r in runs] == [(0, 25), (25, 0)]
+    # the spec the script posted is the seed's (parsed from the seed's own text), with the
+    # host and the API key as the README says
+    spec = call("/admin/v1/source-specs/mailchimp-members")
+    assert (spec["revision"], spec["sourceSpec"]) == (1, mailchimp_members(walked.demo.url))
     source = call("/admin/v1/sources/members")
     assert source["params"] == {"listId": LIST_ID, "apiKey": "******"}
     items = call(f"/api/v1/resources/{RT}?limit=1000")["items"]
