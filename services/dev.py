@@ -4,9 +4,9 @@ Takes an exclusive lock on ``INGESTD_DATA_DIR`` (a second ``ingestd dev`` on the
 folder exits 2 naming the first), starts embedded PostgreSQL and Redis when
 ``DATABASE_URL`` / ``REDIS_URL`` are unset (data in that folder), generates the admin
 token and the secret key of pull sources into it when unset, applies migrations,
-then runs the gateway, the worker(s) and the projector as child processes, exactly as
-``ingestd gateway|worker|projector`` run them, and says it is ready once the gateway's
-``/healthz`` answers 200.
+then runs the gateway, the worker(s), the projector and one sources stage as child
+processes, exactly as ``ingestd gateway|worker|projector|sources`` run them, and says it
+is ready once the gateway's ``/healthz`` answers 200.
 
 Children run in process groups of their own, so a Ctrl-C in the terminal reaches only
 this process, which stops everything in order: SIGTERM to the stages, wait for them,
@@ -234,7 +234,7 @@ class Dev:
         settings = _secret_key(_admin_token(settings.with_servers(dsn, redis_url)))
         asyncio.run(migrate(dsn))
         env = {**Settings.process_env(), **settings.server_env()}
-        stages = ["gateway", "projector"] + ["worker"] * self.workers
+        stages = ["gateway", "projector", *["worker"] * self.workers, "sources"]
         for stage in stages:
             if self.stopping:
                 return 0

@@ -4,16 +4,19 @@ The commands are clients of the gateway (``INGESTD_URL``, default the local gate
 of ``INGESTD_HTTP_HOST``/``INGESTD_HTTP_PORT``) with the admin token
 (``INGESTD_ADMIN_TOKEN``, or the one ``ingestd dev`` saved in the data dir), so they
 work the same against ``make run`` and a deployment. ``run --follow`` shows a live
-progress line (rich) and exits 1 when the run does not succeed.
+progress line (rich) until the run has ended and the pipeline has applied what it sent
+(so the counts it prints are final), and exits 1 when the run does not succeed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -27,6 +30,8 @@ from shared.config import Settings
 from shared.errors import ConfigError
 
 FINAL = ("succeeded", "failed", "cancelled")
+APPLY_WAIT_S = 120.0
+PIPED_WIDTH = 200
 
 
 class Api:
@@ -69,39 +74,81 @@ class Api:
         return f"/admin/v1/sources/{quote(name, safe='')}"
 
 
-def _line(run: dict[str, Any], elapsed: float) -> Text:
-    rate = run.get("records", 0) / elapsed if elapsed > 0 else 0.0
+def console() -> Console:
+    """A terminal's console, or (output piped or captured) one whose lines are never cut
+    or wrapped at 80 columns, so ids and times stay whole for grep and scripts."""
+    out = Console()
+    return out if out.is_terminal else Console(width=PIPED_WIDTH)
+
+
+def _line(run: dict[str, Any], ran: float, elapsed: float) -> Text:
+    """The progress line: ``ran`` is how long the run itself took (0 while it runs),
+    ``elapsed`` the whole wait (the pipeline applying what it sent included)."""
+    took = ran or elapsed
+    rate = run.get("records", 0) / took if took > 0 else 0.0
+    status = run["status"]
+    if status == "succeeded" and run.get("pending", 0):
+        status = "applying"  # the run has ended; the pipeline is applying what it sent
     return Text(
-        f"{run['runId']} {run['status']:<9} requests {run.get('requests', 0):,}  "
-        f"pages {run.get('pages', 0):,}  records {run.get('records', 0):,}  "
-        f"{rate:,.0f} rec/s  {elapsed:,.1f} s"
+        f"{status:<9}  requests {run.get('requests', 0):,}  pages {run.get('pages', 0):,}  "
+        f"records {run.get('records', 0):,}  {rate:,.0f} rec/s  {elapsed:,.1f} s"
     )
 
 
-def follow(api: Api, name: str, run_id: str, console: Console) -> dict[str, Any]:
+def _following(run: dict[str, Any], applied_by: float | None) -> bool:
+    """Still running, or succeeded with events the pipeline has yet to apply (their
+    counts are not final until it has), for at most APPLY_WAIT_S after the run ended."""
+    if run["status"] not in FINAL:
+        return True
+    if run["status"] != "succeeded" or not run.get("pending", 0):
+        return False
+    return applied_by is None or time.monotonic() < applied_by
+
+
+def follow(api: Api, name: str, run_id: str, out: Console) -> dict[str, Any]:
+    """Polls the run until it has ended and its events are applied: a live progress line
+    on a terminal, its last state alone otherwise."""
     path = f"{api.source(name)}/runs/{quote(run_id, safe='')}"
     started = time.monotonic()
+    ran = 0.0
+    applied_by: float | None = None
     run: dict[str, Any] = api.call("GET", path)
-    with Live(_line(run, 0), console=console, refresh_per_second=4, transient=False) as live:
-        while run["status"] not in FINAL:
+    live = Live(_line(run, 0, 0), console=out, refresh_per_second=4) if out.is_terminal else None
+    with live if live is not None else contextlib.nullcontext():
+        while _following(run, applied_by):
             time.sleep(0.25)
             run = api.call("GET", path)
-            live.update(_line(run, time.monotonic() - started))
+            now = time.monotonic()
+            if applied_by is None and run["status"] in FINAL:
+                applied_by = now + APPLY_WAIT_S
+                ran = now - started
+            if live is not None:
+                live.update(_line(run, ran, now - started))
+    if live is None:
+        out.print(_line(run, ran, time.monotonic() - started))
     return run
+
+
+def _when(at: str | None) -> str:
+    if not at:
+        return "-"
+    return datetime.fromisoformat(at).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 @click.command("list")
 def list_sources() -> None:
     """Every source, with its mode, schedule and last run."""
     api = Api(Settings.from_env())
-    table = Table("name", "mode", "table", "groupKey", "schedule", "paused", box=None)
+    table = Table(
+        "name", "mode", "table", "groupKey", "schedule", "paused", box=None, pad_edge=False
+    )
     for s in api.call("GET", "/admin/v1/sources")["items"]:
         sched = s.get("schedule") or {}
         table.add_row(
             s["name"], s["mode"], s["table"], s.get("groupKey", ""),
             sched.get("every") or sched.get("cron") or "-", "yes" if s.get("paused") else "",
         )  # fmt: skip
-    Console().print(table)
+    console().print(table)
 
 
 @click.command("run")
@@ -113,16 +160,20 @@ def run_source(name: str, backfill: bool, follow_: bool) -> None:
     api = Api(Settings.from_env())
     body = {"kind": "backfill"} if backfill else {}
     run_id = api.call("POST", f"{api.source(name)}/runs", body)["runId"]
-    console = Console()
+    out = console()
     if not follow_:
-        console.print(run_id)
+        out.print(run_id)
         return
-    run = follow(api, name, run_id, console)
+    out.print(f"{name}: run {run_id}")
+    run = follow(api, name, run_id, out)
     counts = ", ".join(f"{k} {run.get(k, 0):,}" for k in
                        ("created", "updated", "deleted", "unchanged", "rejected"))  # fmt: skip
-    console.print(f"{run['status']}: {counts}{' (truncated)' if run.get('truncated') else ''}")
+    notes = " (truncated)" if run.get("truncated") else ""
+    if run.get("pending"):
+        notes += f" ({run['pending']:,} events not applied yet: counts so far)"
+    out.print(f"{run['status']}: {counts}{notes}")
     if run.get("error"):
-        console.print(f"error {run['error']['code']}: {run['error']['message']}")
+        out.print(f"error {run['error']['code']}: {run['error']['message']}")
     if run["status"] != "succeeded":
         sys.exit(1)
 
@@ -132,14 +183,15 @@ def run_source(name: str, backfill: bool, follow_: bool) -> None:
 def list_runs(name: str) -> None:
     """NAME's runs, newest first."""
     api = Api(Settings.from_env())
-    table = Table("run", "kind", "status", "requests", "records", "started", "error", box=None)
+    table = Table("run", "kind", "status", "requests", "pages", "records", "created",
+                  "updated", "deleted", "started", "error", box=None, pad_edge=False)  # fmt: skip
     for r in api.call("GET", f"{api.source(name)}/runs")["items"]:
         err = r.get("error") or {}
-        table.add_row(
-            r["runId"], r["kind"], r["status"], str(r.get("requests", 0)),
-            str(r.get("records", 0)), r.get("startedAt") or "-", err.get("code", ""),
-        )  # fmt: skip
-    Console().print(table)
+        counts = [f"{r.get(k, 0):,}" for k in
+                  ("requests", "pages", "records", "created", "updated", "deleted")]  # fmt: skip
+        table.add_row(r["runId"], r["kind"], r["status"], *counts, _when(r.get("startedAt")),
+                      err.get("code", ""))  # fmt: skip
+    console().print(table)
 
 
 @click.command("preview")

@@ -28,12 +28,14 @@ FINISHED = ("succeeded", "failed", "cancelled")
 COUNTS = ("created", "updated", "deleted", "unchanged", "rejected")
 
 #: a run with the sums of the ingest_events rows of the raw events it appended (they
-#: fill in as the pipeline applies them)
+#: fill in as the pipeline applies them) and the number of those not applied yet
 _WITH_COUNTS = (
-    "SELECT r.*, " + ", ".join(f"COALESCE(c.{n}, 0) AS {n}" for n in COUNTS) + " FROM source_runs r"
-    " LEFT JOIN LATERAL (SELECT "
+    "SELECT r.*, "
+    + ", ".join(f"COALESCE(c.{n}, 0) AS {n}" for n in COUNTS)
+    + ", COALESCE(c.pending, 0) AS pending FROM source_runs r LEFT JOIN LATERAL (SELECT "
     + ", ".join(f"sum(e.{n})::int AS {n}" for n in COUNTS)
-    + " FROM source_run_events x JOIN ingest_events e ON e.event_id = x.event_id"
+    + ", (count(*) - count(e.event_id))::int AS pending"
+    " FROM source_run_events x LEFT JOIN ingest_events e ON e.event_id = x.event_id"
     " WHERE x.run_id = r.id) c ON true"
 )
 
@@ -63,6 +65,7 @@ class RunRow:
     deleted: int = 0
     unchanged: int = 0
     rejected: int = 0
+    pending: int = 0  # raw events it appended that the pipeline has not applied yet
 
 
 def _run(r: asyncpg.Record) -> RunRow:
@@ -72,7 +75,7 @@ def _run(r: asyncpg.Record) -> RunRow:
         r["window_start"], r["window_end"], r["requests"], r["pages"], r["records"],
         r["truncated"], r["error"], r["owner"], r["heartbeat_at"], r["session"],
         r["created_at"], r["started_at"], r["finished_at"],
-        *(r[n] if n in keys else 0 for n in COUNTS),
+        *(r[n] if n in keys else 0 for n in (*COUNTS, "pending")),
     )  # fmt: skip
 
 

@@ -1,7 +1,8 @@
 """`ingestd dev` as a user runs it: no servers configured, so it starts embedded ones.
 
-Start, wait for /healthz, use the printed admin token, SIGTERM, check that it exits 0
-and leaves no PostgreSQL / Redis / stage process behind; start again on the same data
+Start, wait for /healthz, use the printed admin token, find every stage running as its
+child (the sources stage too), SIGTERM, check that it exits 0 and leaves no PostgreSQL /
+Redis / stage process behind; start again on the same data
 folder and find the data (PostgreSQL rows and Redis keys) still there.
 """
 
@@ -10,14 +11,25 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import redis
 
 from shared.redis import keyspace as ks
-from tests.e2e.devproc import REDIS_AT, START_TIMEOUT, TOKEN, running_dev, stop_cleanly
+from tests.e2e.devproc import REDIS_AT, START_TIMEOUT, TOKEN, Dev, running_dev, stop_cleanly
 from tests.e2e.procs import wait_healthy
 
 pytestmark = pytest.mark.slow  # stages as processes, seconds each
+
+
+def stages_running(dev: Dev) -> list[str]:
+    """The `ingestd <stage>` children of `ingestd dev`, by stage, sorted."""
+    out = []
+    for child in psutil.Process(dev.proc.pid).children():
+        argv = child.cmdline()
+        if argv[1:3] == ["-m", "services.cli"]:
+            out.append(argv[3])
+    return sorted(out)
 
 
 def test_dev_starts_embedded_servers_stops_cleanly_and_keeps_data(
@@ -32,6 +44,7 @@ def test_dev_starts_embedded_servers_stops_cleanly_and_keeps_data(
             "POST", "/admin/v1/schema-groups", token, {"name": "directory", "prefix": "_directory"}
         )
         assert group["prefix"] == "_directory"
+        assert stages_running(dev) == ["gateway", "projector", "sources", "worker"]
         assert dev.call("GET", "/admin/v1/source-specs", token) == {"items": []}  # key given
         probe = f"{ks.PREFIX}:test:probe"
         with redis.Redis.from_url(dev.wait_for(REDIS_AT)) as r:

@@ -12,7 +12,6 @@ the state `resources` holds, and at an earlier moment the state of then) and thr
 from __future__ import annotations
 
 import asyncio
-import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -25,34 +24,13 @@ import pytest
 
 from tests.e2e.devproc import PG_AT, READY, Dev, data_folder, running_dev, stop_cleanly
 from tests.e2e.procs import INGESTD, unconfigured_env
+from tests.e2e.readme import ROOT, block, blocks, output_matches
 
 pytestmark = pytest.mark.slow  # `ingestd dev` as a process, the scripts take seconds
 
-ROOT = Path(__file__).resolve().parents[2]
-README = (ROOT / "README.md").read_text()
 SCRIPT = ROOT / "examples" / "walkthrough.sh"
 MARK = "--- examples ---"
 RT = "_directory_employee"
-
-
-def blocks(lang: str) -> list[tuple[str, str]]:
-    """(the paragraph before it, the content) of every ```lang block of the README."""
-    pattern = re.compile(rf"([^\n]*(?:\n[^\n]+)*)\n\n```{lang}\n(.*?)```\n", re.S)
-    return [(m.group(1), m.group(2)) for m in pattern.finditer(README)]
-
-
-def block(lang: str, *, before: str = "", containing: str = "") -> str:
-    found = [c for p, c in blocks(lang) if before in p and containing in c]
-    assert len(found) == 1, (lang, before, containing, len(found))
-    return found[0]
-
-
-def output_matches(shown: str, printed: str) -> None:
-    """Every line printed is the README's line, where `…` stands for a generated id."""
-    want, got = shown.splitlines(), printed.splitlines()
-    assert len(got) == len(want), printed
-    for w, g in zip(want, got, strict=True):
-        assert re.fullmatch(re.escape(w).replace("…", r"\S+?"), g), (w, g)
 
 
 def statements(sql: str) -> list[str]:

@@ -376,8 +376,8 @@ async def test_table_of_another_group_is_refused(client: Client, seeded: Seeded)
 
 RUN_KEYS = {
     "runId", "kind", "status", "specRevision", "windowStart", "windowEnd", "requests", "pages",
-    "records", "created", "updated", "deleted", "unchanged", "rejected", "truncated",
-    "createdAt", "startedAt", "finishedAt",
+    "records", "created", "updated", "deleted", "unchanged", "rejected", "pending",
+    "truncated", "createdAt", "startedAt", "finishedAt",
 }  # fmt: skip
 
 

@@ -1,7 +1,9 @@
 """deploy/ checked as far as a machine without a container runtime allows.
 
 The YAML parses; every `ingestd` subcommand and every variable the files name exists (in
-services/cli.py, shared/config.py) and their values pass shared/config; compose's
+services/cli.py, shared/config.py) and their values pass shared/config; the secret key of
+pull sources reaches exactly the gateway and the sources stage, the same one to both, and
+the command the files give to generate it makes a key shared/config accepts; compose's
 depends_on and healthchecks fit together and its URLs name its own services; the config
 files compose mounts exist and make the servers reachable from other containers; the
 k8s probes name routes the gateway serves (/livez for liveness, /healthz for readiness)
@@ -29,6 +31,7 @@ from services.cli import main as cli
 from services.gateway.app import create_app
 from shared.config import Settings
 from shared.errors import ConfigError
+from shared.secrets import SecretBox
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -42,6 +45,10 @@ K8S: list[dict[str, Any]] = [
 ]
 DOCKERFILE = (DEPLOY / "Dockerfile").read_text()
 IMAGE = "ingestd:latest"
+STAGES = {"gateway", "worker", "projector", "sources"}
+SECRET_KEY = "INGESTD_SECRET_KEY"
+NEEDS_SECRET_KEY = {"gateway", "sources"}  # the sources routes seal, the stage opens
+EXAMPLE_KEY = SecretBox.generate_key()
 
 
 def config_variables() -> set[str]:
@@ -71,7 +78,7 @@ def gateway_container() -> dict[str, Any]:
 
 
 def test_every_yaml_file_parses_into_named_objects() -> None:
-    assert set(SERVICES) == {"postgres", "redis", "migrate", "gateway", "worker", "projector"}
+    assert set(SERVICES) == {"postgres", "redis", "migrate", *STAGES}
     assert {d["kind"] for d in K8S} == {"ConfigMap", "Secret", "Job", "Deployment", "Service"}
     for d in K8S:
         assert d["apiVersion"] and d["metadata"]["name"], d
@@ -82,17 +89,23 @@ def test_every_subcommand_named_exists() -> None:
     named = [s["command"] for s in ingestd_services().values()]
     named += [c["args"] for c in containers()]
     assert named and all(c[0] in commands for c in named), (named, commands)
-    assert {c[0] for c in named} == {"migrate", "gateway", "worker", "projector"}
+    assert {c[0] for c in named} == {"migrate", *STAGES}
     assert all(c["image"] == IMAGE for c in containers())
     assert 'ENTRYPOINT ["ingestd"]' in DOCKERFILE
     assert 'ingestd = "services.cli:entry"' in (ROOT / "pyproject.toml").read_text()
 
 
+SHELL_VALUES = {"INGESTD_ADMIN_TOKEN": "token", SECRET_KEY: EXAMPLE_KEY}
+
+
+def interpolated(value: str) -> str:
+    """What compose makes of ``${NAME:?message}`` with the shell's NAME set."""
+    return re.sub(r"\$\{(\w+)[^}]*\}", lambda m: SHELL_VALUES[m.group(1)], value)
+
+
 def compose_env(service: str) -> dict[str, str]:
     env = dict(SERVICES[service]["environment"])
-    # what compose interpolates from the shell running it
-    env["INGESTD_ADMIN_TOKEN"] = re.sub(r"\$\{[^}]*\}", "token", env["INGESTD_ADMIN_TOKEN"])
-    return {k: str(v) for k, v in env.items()}
+    return {k: interpolated(str(v)) for k, v in env.items()}
 
 
 def dockerfile_env() -> dict[str, str]:
@@ -103,11 +116,11 @@ def test_every_variable_named_exists_and_is_valid() -> None:
     known = config_variables()
     assert {"DATABASE_URL", "REDIS_URL", "INGESTD_ADMIN_TOKEN"} <= known
     [configmap] = kind("ConfigMap")
-    [secret] = kind("Secret")
+    [secret] = [d for d in kind("Secret") if d["metadata"]["name"] == "ingestd"]
     for names in (
         *(compose_env(s) for s in ingestd_services()),
         configmap["data"],
-        secret["stringData"],
+        *(d["stringData"] for d in kind("Secret")),
         dockerfile_env(),
     ):
         assert set(names) <= known, set(names) - known
@@ -152,7 +165,7 @@ def test_compose_dependencies_and_healthchecks_fit() -> None:
                 assert SERVICES[name]["restart"] == "no", name  # it runs once and exits
     ready = {("postgres", "service_healthy"), ("redis", "service_healthy")}
     assert ready <= needs("migrate")
-    for stage in ("gateway", "worker", "projector"):
+    for stage in STAGES:
         assert ready | {("migrate", "service_completed_successfully")} <= needs(stage)
         assert SERVICES[stage]["restart"] == "unless-stopped"
 
@@ -233,6 +246,51 @@ def test_probes_name_routes_the_gateway_serves_on_its_port() -> None:
 
 def containers_of(d: dict[str, Any]) -> list[dict[str, Any]]:
     return list(d["spec"]["template"]["spec"]["containers"])
+
+
+def secret_data(name: str) -> dict[str, str]:
+    [secret] = [d for d in kind("Secret") if d["metadata"]["name"] == name]
+    return dict(secret["stringData"])
+
+
+def k8s_env_names(container: dict[str, Any]) -> set[str]:
+    """The variables a container's envFrom brings in (ConfigMaps and Secrets)."""
+    out: set[str] = set()
+    for source in container["envFrom"]:
+        ((ref, spec),) = source.items()
+        wanted = {"configMapRef": "ConfigMap", "secretRef": "Secret"}[ref]
+        [d] = [d for d in kind(wanted) if d["metadata"]["name"] == spec["name"]]
+        out |= set(d.get("data") or d.get("stringData") or {})
+    return out
+
+
+def test_the_secret_key_reaches_the_gateway_and_the_sources_stage_alone() -> None:
+    with_key = {s for s in ingestd_services() if SECRET_KEY in compose_env(s)}
+    assert with_key == NEEDS_SECRET_KEY
+    # one shell variable, so the same key on both (compose fails without it)
+    given = {str(SERVICES[s]["environment"][SECRET_KEY]) for s in with_key}
+    assert given == {"${INGESTD_SECRET_KEY:?set INGESTD_SECRET_KEY}"}
+    for s in with_key:
+        settings = Settings.from_env({**dockerfile_env(), **compose_env(s)})
+        assert settings.secret_key == EXAMPLE_KEY
+    k8s = {c["args"][0] for c in containers() if SECRET_KEY in k8s_env_names(c)}
+    assert k8s == NEEDS_SECRET_KEY
+    [holder] = [d for d in kind("Secret") if SECRET_KEY in d["stringData"]]  # one Secret
+    assert holder["stringData"] == {SECRET_KEY: ""}
+    # the shipped Secret left empty: the stages start as without a key (the sources
+    # stage then stops with its configuration error)
+    assert Settings.from_env(holder["stringData"]).secret_key is None
+
+
+def test_the_key_generating_command_given_makes_a_valid_key() -> None:
+    text = (DEPLOY / "compose.yaml").read_text() + (DEPLOY / "k8s" / "secret.yaml").read_text()
+    [command] = set(re.findall(r"openssl rand -base64 32 \| tr '\+/' '-_'", text))
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    for _ in range(20):  # keys with and without the characters tr changes
+        done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True)
+        key = done.stdout.strip()
+        assert Settings.from_env({SECRET_KEY: key}).secret_key == key
 
 
 def test_every_configmap_and_secret_read_is_defined() -> None:
