@@ -60,10 +60,19 @@ def _name(value: Any) -> str:
 
 
 def _title(value: Any) -> str | None:
-    if value is not None and (not isinstance(value, str) or len(value) > MAX_NAME):
+    """A title names its table in URLs (percent-encoded, case-sensitive): a non-empty
+    string without surrounding white space, and not a path segment of its own (. ..)."""
+    if value is not None and (
+        not isinstance(value, str)
+        or not 0 < len(value) <= MAX_NAME
+        or value != value.strip()
+        or value in (".", "..")
+    ):
         raise ApiError(
             Code.INVALID_TITLE,
-            f"title must be a string of at most {MAX_NAME} characters",
+            f"title must be a non-empty string of at most {MAX_NAME} characters, without "
+            "leading or trailing white space, other than '.' and '..' (it names the table "
+            "in URLs)",
             pointer="/title",
         )
     return value
@@ -139,7 +148,7 @@ async def update_schema(request: web.Request) -> web.Response:
     schema = prepare_schema(body.get("schema"))
     title = body.get("title")  # a non-string title is ignored: the table keeps its own
     out = await _store(request).update_schema(
-        m["groupId"], m["table"], schema, title if isinstance(title, str) else None
+        m["groupId"], m["table"], schema, _title(title) if isinstance(title, str) else None
     )
     await _changed(request)
     return respond(request, views.schema_view(out), root="schema")
