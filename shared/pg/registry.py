@@ -305,6 +305,26 @@ class RegistryStore:
             assert r is not None and v is not None
         return _schema(r, version, body, v["created_at"])
 
+    async def check_title(self, group_id: str, table: str, title: str) -> None:
+        """Refuse, as :meth:`update_schema` would, a title the table cannot take; stores
+        nothing (the title is tried in a transaction that is always rolled back)."""
+        async with connection(self._db) as conn:
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                r = await self._schema_row(conn, group_id, table)
+                try:
+                    await conn.execute(
+                        "UPDATE schemas SET title = $2 WHERE id = $1", r["id"], title
+                    )
+                except asyncpg.UniqueViolationError as e:
+                    clash = _title_clash(e, title, r["table_name"], r["resource_type"])
+                    if clash is None:
+                        raise
+                    raise clash from e
+            finally:
+                await tx.rollback()
+
     async def list_schemas(self, group_id: str) -> list[Schema]:
         """The current version of every table of the group, by table name."""
         await self._group_row(self._db, group_id)
