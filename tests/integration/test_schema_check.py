@@ -260,3 +260,19 @@ async def test_the_scan_hands_over_bounded_batches_in_key_order(
     await LiveResourceStore(pool).scan("_directory_employee", consume, batch=100)
     assert sizes == [100, 100, 50]
     assert keys == sorted(keys) and len(set(keys)) == 250
+
+
+async def test_the_refusal_and_the_check_answer_xml_too(
+    client: Client, seeded: Seeded, pipeline: InlinePipeline
+) -> None:
+    await load(client, seeded, pipeline, {"": 8})
+    xml = {**ADMIN, "Accept": "application/xml"}
+    gid = seeded.group_id
+    body = {"schema": requiring_active()}
+    r = await client.put(f"{G}/{gid}/schemas/employee?mode=strict", json=body, headers=xml)
+    assert (r.status, r.content_type) == (409, "application/xml")
+    text = await r.text()
+    assert "incompatible_schema" in text and "00007" in text and "missing_field" in text
+    r = await client.post(f"{G}/{gid}/schemas/employee/check", json=body, headers=xml)
+    assert (r.status, r.content_type) == (200, "application/xml")
+    assert "required_added" in await r.text()
