@@ -81,6 +81,9 @@ class Code(StrEnum):
     DUPLICATE_PREFIX = "duplicate_prefix"
     DUPLICATE_TABLE = "duplicate_table"
     DUPLICATE_RESOURCE_TYPE = "duplicate_resource_type"
+    DUPLICATE_TITLE = "duplicate_title"
+    AMBIGUOUS_TITLE = "ambiguous_title"
+    INCOMPATIBLE_SCHEMA = "incompatible_schema"
     # -- pull source conflicts (409)
     SPEC_IN_USE = "spec_in_use"
     RUN_IN_PROGRESS = "run_in_progress"
@@ -115,6 +118,7 @@ class Code(StrEnum):
     SESSION_EXPIRED = "session_expired"
     SESSION_MISSING = "session_missing"
     UNPROCESSABLE = "unprocessable"
+    ID_CHANGED = "id_changed"
 
 
 C = Code
@@ -134,6 +138,7 @@ _ISSUES_ONLY = frozenset(
         C.SESSION_EXPIRED,
         C.SESSION_MISSING,
         C.UNPROCESSABLE,
+        C.ID_CHANGED,
     }
 )
 #: codes of HTTP error bodies (the README's "Error codes" table)

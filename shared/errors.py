@@ -7,6 +7,8 @@ report as a clean exit (code 2) instead of a traceback.
 
 from __future__ import annotations
 
+from typing import Any
+
 from shared.codes import Code
 
 
@@ -35,19 +37,22 @@ class ApiError(IngestdError):
         status: int | None = None,
         pointer: str | None = None,
         headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.pointer = pointer
         self.headers = headers or {}
+        self.extra = extra or {}  # members the body carries besides these (a report)
         if status is not None:
             self.status = status
 
-    def body(self) -> dict[str, str]:
-        out = {"code": str(self.code), "message": self.message}
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"code": str(self.code), "message": self.message}
         if self.pointer is not None:
             out["pointer"] = self.pointer
+        out.update(self.extra)
         return out
 
 

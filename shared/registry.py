@@ -28,6 +28,11 @@ class TableInfo:
     title: str | None
     body: dict[str, Any]
 
+    @property
+    def prefix(self) -> str:
+        """The schema group's prefix (the resource type is ``<prefix>_<table>``)."""
+        return self.resource_type[: -len(self.table) - 1]
+
 
 @dataclass(frozen=True, slots=True)
 class KeyInfo:
@@ -41,6 +46,10 @@ class KeyInfo:
 class RegistrySnapshot:
     tables: dict[tuple[str, str], TableInfo] = field(default_factory=dict)
     by_type: dict[str, TableInfo] = field(default_factory=dict)
+    #: (group id, title) and "<prefix>_<title>": a title in place of a table's name or
+    #: resource type (never another table's name or type: migration 0006 refuses that)
+    titles: dict[tuple[str, str], TableInfo] = field(default_factory=dict)
+    titled_types: dict[str, TableInfo] = field(default_factory=dict)
     keys: dict[str, KeyInfo] = field(default_factory=dict)
     _compiled: dict[tuple[str, int], CompiledSchema] = field(default_factory=dict)
     _verified: dict[str, KeyInfo] = field(default_factory=dict)
@@ -48,6 +57,18 @@ class RegistrySnapshot:
     def add_table(self, t: TableInfo) -> None:
         self.tables[(t.group_id, t.table)] = t
         self.by_type[t.resource_type] = t
+        if t.title is not None:
+            self.titles[(t.group_id, t.title)] = t
+            self.titled_types[t.prefix + "_" + t.title] = t
+
+    def table(self, group_id: str, name: str) -> TableInfo | None:
+        """The group's table named ``name``, or else the one titled ``name``."""
+        return self.tables.get((group_id, name)) or self.titles.get((group_id, name))
+
+    def resource_type(self, name: str) -> TableInfo | None:
+        """The table of resource type ``name``, or else the one whose ``<prefix>_<title>``
+        it is."""
+        return self.by_type.get(name) or self.titled_types.get(name)
 
     def add_key(self, k: KeyInfo) -> None:
         self.keys[k.key_id] = k

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from services.gateway import views
+from services.gateway import compat, views
 from services.gateway.http import json_object, refuse_nul, require_admin, respond
 from services.gateway.state import REGISTRY, REGISTRY_STORE, SETTINGS
 from shared.codes import Code
@@ -60,10 +60,19 @@ def name_of(value: Any) -> str:
 
 
 def _title(value: Any) -> str | None:
-    if value is not None and (not isinstance(value, str) or len(value) > MAX_NAME):
+    """A title names its table in URLs (percent-encoded, case-sensitive): a non-empty
+    string without surrounding white space, and not a path segment of its own (. ..)."""
+    if value is not None and (
+        not isinstance(value, str)
+        or not 0 < len(value) <= MAX_NAME
+        or value != value.strip()
+        or value in (".", "..")
+    ):
         raise ApiError(
             Code.INVALID_TITLE,
-            f"title must be a string of at most {MAX_NAME} characters",
+            f"title must be a non-empty string of at most {MAX_NAME} characters, without "
+            "leading or trailing white space, other than '.' and '..' (it names the table "
+            "in URLs)",
             pointer="/title",
         )
     return value
@@ -131,18 +140,66 @@ async def get_schema(request: web.Request) -> web.Response:
     return respond(request, views.schema_view(schema), root="schema")
 
 
+def _new_title(body: dict[str, Any]) -> str | None:
+    """A PUT's title; a non-string one is ignored: the table keeps its own."""
+    title = body.get("title")
+    return _title(title) if isinstance(title, str) else None
+
+
+def _strict(request: web.Request) -> bool:
+    mode = request.query.get("mode", "lenient")
+    if mode not in ("strict", "lenient"):
+        raise ApiError(
+            Code.INVALID_PARAMETER,
+            "mode must be strict (refuse a version live resources would fail) or lenient",
+            pointer="/query/mode",
+        )
+    return mode == "strict"
+
+
 @routes.put(f"{BASE}/schema-groups/{{groupId}}/schemas/{{table}}")
 async def update_schema(request: web.Request) -> web.Response:
+    """``?mode=strict``: refused (409 ``incompatible_schema``, with the check's report)
+    when live resources would fail the new version. The check reads the resources as
+    they are when it runs; what is ingested meanwhile is validated as it arrives."""
+    admin(request)
+    strict = _strict(request)
+    body = await admin_body(request, SCHEMA_LIMIT)
+    m = request.match_info
+    schema = prepare_schema(body.get("schema"))
+    title = _new_title(body)
+    store = _store(request)
+    if strict:
+        found = await compat.report(
+            request, await store.get_schema(m["groupId"], m["table"]), schema
+        )
+        if not found["compatible"]:
+            raise ApiError(
+                Code.INCOMPATIBLE_SCHEMA,
+                f"{found['refused']} of the table's {found['checked']} live resources would be "
+                "refused by this version (see report.refusedResources); nothing was stored",
+                status=409,
+                extra={"report": found},
+            )
+    out = await store.update_schema(m["groupId"], m["table"], schema, title)
+    await _changed(request)
+    return respond(request, views.schema_view(out), root="schema")
+
+
+@routes.post(f"{BASE}/schema-groups/{{groupId}}/schemas/{{table}}/check")
+async def check_schema(request: web.Request) -> web.Response:
+    """What ``PUT`` of this body would do to the table's live resources; stores nothing.
+    A title the table cannot take is refused as ``PUT`` would refuse it."""
     admin(request)
     body = await admin_body(request, SCHEMA_LIMIT)
     m = request.match_info
     schema = prepare_schema(body.get("schema"))
-    title = body.get("title")  # a non-string title is ignored: the table keeps its own
-    out = await _store(request).update_schema(
-        m["groupId"], m["table"], schema, title if isinstance(title, str) else None
-    )
-    await _changed(request)
-    return respond(request, views.schema_view(out), root="schema")
+    title = _new_title(body)
+    store = _store(request)
+    current = await store.get_schema(m["groupId"], m["table"])
+    if title is not None:
+        await store.check_title(m["groupId"], current.table, title)
+    return respond(request, await compat.report(request, current, schema), root="check")
 
 
 @routes.get(f"{BASE}/schema-groups/{{groupId}}/schemas/{{table}}/versions")

@@ -61,12 +61,14 @@ def authenticate(request: web.Request) -> KeyInfo:
 
 
 def resolve_table(request: web.Request, key: KeyInfo) -> TableInfo:
+    """The table the URL's ``{table}`` names: a table's name, or else a table's title
+    (percent-encoded in the URL, compared case-sensitively), in the key's schema group."""
     table = request.match_info["table"]
-    info = request.app[REGISTRY].snapshot.tables.get((key.group_id, table))
+    info = request.app[REGISTRY].snapshot.table(key.group_id, table)
     if info is None:
         raise ApiError(
             Code.TABLE_NOT_FOUND,
-            f"table {table!r} is not in this integration's schema group",
+            f"no table named or titled {table!r} in this integration's schema group",
             status=404,
         )
     return info

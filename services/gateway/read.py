@@ -57,10 +57,13 @@ def _resource_id(request: web.Request, rt: str) -> str:
 
 
 def _resource_type(request: web.Request) -> str:
+    """The resource type the URL names: ``<prefix>_<table>``, or ``<prefix>_<title>`` with
+    the table's title in place of its name (percent-encoded, case-sensitive)."""
     rt = request.match_info["resourceType"]
-    if rt not in request.app[REGISTRY].snapshot.by_type:
+    table = request.app[REGISTRY].snapshot.resource_type(rt)
+    if table is None:
         raise NotFoundError(Code.RESOURCE_TYPE_NOT_FOUND, f"no resource type {rt!r}")
-    return rt
+    return table.resource_type
 
 
 def _cursor(request: web.Request, query: list[Any]) -> list[Any] | None:

@@ -179,14 +179,17 @@ async def _table_of(request: web.Request, integration: Any, table: Any) -> tuple
     except NotFoundError as e:
         raise ApiError(e.code, e.message, status=404, pointer="/integration") from None
     if not isinstance(table, str) or not table:
-        raise _invalid("table must be the name of a table of the integration", "/table")
-    try:
-        await registry.get_schema(found.group_id, table)
+        raise _invalid(
+            "table must be the name or the title of a table of the integration", "/table"
+        )
+    try:  # a title is kept as the table's name: retitling a table keeps its sources
+        schema = await registry.get_schema(found.group_id, table)
     except NotFoundError:
         raise _invalid(
-            f"table {table!r} is not in the schema group of integration {found.name!r}", "/table"
+            f"no table named or titled {table!r} in the schema group of integration {found.name!r}",
+            "/table",
         ) from None
-    return found.id, table
+    return found.id, schema.table
 
 
 def _keep_masked(spec: SourceSpec, params: Any, current: SourceRow | None) -> Any:

@@ -110,6 +110,44 @@ def _schema(r: asyncpg.Record, version: int, body: Any, created: datetime) -> Sc
     )
 
 
+#: the rules of migration 0006 (its index and trigger) a clash names as its constraint
+_TITLE_RULES: dict[str, tuple[Code, str]] = {
+    "schemas_group_title": (
+        Code.DUPLICATE_TITLE,
+        "another table of this schema group is titled {title!r}",
+    ),
+    "schemas_title_is_a_table": (
+        Code.AMBIGUOUS_TITLE,
+        "title {title!r} is the name of another table of this schema group: a URL naming "
+        "it could mean either table",
+    ),
+    "schemas_table_is_a_title": (
+        Code.AMBIGUOUS_TITLE,
+        "table name {table!r} is the title of another table of this schema group: a URL "
+        "naming it could mean either table",
+    ),
+    "schemas_title_is_a_resource_type": (
+        Code.AMBIGUOUS_TITLE,
+        "title {title!r} reads as resource type <prefix>_{title}, which another table has: "
+        "a read URL naming it could mean either table",
+    ),
+    "schemas_resource_type_is_a_title": (
+        Code.AMBIGUOUS_TITLE,
+        "resource type {rt!r} is how another table's title reads in the read API "
+        "(<prefix>_<title>): a read URL naming it could mean either table",
+    ),
+}
+
+
+def _title_clash(
+    e: asyncpg.UniqueViolationError, title: str | None, table: str, rt: str
+) -> ConflictError | None:
+    rule = _TITLE_RULES.get(e.constraint_name or "")
+    if rule is None:
+        return None
+    return ConflictError(rule[0], rule[1].format(title=title, table=table, rt=rt))
+
+
 def _integration(r: asyncpg.Record) -> Integration:
     return Integration(str(r["id"]), r["name"], str(r["group_id"]), r["created_at"])
 
@@ -209,7 +247,9 @@ class RegistryStore:
                         title,
                     )
             except asyncpg.UniqueViolationError as e:
-                raise await self._schema_clash(conn, group["id"], table, rt) from e
+                raise _title_clash(e, title, table, rt) or await self._schema_clash(
+                    conn, group["id"], table, rt
+                ) from e
             assert r is not None
             v = await conn.fetchrow(
                 "INSERT INTO schema_versions (schema_id, version, body) VALUES ($1, 1, $2)"
@@ -237,7 +277,8 @@ class RegistryStore:
     async def update_schema(
         self, group_id: str, table: str, body: dict[str, Any], title: str | None = None
     ) -> Schema:
-        """A new current version; ``title`` None keeps the table's title."""
+        """A new current version; ``title`` None keeps the table's title. ``table`` is
+        the table's name or its title."""
         async with connection(self._db) as conn, conn.transaction():
             r = await self._schema_row(conn, group_id, table, lock=True)
             version = r["current_version"] + 1
@@ -248,15 +289,41 @@ class RegistryStore:
                 version,
                 body,
             )
-            r = await conn.fetchrow(
-                "UPDATE schemas SET current_version = $2, updated_at = now(),"
-                " title = COALESCE($3, title) WHERE id = $1 RETURNING *",
-                r["id"],
-                version,
-                title,
-            )
+            try:
+                r = await conn.fetchrow(
+                    "UPDATE schemas SET current_version = $2, updated_at = now(),"
+                    " title = COALESCE($3, title) WHERE id = $1 RETURNING *",
+                    r["id"],
+                    version,
+                    title,
+                )
+            except asyncpg.UniqueViolationError as e:
+                clash = _title_clash(e, title, r["table_name"], r["resource_type"])
+                if clash is None:
+                    raise
+                raise clash from e
             assert r is not None and v is not None
         return _schema(r, version, body, v["created_at"])
+
+    async def check_title(self, group_id: str, table: str, title: str) -> None:
+        """Refuse, as :meth:`update_schema` would, a title the table cannot take; stores
+        nothing (the title is tried in a transaction that is always rolled back)."""
+        async with connection(self._db) as conn:
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                r = await self._schema_row(conn, group_id, table)
+                try:
+                    await conn.execute(
+                        "UPDATE schemas SET title = $2 WHERE id = $1", r["id"], title
+                    )
+                except asyncpg.UniqueViolationError as e:
+                    clash = _title_clash(e, title, r["table_name"], r["resource_type"])
+                    if clash is None:
+                        raise
+                    raise clash from e
+            finally:
+                await tx.rollback()
 
     async def list_schemas(self, group_id: str) -> list[Schema]:
         """The current version of every table of the group, by table name."""
@@ -291,9 +358,11 @@ class RegistryStore:
     async def _schema_row(
         self, db: Db, group_id: str, table: str, lock: bool = False
     ) -> asyncpg.Record:
+        """The table named ``table``, or else the one titled ``table`` (one at most: a title
+        is never another table's name, see migration 0006)."""
         r = await db.fetchrow(
-            "SELECT * FROM schemas WHERE group_id = $1 AND table_name = $2"
-            + (" FOR UPDATE" if lock else ""),
+            "SELECT * FROM schemas WHERE group_id = $1 AND (table_name = $2 OR title = $2)"
+            " ORDER BY table_name = $2 DESC LIMIT 1" + (" FOR UPDATE" if lock else ""),
             _group_id(group_id),
             table,
         )
