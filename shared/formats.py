@@ -106,6 +106,14 @@ def normalise_email(value: Any) -> Any:
 # scheme and authority must be well-formed as given: a space there is not encoded away
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 _AUTHORITY = re.compile(r"//[^/?#\s]*(?=[/?#]|\Z)")
+_LABEL = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
+_PCHAR = r"[A-Za-z0-9\-_~!$&'()*+,;=:@]"
+#: an http(s) URI already in the stored form (what yarl gives back unchanged): lower-case
+#: scheme and host, no port, no dot segment, no percent sign, no empty query or fragment
+_CANONICAL_URI = re.compile(
+    rf"https?://{_LABEL}(?:\.{_LABEL})*(?:(?:/(?!\.\.?(?:[/?#]|\Z)){_PCHAR}*)+"
+    rf"(?:\?(?:{_PCHAR}|[/?])+)?(?:#(?:{_PCHAR}|[/?])+)?)?"
+)
 _URI_CHECK = jsonschema_rs.Draft202012Validator(
     {"type": "string", "format": "uri"}, validate_formats=True
 ).is_valid
@@ -115,6 +123,8 @@ def normalise_uri(value: Any) -> Any:
     if not isinstance(value, str):
         return value
     s = value.strip()
+    if _CANONICAL_URI.fullmatch(s):
+        return s
     scheme = _SCHEME.match(s)
     if scheme is None:
         raise NotNormalisable("an absolute URI needs a scheme, such as https:")
@@ -140,7 +150,6 @@ _DATE_TIME = re.compile(_DATE + r"[Tt ]" + _CLOCK + r" ?" + _OFFSET)
 _TIME = re.compile(_CLOCK + r" ?" + _OFFSET)
 _DATE_ONLY = re.compile(_DATE)
 _SLASHED = re.compile(r"(\d{1,4})/(\d{1,2})/(\d{1,4})")
-_CANONICAL_DT = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")
 _CANONICAL_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _CANONICAL_TIME = re.compile(r"\d{2}:\d{2}:\d{2}")
 _DT_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -188,10 +197,10 @@ def normalise_date_time(value: Any) -> Any:
         return _from_epoch(value).strftime(_DT_FORMAT)
     if not isinstance(value, str):
         return value
-    s = value.strip()
-    if _CANONICAL_DT.fullmatch(s):
+    s = value if value[-1:] != " " and value[:1] != " " else value.strip()
+    if len(s) == 19 and s[10] == " " and s[13] == ":" and s[16] == ":" and s[4] == "-":
         try:  # the common case: already stored form (no offset: UTC); check the fields
-            datetime.strptime(s, _DT_FORMAT)
+            datetime.fromisoformat(s)
             return s
         except ValueError as e:
             raise NotNormalisable(str(e)) from e

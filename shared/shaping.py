@@ -49,6 +49,7 @@ class Node:
     props: tuple[tuple[str, Node], ...] = ()
     prefix: tuple[Node | None, ...] = ()
     items: Node | None = None
+    flat: Any = None  # set by _compiled on first use
 
     @property
     def empty(self) -> bool:
@@ -170,45 +171,74 @@ class _Compiling:
         return {**out, "properties": subs} if changed else out
 
 
-def _default(value: Any) -> Any:
-    # containers are copied: a record must never share (and so mutate) the schema's value
-    return copy.deepcopy(value) if isinstance(value, dict | list) else value
+_ABSENT: Any = object()
+# (key, default, is a container) and (key, format, normaliser or None, container node or None)
+_Fill = tuple[str, Any, bool]
+_Entry = tuple[str, str, formats.Normaliser | None, "Node | None"]
 
 
-def _shape(node: Node, value: Any, at: tuple[Any, ...], bad: list[Bad]) -> Any:
-    """``value`` shaped by ``node``: containers in place; a normalised scalar returned."""
+def _compiled(node: Node) -> tuple[tuple[_Fill, ...], tuple[_Entry, ...]]:
+    """The flat form :func:`_shape` walks: a leaf property is normalised in its parent's
+    loop (no call per level), and only containers with work below are descended into."""
+    if node.flat is None:
+        fills = tuple((k, v, isinstance(v, dict | list)) for k, v in node.defaults)
+        entries = tuple(
+            (key, *(child.fmt or ("", None)), _container(child)) for key, child in node.props
+        )
+        node.flat = (fills, entries)
+    flat: tuple[tuple[_Fill, ...], tuple[_Entry, ...]] = node.flat
+    return flat
+
+
+def _container(node: Node) -> Node | None:
+    return node if node.defaults or node.props or node.items or any(node.prefix) else None
+
+
+def _shape(node: Node, value: Any, at: tuple[Any, ...], bad: list[Bad]) -> None:
+    """Shape the container ``value`` (a dict or a list) by ``node``, in place."""
     if type(value) is dict:
-        for key, default in node.defaults:
+        fills, entries = node.flat or _compiled(node)
+        for key, default, container in fills:
             if key not in value:
-                value[key] = _default(default)
-        for key, child in node.props:
-            v = value.get(key, value)  # the dict itself marks "absent"
-            if v is not value:
-                new = _shape(child, v, (*at, key), bad)
+                # a record must never share (and so mutate) the schema's value
+                value[key] = copy.deepcopy(default) if container else default
+        for key, fmt, fn, child in entries:
+            v = value.get(key, _ABSENT)
+            if v is _ABSENT:
+                continue
+            if child is not None and (type(v) is dict or type(v) is list):
+                _shape(child, v, (*at, key), bad)
+            if fn is not None:
+                try:
+                    new = fn(v)
+                except NotNormalisable as e:
+                    bad.append(_bad(at, key, fmt, v, e))
+                    continue
                 if new is not v:
                     value[key] = new
     elif type(value) is list:
-        _shape_items(node, value, at, bad)
-    if node.fmt is not None:
-        fmt, fn = node.fmt
-        try:
-            return fn(value)
-        except NotNormalisable as e:
-            bad.append(Bad(pointer.join(at), fmt, f"{_show(value)} is not a valid {fmt}: {e}"))
-    return value
+        for i, v in enumerate(value):
+            child = node.prefix[i] if i < len(node.prefix) else node.items
+            if child is not None:
+                new = _element(child, v, at, i, bad)
+                if new is not v:
+                    value[i] = new
 
 
-def _shape_items(node: Node, value: list[Any], at: tuple[Any, ...], bad: list[Bad]) -> None:
-    for i, child in enumerate(node.prefix[: len(value)]):
-        if child is not None:
-            new = _shape(child, value[i], (*at, i), bad)
-            if new is not value[i]:
-                value[i] = new
-    if node.items is not None:
-        for i in range(len(node.prefix), len(value)):
-            new = _shape(node.items, value[i], (*at, i), bad)
-            if new is not value[i]:
-                value[i] = new
+def _element(node: Node, v: Any, at: tuple[Any, ...], i: int, bad: list[Bad]) -> Any:
+    if _container(node) is not None and (type(v) is dict or type(v) is list):
+        _shape(node, v, (*at, i), bad)
+    if node.fmt is None:
+        return v
+    try:
+        return node.fmt[1](v)
+    except NotNormalisable as e:
+        bad.append(_bad(at, i, node.fmt[0], v, e))
+        return v
+
+
+def _bad(at: tuple[Any, ...], key: Any, fmt: str, v: Any, e: Exception) -> Bad:
+    return Bad(pointer.join((*at, key)), fmt, f"{_show(v)} is not a valid {fmt}: {e}")
 
 
 def _fill(node: Node, value: Any, at: tuple[Any, ...], applied: list[str]) -> None:
@@ -216,7 +246,7 @@ def _fill(node: Node, value: Any, at: tuple[Any, ...], applied: list[str]) -> No
     if type(value) is dict:
         for key, default in node.defaults:
             if key not in value:
-                value[key] = _default(default)
+                value[key] = copy.deepcopy(default)
                 applied.append(pointer.join((*at, key)))
         for key, child in node.props:
             if key in value:

@@ -314,3 +314,21 @@ def test_with_defaults_reports_where_it_filled_and_leaves_the_row() -> None:
     assert data["employee"] == {"address": {"country": "NL"}, "level": 1}
     assert stored == {"employeeId": "e1", "employee": {"address": {}}, "tags": []}
     assert schema.plan.with_defaults(data) == (data, [])
+
+
+def test_uri_fast_path_is_exactly_what_the_full_normaliser_leaves_unchanged() -> None:
+    import random
+
+    import yarl
+
+    rng = random.Random(7)
+    chars = "abcAZ09-_~!$&'()*+,;=:@/?.#"
+    matched = 0
+    for _ in range(50_000):
+        host = rng.choice(["a.com", "x-y.example.org", "b"])
+        tail = "".join(rng.choice(chars) for _ in range(rng.randint(0, 8)))
+        s = f"http{rng.choice(['', 's'])}://{host}{rng.choice(['', '/', '/p'])}{tail}"
+        if formats._CANONICAL_URI.fullmatch(s):
+            matched += 1
+            assert str(yarl.URL(s)) == s, s
+    assert matched > 10_000
