@@ -16,7 +16,11 @@ Its outcome, decided here without I/O:
 * otherwise each item is created, updated or unchanged against the current
   hash, and every live resource of the scope absent from the snapshot is deleted;
 * an upsert batch (``upsert``: an incremental pull run's page) is the same minus the
-  deletions: nothing absent is deleted, and it is not a snapshot of the scope.
+  deletions: nothing absent is deleted, and it is not a snapshot of the scope;
+* each item is shaped first (defaults, format normalisation: :mod:`shared.shaping`);
+  with ``resmo.onMissingRequired: "skip"`` an item lacking a required property is
+  counted in ``skipped``, never rejects the snapshot, and keeps its resource (an item
+  skipped without an id means no resource is deleted, as with ``partial``).
 
 Issues carry the item's ``index`` (counted across a session's parts in part
 order), ``resourceId`` when the id could be taken, a JSON ``pointer`` into the
