@@ -119,6 +119,8 @@ class Code(StrEnum):
     SESSION_MISSING = "session_missing"
     UNPROCESSABLE = "unprocessable"
     ID_CHANGED = "id_changed"
+    INVALID_FORMAT = "invalid_format"
+    SKIPPED_MISSING_REQUIRED = "skipped_missing_required"
 
 
 C = Code
@@ -139,6 +141,8 @@ _ISSUES_ONLY = frozenset(
         C.SESSION_MISSING,
         C.UNPROCESSABLE,
         C.ID_CHANGED,
+        C.INVALID_FORMAT,
+        C.SKIPPED_MISSING_REQUIRED,
     }
 )
 #: codes of HTTP error bodies (the README's "Error codes" table)
@@ -154,3 +158,12 @@ ISSUES: frozenset[Code] = _ISSUES_ONLY | {
     C.SESSION_SUPERSEDED,
     C.SESSION_ABORTED,
 }
+
+
+class Advice(StrEnum):
+    """Codes of the ``warnings`` a schema create/update answer carries (the README's
+    "Schema warnings" list): the schema is accepted, but it lacks what seed 003 advises."""
+
+    OBJECT_WITHOUT_PROPERTIES = "object_without_properties"
+    ARRAY_WITHOUT_ITEMS = "array_without_items"
+    UNDESCRIBED_ATTRIBUTE = "undescribed_attribute"

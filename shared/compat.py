@@ -12,6 +12,7 @@ table holds.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,7 +43,13 @@ class Refused:
 
 
 def refusal(compiled: CompiledSchema, resource_id: str, data: Any) -> list[Issue]:
-    """Why the candidate would refuse this stored resource; empty when it would not."""
+    """Why the candidate would refuse this stored resource; empty when it would not. The
+    resource is shaped first (defaults, normalised formats), as the worker would shape it."""
+    if isinstance(data, dict):
+        data = copy.deepcopy(data)
+        shaped = compiled.shape(data)
+        if shaped:
+            return shaped
     issues = compiled.validate(data)
     if issues or not isinstance(data, dict):
         return issues

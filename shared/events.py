@@ -146,6 +146,8 @@ class Change:
     totals: dict[str, int] | None = None
     # decided after Redis lost writes: the projector checks its event is not applied yet
     recheck: bool = False
+    # records left out for lacking a required property (resmo.onMissingRequired: skip)
+    skipped: int = 0
 
     def counts(self) -> dict[str, int]:
         if self.totals is not None:
@@ -154,7 +156,12 @@ class Change:
             c = {"created": 0, "updated": 0, "deleted": 0}
             for e in self.effects:
                 c[e.op] += 1
-        return {**c, "unchanged": self.unchanged, "rejected": self.rejected}
+        return {
+            **c,
+            "unchanged": self.unchanged,
+            "rejected": self.rejected,
+            "skipped": self.skipped,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -173,6 +180,8 @@ class Change:
             d["t"] = self.totals
         if self.recheck:
             d["rc"] = True
+        if self.skipped:
+            d["sk"] = self.skipped
         return d
 
     def encode(self) -> bytes:
@@ -198,6 +207,7 @@ class Change:
             d.get("l", True),
             d.get("t"),
             d.get("rc", False),
+            d.get("sk", 0),
         )
 
     @classmethod

@@ -24,7 +24,7 @@ import jsonpath
 import jsonschema_rs
 import orjson
 
-from shared import pointer
+from shared import pointer, shaping
 from shared.codes import Code
 from shared.errors import SchemaRuleError
 from shared.patterns import BACKTRACK_LIMIT, BACKTRACKING, LINEAR, check_patterns
@@ -122,13 +122,15 @@ def check_resmo(schema: dict[str, Any], base: str = "") -> ResmoSpec:
             "the schema root must have a 'resmo' object with at least an 'id' JSONPath",
             pointer=f"{base}/resmo",
         )
-    unknown = set(resmo) - {"id", "name", "importantFields"}
+    allowed = ("id", "name", "importantFields", *shaping.RESMO_SHAPING_KEYS)
+    unknown = set(resmo) - set(allowed)
     if unknown:
         raise SchemaRuleError(
             Code.INVALID_RESMO,
-            f"unknown keys in resmo: {sorted(unknown)}; allowed: id, name, importantFields",
+            f"unknown keys in resmo: {sorted(unknown)}; allowed: {', '.join(allowed)}",
             pointer=f"{base}/resmo",
         )
+    shaping.check_options(resmo, base)
     if "id" not in resmo:
         raise SchemaRuleError(
             Code.MISSING_RESMO_ID, "resmo.id is required", pointer=f"{base}/resmo/id"
@@ -351,13 +353,18 @@ class CompiledSchema:
     def __init__(self, body: dict[str, Any]) -> None:
         spec = check_resmo(body)
         self.body = body
+        self.plan = plan = shaping.compile_plan(body)
+        #: None when the schema has nothing to shape (no defaults, no normalised format)
+        self.shaper = None if plan.root is None else plan.shape
+        self.skip_missing = plan.on_missing_required == "skip"
+        checked = plan.validation_body  # the body, minus format where a normaliser runs
         try:
-            self._validator = _validator(body)
+            self._validator = _validator(checked)
             self.backtracking = False
         except (jsonschema_rs.ValidationError, ValueError):
             # a version stored before patterns had to run in linear time: keep it working
             # on the backtracking engine, bounded per match (prepare_schema refuses it now)
-            self._validator = _validator(body, backtracking=True)
+            self._validator = _validator(checked, backtracking=True)
             self.backtracking = True
         self.is_valid = self._validator.is_valid  # True/False only: the fast path of validate
         self._id_path = normalise_path(spec.id)
@@ -371,6 +378,34 @@ class CompiledSchema:
         self._important_steps = [
             path_steps(p) if c.singular_query() else None for p, c in self._important
         ]
+
+    def shape(self, data: Any) -> list[Issue]:
+        """Fill defaults and normalise formats of ``data`` in place (:mod:`shared.shaping`),
+        before it is validated and hashed; the values that could not be normalised.
+        Idempotent: shaping a shaped record changes nothing."""
+        if self.shaper is None or type(data) is not dict:
+            return []
+        return [Issue(Code.INVALID_FORMAT, b.message, b.pointer) for b in self.shaper(data)]
+
+    def missing_required(self, data: Any) -> list[Issue] | None:
+        """With ``resmo.onMissingRequired: "skip"``: the ``skipped_missing_required`` issues
+        of a record that lacks a required property (pointer: that property), else None."""
+        if not self.skip_missing or type(data) is not dict or self._validator.is_valid(data):
+            return None
+        found = []
+        for e in self._validator.iter_errors(data):
+            if type(e.kind).__name__ == "Required":
+                at = _pointer([*e.instance_path, e.kind.property])
+                found.append(
+                    Issue(
+                        Code.SKIPPED_MISSING_REQUIRED,
+                        f"the record has no {at} (required), so it is skipped",
+                        at,
+                    )
+                )
+                if len(found) >= MAX_ISSUES_PER_RESOURCE:
+                    break
+        return found or None
 
     def validate(self, data: Any) -> list[Issue]:
         if not isinstance(data, dict):

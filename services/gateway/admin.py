@@ -18,6 +18,7 @@ from services.gateway.state import REGISTRY, REGISTRY_STORE, SETTINGS
 from shared.codes import Code
 from shared.errors import ApiError
 from shared.pg.registry import RegistryStore
+from shared.schema_advice import advise
 from shared.schema_rules import check_identifier, prepare_schema
 
 SCHEMA_LIMIT = 1 << 20
@@ -122,7 +123,8 @@ async def create_schema(request: web.Request) -> web.Response:
     schema = prepare_schema(body.get("schema"))
     out = await _store(request).create_schema(request.match_info["groupId"], table, schema, title)
     await _changed(request)
-    return respond(request, views.schema_view(out), status=201, root="schema")
+    answer = {**views.schema_view(out), "warnings": advise(schema)}
+    return respond(request, answer, status=201, root="schema")
 
 
 @routes.get(f"{BASE}/schema-groups/{{groupId}}/schemas")
@@ -183,7 +185,7 @@ async def update_schema(request: web.Request) -> web.Response:
             )
     out = await store.update_schema(m["groupId"], m["table"], schema, title)
     await _changed(request)
-    return respond(request, views.schema_view(out), root="schema")
+    return respond(request, {**views.schema_view(out), "warnings": advise(schema)}, root="schema")
 
 
 @routes.post(f"{BASE}/schema-groups/{{groupId}}/schemas/{{table}}/check")

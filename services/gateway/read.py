@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -15,6 +16,7 @@ from services.gateway.state import CURSOR_KEY, REGISTRY, RESOURCES
 from shared import cursors
 from shared.codes import Code
 from shared.errors import ApiError, NotFoundError
+from shared.pg.resources import Resource
 
 routes = web.RouteTableDef()
 MAX_LIMIT = 1000
@@ -100,6 +102,22 @@ def _all_groups(request: web.Request) -> bool:
     return raw in ("true", "1")
 
 
+def _resource_view(request: web.Request, r: Resource) -> dict[str, Any]:
+    """A stored resource as read: completed with the defaults of the table's CURRENT
+    schema that it lacks (stored before they were declared; the row is not rewritten),
+    whose pointers ``_meta.defaultsApplied`` lists."""
+    snapshot = request.app[REGISTRY].snapshot
+    table = snapshot.by_type.get(r.resource_type)
+    applied: list[str] = []
+    if table is not None:
+        data, applied = snapshot.compiled(table).plan.with_defaults(r.data)
+        if applied:
+            r = dataclasses.replace(r, data=data)
+    view = views.resource_view(r)
+    view["_meta"]["defaultsApplied"] = applied
+    return view
+
+
 @routes.get("/api/v1/resources/{resourceType}")
 async def list_resources(request: web.Request) -> web.Response:
     admin(request)
@@ -116,7 +134,7 @@ async def list_resources(request: web.Request) -> web.Response:
         at = _cursor(request, query)
         page = await store.list_resources(rt, query[2], at[0] if at else None, limit)
         last = [page.items[-1].resource_id] if page.more else None
-    items = [views.resource_view(r) for r in page.items]
+    items = [_resource_view(request, r) for r in page.items]
     return respond(request, {"items": items, "next": _next(request, query, last)}, root="resources")
 
 
@@ -128,7 +146,7 @@ async def get_resource(request: web.Request) -> web.Response:
     found = await request.app[RESOURCES].get_resource(rt, _group_key(request), rid)
     if found is None:
         raise NotFoundError(Code.RESOURCE_NOT_FOUND, f"no {rt} resource {rid!r} in this group")
-    return respond(request, views.resource_view(found), root="resource")
+    return respond(request, _resource_view(request, found), root="resource")
 
 
 @routes.get("/api/v1/resources/{resourceType}/{id}/history")

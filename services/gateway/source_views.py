@@ -69,6 +69,7 @@ def run_view(r: RunRow) -> dict[str, Any]:
         "unchanged": r.unchanged,
         "rejected": r.rejected,
         "pending": r.pending,
+        "skipped": r.skipped,
         "truncated": r.truncated,
         "createdAt": r.created_at.isoformat(),
         "startedAt": _time(r.started_at),

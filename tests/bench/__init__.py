@@ -17,6 +17,7 @@ The table goes to stdout, every number (runs, CPU shares, floors) to
 Modules: ``__main__`` (CLI, table), ``env`` (servers, state, processes, CPU
 meters), ``load`` / ``loadgen`` (generators), ``bare`` (floor servers),
 ``fig_gateway`` (1), ``fig_pipeline`` (3, 5, 6), ``fig_bulk`` (2, 4, 7),
-``fig_sources`` (8: a full pull-source run),
+``fig_sources`` (8: a full pull-source run), ``fig_shaping`` (9: figure 4's snapshot
+through a schema that normalises and fills defaults),
 ``profile`` (py-spy hotspots), ``bulk_diff`` (figure 7's own script).
 """

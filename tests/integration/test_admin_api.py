@@ -205,6 +205,8 @@ async def test_create_schema(client: Client) -> None:
     assert {
         k: v for k, v in body["schema"].items() if k != "unevaluatedProperties"
     } == EMPLOYEE_SCHEMA
+    # only the create/update answer carries the schema advice (seed 003)
+    assert {w["code"] for w in body.pop("warnings")} == {"undescribed_attribute"}
     r = await client.get(f"{G}/{gid}/schemas/employee", headers=ADMIN)
     assert await r.json() == body
     r = await client.get(f"{G}/{gid}/schemas", headers=ADMIN)

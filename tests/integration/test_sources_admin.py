@@ -376,7 +376,7 @@ async def test_table_of_another_group_is_refused(client: Client, seeded: Seeded)
 
 RUN_KEYS = {
     "runId", "kind", "status", "specRevision", "windowStart", "windowEnd", "requests", "pages",
-    "records", "created", "updated", "deleted", "unchanged", "rejected", "pending",
+    "records", "created", "updated", "deleted", "unchanged", "rejected", "skipped", "pending",
     "truncated", "createdAt", "startedAt", "finishedAt",
 }  # fmt: skip
 
