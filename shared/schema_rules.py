@@ -27,6 +27,7 @@ import orjson
 from shared import pointer
 from shared.codes import Code
 from shared.errors import SchemaRuleError
+from shared.ownership import NONE, Ownership
 from shared.patterns import BACKTRACK_LIMIT, BACKTRACKING, LINEAR, check_patterns
 
 DRAFT_2020_12 = {
@@ -168,7 +169,10 @@ def prepare_schema(schema: Any) -> dict[str, Any]:
             f"only JSON Schema draft 2020-12 is supported, got $schema {dialect!r}",
             pointer="/schema/$schema",
         )
-    check_resmo(schema, "/schema")
+    spec = check_resmo(schema, "/schema")
+    own = Ownership.of(schema, "/schema")
+    own.check_resmo_path(path_steps(spec.id), "/schema/resmo/id")
+    own.check_resmo_path(path_steps(spec.name) if spec.name else None, "/schema/resmo/name")
     check_patterns(schema, "/schema")
     stored = dict(schema)
     stored["unevaluatedProperties"] = False
@@ -352,13 +356,22 @@ class CompiledSchema:
         spec = check_resmo(body)
         self.body = body
         try:
-            self._validator = _validator(body)
+            self.ownership = Ownership.of(body)
+        except SchemaRuleError:  # a version stored before ownership rules: all external
+            self.ownership = NONE
+        # a sync's payload is checked with every local property refused (field_not_owned)
+        ingest = self.ownership.ingest_schema(body) if self.ownership.local else body
+        try:
+            self._validator = _validator(ingest)
             self.backtracking = False
         except (jsonschema_rs.ValidationError, ValueError):
             # a version stored before patterns had to run in linear time: keep it working
             # on the backtracking engine, bounded per match (prepare_schema refuses it now)
-            self._validator = _validator(body, backtracking=True)
+            self._validator = _validator(ingest, backtracking=True)
             self.backtracking = True
+        # a resource with its local fields (a PATCH's result) is checked with the schema as is
+        local = self.ownership.local
+        self._full = _validator(body, backtracking=self.backtracking) if local else self._validator
         self.is_valid = self._validator.is_valid  # True/False only: the fast path of validate
         self._id_path = normalise_path(spec.id)
         self._id = compile_path(spec.id, "/resmo/id", singular=True)
@@ -375,11 +388,19 @@ class CompiledSchema:
     def validate(self, data: Any) -> list[Issue]:
         if not isinstance(data, dict):
             return [Issue(Code.NOT_AN_OBJECT, "a resource must be a JSON object", "")]
-        if self._validator.is_valid(data):
+        return self._issues(self._validator, data)
+
+    def validate_merged(self, data: Any) -> list[Issue]:
+        """The issues of a resource holding local fields too (a PATCH's merged result)."""
+        return self._issues(self._full, data)
+
+    def _issues(self, validator: Any, data: Any) -> list[Issue]:
+        if validator.is_valid(data):
             return []
         issues = []
-        for e in self._validator.iter_errors(data):
-            issues.append(_issue_from_error(e))
+        for e in validator.iter_errors(data):
+            owned = self.ownership.refused(e) if self.ownership.local else None
+            issues.append(Issue(*owned) if owned else _issue_from_error(e))
             if len(issues) >= MAX_ISSUES_PER_RESOURCE:
                 break
         return issues
