@@ -99,6 +99,8 @@ class FastExtractor:
         return None if v is MISSING else scalar_id(v)
 
     def extract(self, data: dict[str, Any]) -> Extracted | Issue:
+        """Shape (a changed item is re-read from its part as sent) and extract."""
+        self.schema.shape(data)
         return self.schema.extract(data)
 
 
@@ -126,6 +128,7 @@ def _scan_unsound(item: Unsound, index: int, fx: FastExtractor) -> Scanned:
     resource is protected from deletion (not every resource of the scope)."""
     rid = None
     if isinstance(item.value, dict) and not item.fault.touches(fx.id_pointer):
+        fx.schema.shape(item.value)  # the id may be a normalised value
         rid = fx.resource_id(item.value)
     issues = item.fault.issues[:MAX_ISSUES_PER_RESOURCE]
     return Scanned(
@@ -141,19 +144,24 @@ class Scanned:
     rid: str | None
     content_hash: str | None
     issues: list[Issue]
+    skipped: bool = False  # lacks a required property, and the schema skips such records
 
 
 def scan_item(data: Any, index: int, fx: FastExtractor) -> Scanned:
     """Validate one item and take its id and content hash (no name/important fields)."""
     if type(data) is Unsound:
         return _scan_unsound(data, index, fx)
-    if type(data) is dict and fx.schema.is_valid(data):  # the common case, at least cost
+    bad = fx.schema.shape(data)
+    if not bad and type(data) is dict and fx.schema.is_valid(data):  # the common case
         rid = fx.resource_id(data)
         if rid is not None:
             stored = storable_hash(data)
             if type(stored) is str:
                 return Scanned(index, rid, stored, [])
-    issues = fx.schema.validate(data)
+    skipped = fx.schema.missing_required(data)
+    if skipped is not None:
+        return _scan_skipped(data, index, fx, skipped)
+    issues = bad + fx.schema.validate(data)
     rid = fx.resource_id(data) if isinstance(data, dict) else None
     if isinstance(data, dict) and rid is None:
         ex = fx.schema.extract(data)
@@ -168,6 +176,16 @@ def scan_item(data: Any, index: int, fx: FastExtractor) -> Scanned:
             digest = stored
     issues = [Issue(i.code, i.message, i.pointer, rid, index) for i in issues]
     return Scanned(index, rid, None if issues else digest, issues)
+
+
+def _scan_skipped(
+    data: dict[str, Any], index: int, fx: FastExtractor, issues: list[Issue]
+) -> Scanned:
+    """A record skipped for a missing required property: not applied, not rejected, and
+    (when it has an id) its resource is kept, not deleted as absent."""
+    rid = fx.resource_id(data)
+    out = [Issue(i.code, i.message, i.pointer, rid, index) for i in issues]
+    return Scanned(index, rid, None, out, skipped=True)
 
 
 @dataclass(slots=True)
@@ -197,9 +215,10 @@ def scan_chunk(items: list[Any], base: int, fx: FastExtractor) -> ScannedChunk:
     out = ScannedChunk([], [], [])
     ids, hashes, indexes = out.ids, out.hashes, out.indexes
     is_valid, key, longest = fx.schema.is_valid, fx.id_key, MAX_ID_LENGTH
+    shape = fx.schema.shaper  # None: nothing to shape; else the values it could not shape
     sha256, hexlify = hashlib.sha256, binascii.hexlify
     for i, x in enumerate(items, base):
-        if key is not None and type(x) is dict and is_valid(x):
+        if key is not None and type(x) is dict and (shape is None or not shape(x)) and is_valid(x):
             rid = x.get(key)
             if type(rid) is str and 0 < len(rid) <= longest:
                 raw = storable_json(x)
@@ -247,7 +266,9 @@ class Tally:
     upsert: bool = False  # an upsert batch: nothing absent is deleted
     unchanged: int = 0
     rejected: int = 0
+    skipped: int = 0
     anonymous_invalid: int = 0
+    anonymous_skipped: int = 0  # skipped records without an id: deletions are skipped
     issues: list[dict[str, Any]] = field(default_factory=list)
     issues_total: int = 0
 
@@ -260,9 +281,12 @@ class Tally:
             self.issues.append(d)
 
     def invalid(self, item: Scanned, part: int | None) -> None:
-        self.rejected += 1
-        if item.rid is None:
-            self.anonymous_invalid += 1
+        if item.skipped:
+            self.skipped += 1
+            self.anonymous_skipped += item.rid is None
+        else:
+            self.rejected += 1
+            self.anonymous_invalid += item.rid is None
         for i in item.issues:
             self.issue(i, part)
 
@@ -295,7 +319,8 @@ class Tally:
 
     @property
     def may_delete(self) -> bool:
-        return not self.upsert and not (self.partial and self.anonymous_invalid)
+        anonymous = self.anonymous_skipped + (self.anonymous_invalid if self.partial else 0)
+        return not self.upsert and not anonymous
 
     def final(self, meta: RawMeta, totals: dict[str, int], effects: list[Effect]) -> Change:
         """The snapshot's last change entry: its receipt (counts, issues) and last effects."""
@@ -307,9 +332,9 @@ class Tally:
                 issues.append(
                     {
                         "code": Code.DELETIONS_SKIPPED,
-                        "message": f"{self.anonymous_invalid} rejected item(s) have no "
-                        "extractable id, so no resource was deleted (any of them might "
-                        "have been one of those items)",
+                        "message": f"{self.anonymous_invalid + self.anonymous_skipped} "
+                        "rejected or skipped item(s) have no extractable id, so no resource "
+                        "was deleted (any of them might have been one of those items)",
                         "pointer": None,
                     }
                 )
@@ -323,6 +348,7 @@ class Tally:
             issues=issues,
             issues_total=total,
             totals=totals if status == "applied" else {},
+            skipped=self.skipped,
         )
 
 

@@ -117,6 +117,8 @@ class Code(StrEnum):
     SESSION_EXPIRED = "session_expired"
     SESSION_MISSING = "session_missing"
     UNPROCESSABLE = "unprocessable"
+    INVALID_FORMAT = "invalid_format"
+    SKIPPED_MISSING_REQUIRED = "skipped_missing_required"
 
 
 C = Code
@@ -136,6 +138,8 @@ _ISSUES_ONLY = frozenset(
         C.SESSION_EXPIRED,
         C.SESSION_MISSING,
         C.UNPROCESSABLE,
+        C.INVALID_FORMAT,
+        C.SKIPPED_MISSING_REQUIRED,
     }
 )
 #: codes of HTTP error bodies (the README's "Error codes" table)
@@ -153,3 +157,12 @@ ISSUES: frozenset[Code] = _ISSUES_ONLY | {
     C.FIELD_NOT_OWNED,
     C.RESOURCE_NOT_FOUND,
 }
+
+
+class Advice(StrEnum):
+    """Codes of the ``warnings`` a schema create/update answer carries (the README's
+    "Schema warnings" list): the schema is accepted, but it lacks what seed 003 advises."""
+
+    OBJECT_WITHOUT_PROPERTIES = "object_without_properties"
+    ARRAY_WITHOUT_ITEMS = "array_without_items"
+    UNDESCRIBED_ATTRIBUTE = "undescribed_attribute"

@@ -152,6 +152,8 @@ class Change:
     totals: dict[str, int] | None = None
     # decided after Redis lost writes: the projector checks its event is not applied yet
     recheck: bool = False
+    # records left out for lacking a required property (resmo.onMissingRequired: skip)
+    skipped: int = 0
     # pointers of the table's local fields (x-ownership local): kept from the stored row
     local: list[str] | None = None
 
@@ -162,7 +164,12 @@ class Change:
             c = {"created": 0, "updated": 0, "deleted": 0}
             for e in self.effects:
                 c[e.op] += 1
-        return {**c, "unchanged": self.unchanged, "rejected": self.rejected}
+        return {
+            **c,
+            "unchanged": self.unchanged,
+            "rejected": self.rejected,
+            "skipped": self.skipped,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -181,6 +188,8 @@ class Change:
             d["t"] = self.totals
         if self.recheck:
             d["rc"] = True
+        if self.skipped:
+            d["sk"] = self.skipped
         if self.local:
             d["lo"] = self.local
         return d
@@ -208,6 +217,7 @@ class Change:
             d.get("l", True),
             d.get("t"),
             d.get("rc", False),
+            d.get("sk", 0),
             d.get("lo"),
         )
 

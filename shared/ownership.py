@@ -125,9 +125,20 @@ class Ownership:
                 pointer=at,
             )
 
+    def is_local_pointer(self, where: str) -> bool:
+        return self.is_local(tuple(pointer.unescape(t) for t in where.split("/")[1:]))
+
+    def without_local_defaults(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``body`` without the ``default`` of local properties: a sync never fills them
+        in (the record would then carry a local field)."""
+        return self._replace_local(body, lambda sub: _no_default(sub))
+
     def ingest_schema(self, body: dict[str, Any]) -> dict[str, Any]:
         """``body`` with every local property's subschema replaced by ``false`` (copied
         only along the way to them; the stored body is not changed)."""
+        return self._replace_local(body, lambda _: False)
+
+    def _replace_local(self, body: dict[str, Any], new: Any) -> dict[str, Any]:
         out = dict(body)
         for path in self.local:
             node = out
@@ -136,8 +147,22 @@ class Ownership:
                 node["properties"] = props
                 props[name] = node = dict(props[name])
             props = dict(node["properties"])
-            props[path[-1]] = False
+            props[path[-1]] = new(props[path[-1]])
             node["properties"] = props
+        return out
+
+    def local_patch(self, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+        """The merge patch that takes ``before``'s local values to ``after``'s (external
+        fields untouched): what the projector applies for a PATCH."""
+        out: dict[str, Any] = {}
+        for path in self.local:
+            old, new = _get(before, list(path)), _get(after, list(path))
+            if old == new:
+                continue
+            node = out
+            for name in path[:-1]:
+                node = node.setdefault(name, {})
+            node[path[-1]] = None if new is _ABSENT else new
         return out
 
     def refused(self, error: Any) -> tuple[Code, str, str] | None:
@@ -186,6 +211,10 @@ class Ownership:
 
 
 NONE = Ownership((), frozenset())
+
+
+def _no_default(sub: Any) -> Any:
+    return {k: v for k, v in sub.items() if k != "default"} if isinstance(sub, dict) else sub
 
 
 def _under(path: Path, prefix: Path) -> bool:

@@ -64,15 +64,19 @@ def decide_patch(
     wrong = schema.ownership.check_patch(patch)  # the schema may have changed since the 202
     if wrong is not None:
         return _rejected(meta, [Issue(wrong.code, wrong.message, wrong.pointer, rid)])
+    own = schema.ownership
+    shaped = apply_patch(current, patch)  # a copy: normalised in place below
+    issues = [i for i in schema.shape(shaped) if own.is_local_pointer(i.pointer or "")]
+    patch = own.local_patch(current, shaped)  # the local values as normalised
     merged = apply_patch(current, patch)
-    issues = schema.validate_merged(merged)
+    issues += schema.validate_merged(merged)
     ex = schema.extract(merged) if not issues else None
     if isinstance(ex, Issue):
         issues.append(ex)
     if issues or not isinstance(ex, Extracted):
         return _rejected(meta, [Issue(i.code, i.message, i.pointer, rid) for i in issues])
-    change = Change(meta, "applied", local=schema.ownership.pointers)
-    if merged == current:
+    change = Change(meta, "applied", local=own.pointers)
+    if not patch:
         change.unchanged = 1
         return change
     version = cur[1] + 1

@@ -57,6 +57,7 @@ class Prepared:
     data: dict[str, Any]
     extracted: Extracted | None
     issues: list[Issue]
+    skipped: bool = False  # lacks a required property, and the schema skips such records
 
 
 def prepare_single(body: bytes, schema: CompiledSchema) -> Prepared:
@@ -71,7 +72,12 @@ def prepare_single(body: bytes, schema: CompiledSchema) -> Prepared:
 
 
 def prepare_item(data: Any, schema: CompiledSchema, index: int | None = None) -> Prepared:
-    issues = schema.validate(data)
+    """Shape (defaults, normalisation), then validate and extract ``data``."""
+    issues = schema.shape(data)
+    skipped = schema.missing_required(data)
+    if skipped is not None:
+        return _skipped(data, schema, skipped, index)
+    issues += schema.validate(data)
     extracted: Extracted | None = None
     if isinstance(data, dict):
         ex = schema.extract(data)
@@ -85,7 +91,19 @@ def prepare_item(data: Any, schema: CompiledSchema, index: int | None = None) ->
     return Prepared(data if isinstance(data, dict) else {}, extracted, issues)
 
 
+def _skipped(
+    data: dict[str, Any], schema: CompiledSchema, issues: list[Issue], index: int | None
+) -> Prepared:
+    ex = schema.extract(data)
+    rid = ex.id if isinstance(ex, Extracted) else None
+    issues = [Issue(i.code, i.message, i.pointer, rid, index) for i in issues]
+    return Prepared(data, None, issues, skipped=True)
+
+
 def decide_single(meta: RawMeta, prep: Prepared, state: ScopeState) -> Change:
+    if prep.skipped:  # changes nothing; the receipt counts it and its issue says why
+        issues = [i.as_dict() for i in prep.issues[:MAX_ISSUES]]
+        return Change(meta, "applied", issues=issues, issues_total=len(prep.issues), skipped=1)
     if prep.issues or prep.extracted is None:
         issues = [i.as_dict() for i in prep.issues[:MAX_ISSUES]]
         return Change(meta, "rejected", rejected=1, issues=issues, issues_total=len(prep.issues))

@@ -152,6 +152,7 @@ def _receipt_rows(out: BatchRows, ch: Change, received: datetime, now: datetime)
             c["deleted"],
             c["unchanged"],
             c["rejected"],
+            c["skipped"],
             ch.ignored,
             ch.issues,
             ch.issues_total,

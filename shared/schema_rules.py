@@ -24,10 +24,15 @@ import jsonpath
 import jsonschema_rs
 import orjson
 
-from shared import pointer
+from shared import pointer, shaping
 from shared.codes import Code
 from shared.errors import SchemaRuleError
 from shared.ownership import NONE, Ownership
+from shared.paths import MISSING as MISSING
+from shared.paths import Step as Step
+from shared.paths import normalise_path as normalise_path
+from shared.paths import path_steps as path_steps
+from shared.paths import walk as walk
 from shared.patterns import BACKTRACK_LIMIT, BACKTRACKING, LINEAR, check_patterns
 
 DRAFT_2020_12 = {
@@ -68,16 +73,6 @@ def _json(value: Any) -> str:
         return orjson.dumps(value).decode()
     except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits
         return repr(value)
-
-
-def normalise_path(path: str) -> str:
-    """A bare path such as ``employeeId`` or ``a.b`` means ``$.employeeId`` / ``$.a.b``."""
-    p = path.strip()
-    if p.startswith("$"):
-        return p
-    if p.startswith("["):
-        return "$" + p
-    return "$." + p
 
 
 def compile_path(path: Any, pointer: str, *, singular: bool) -> jsonpath.JSONPath:
@@ -123,13 +118,15 @@ def check_resmo(schema: dict[str, Any], base: str = "") -> ResmoSpec:
             "the schema root must have a 'resmo' object with at least an 'id' JSONPath",
             pointer=f"{base}/resmo",
         )
-    unknown = set(resmo) - {"id", "name", "importantFields"}
+    allowed = ("id", "name", "importantFields", *shaping.RESMO_SHAPING_KEYS)
+    unknown = set(resmo) - set(allowed)
     if unknown:
         raise SchemaRuleError(
             Code.INVALID_RESMO,
-            f"unknown keys in resmo: {sorted(unknown)}; allowed: id, name, importantFields",
+            f"unknown keys in resmo: {sorted(unknown)}; allowed: {', '.join(allowed)}",
             pointer=f"{base}/resmo",
         )
+    shaping.check_options(resmo, base)
     if "id" not in resmo:
         raise SchemaRuleError(
             Code.MISSING_RESMO_ID, "resmo.id is required", pointer=f"{base}/resmo/id"
@@ -286,46 +283,6 @@ def storable_hash(data: Any) -> str | Issue:
     return raw if isinstance(raw, Issue) else hashlib.sha256(raw).hexdigest()
 
 
-Step = tuple[bool, Any]  # (is_index, name or index)
-MISSING: Any = object()
-
-
-def path_steps(path: str) -> tuple[Step, ...] | None:
-    """The name/index steps of a singular JSONPath, or None if it needs the full engine."""
-    try:
-        compiled = jsonpath.compile(normalise_path(path))
-        steps: list[Step] = []
-        for seg in compiled.segments:  # type: ignore[union-attr]
-            if type(seg).__name__ != "JSONPathChildSegment" or len(seg.selectors) != 1:
-                return None
-            sel = seg.selectors[0]
-            kind = type(sel).__name__
-            if kind == "NameSelector":
-                steps.append((False, getattr(sel, "name")))  # noqa: B009 - untyped
-            elif kind == "IndexSelector":
-                steps.append((True, getattr(sel, "index")))  # noqa: B009
-            else:
-                return None
-    except (jsonpath.JSONPathError, AttributeError):
-        return None
-    return tuple(steps) if steps else None
-
-
-def walk(data: Any, steps: tuple[Step, ...]) -> Any:
-    """Follow steps exactly as python-jsonpath resolves a singular query."""
-    cur = data
-    for is_index, key in steps:
-        if isinstance(cur, dict):
-            cur = cur.get(str(key) if is_index else key, MISSING)
-            if cur is MISSING:
-                return cur
-        elif is_index and isinstance(cur, list) and -len(cur) <= key < len(cur):
-            cur = cur[key]
-        else:
-            return MISSING
-    return cur
-
-
 def scalar_id(value: Any) -> str | None:
     """The id rule: a non-empty string of at most :data:`MAX_ID_LENGTH` characters, or an
     integer (as its decimal string)."""
@@ -359,8 +316,15 @@ class CompiledSchema:
             self.ownership = Ownership.of(body)
         except SchemaRuleError:  # a version stored before ownership rules: all external
             self.ownership = NONE
+        local = self.ownership.local
+        shaped = self.ownership.without_local_defaults(body) if local else body
+        self.plan = plan = shaping.compile_plan(shaped)
+        #: None when the schema has nothing to shape (no defaults, no normalised format)
+        self.shaper = None if plan.root is None else plan.shape
+        self.skip_missing = plan.on_missing_required == "skip"
+        checked = plan.validation_body  # the body, minus format where a normaliser runs
         # a sync's payload is checked with every local property refused (field_not_owned)
-        ingest = self.ownership.ingest_schema(body) if self.ownership.local else body
+        ingest = self.ownership.ingest_schema(checked) if self.ownership.local else checked
         try:
             self._validator = _validator(ingest)
             self.backtracking = False
@@ -370,8 +334,9 @@ class CompiledSchema:
             self._validator = _validator(ingest, backtracking=True)
             self.backtracking = True
         # a resource with its local fields (a PATCH's result) is checked with the schema as is
-        local = self.ownership.local
-        self._full = _validator(body, backtracking=self.backtracking) if local else self._validator
+        self._full = (
+            _validator(checked, backtracking=self.backtracking) if local else self._validator
+        )
         self.is_valid = self._validator.is_valid  # True/False only: the fast path of validate
         self._id_path = normalise_path(spec.id)
         self._id = compile_path(spec.id, "/resmo/id", singular=True)
@@ -384,6 +349,34 @@ class CompiledSchema:
         self._important_steps = [
             path_steps(p) if c.singular_query() else None for p, c in self._important
         ]
+
+    def shape(self, data: Any) -> list[Issue]:
+        """Fill defaults and normalise formats of ``data`` in place (:mod:`shared.shaping`),
+        before it is validated and hashed; the values that could not be normalised.
+        Idempotent: shaping a shaped record changes nothing."""
+        if self.shaper is None or type(data) is not dict:
+            return []
+        return [Issue(Code.INVALID_FORMAT, b.message, b.pointer) for b in self.shaper(data)]
+
+    def missing_required(self, data: Any) -> list[Issue] | None:
+        """With ``resmo.onMissingRequired: "skip"``: the ``skipped_missing_required`` issues
+        of a record that lacks a required property (pointer: that property), else None."""
+        if not self.skip_missing or type(data) is not dict or self._validator.is_valid(data):
+            return None
+        found = []
+        for e in self._validator.iter_errors(data):
+            if type(e.kind).__name__ == "Required":
+                at = _pointer([*e.instance_path, e.kind.property])
+                found.append(
+                    Issue(
+                        Code.SKIPPED_MISSING_REQUIRED,
+                        f"the record has no {at} (required), so it is skipped",
+                        at,
+                    )
+                )
+                if len(found) >= MAX_ISSUES_PER_RESOURCE:
+                    break
+        return found or None
 
     def validate(self, data: Any) -> list[Issue]:
         if not isinstance(data, dict):

@@ -58,6 +58,7 @@ async def get_receipt(request: web.Request) -> web.Response:
         "deleted": 0,
         "unchanged": 0,
         "rejected": 0,
+        "skipped": 0,
         "ignored": [],
         "issues": [],
     }

@@ -68,6 +68,7 @@ def run_view(r: RunRow) -> dict[str, Any]:
         "deleted": r.deleted,
         "unchanged": r.unchanged,
         "rejected": r.rejected,
+        "skipped": r.skipped,
         "truncated": r.truncated,
         "createdAt": r.created_at.isoformat(),
         "startedAt": _time(r.started_at),

@@ -112,6 +112,7 @@ def receipt_view(r: Receipt) -> dict[str, Any]:
         "deleted": r.deleted,
         "unchanged": r.unchanged,
         "rejected": r.rejected,
+        "skipped": r.skipped,
         "ignored": r.ignored,
         "issues": r.issues,
         "issuesTotal": r.issues_total,

@@ -92,6 +92,7 @@ EVENT_COLS = [
     "deleted",
     "unchanged",
     "rejected",
+    "skipped",
     "ignored_ids",
     "issues",
     "issues_total",
@@ -137,7 +138,8 @@ ISSUES_SQL = (
 )
 RECEIPT_SQL = """
 SELECT event_id, integration_id, status, created, updated, deleted, unchanged, rejected,
-       ignored_ids, issues, issues_total, kind, table_name, group_key, received_at, processed_at
+       skipped, ignored_ids, issues, issues_total, kind, table_name, group_key, received_at,
+       processed_at
 FROM ingest_events WHERE event_id = $1
 """
 APPLIED_EVENTS_SQL = "SELECT event_id FROM ingest_events WHERE event_id = ANY($1::text[])"
@@ -232,6 +234,7 @@ class Receipt:
     issues_total: int
     received_at: datetime
     processed_at: datetime
+    skipped: int = 0
 
 
 def _uuid_text(v: Any) -> str | None:
@@ -306,6 +309,7 @@ def _receipt(r: asyncpg.Record) -> Receipt:
         r["issues_total"],
         r["received_at"],
         r["processed_at"],
+        r["skipped"],
     )
 
 

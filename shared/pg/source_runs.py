@@ -25,7 +25,7 @@ from shared.pull.schedule import parse_schedule
 
 OPEN = ("queued", "running")
 FINISHED = ("succeeded", "failed", "cancelled")
-COUNTS = ("created", "updated", "deleted", "unchanged", "rejected")
+COUNTS = ("created", "updated", "deleted", "unchanged", "rejected", "skipped")
 
 #: a run with the sums of the ingest_events rows of the raw events it appended (they
 #: fill in as the pipeline applies them)
@@ -63,6 +63,7 @@ class RunRow:
     deleted: int = 0
     unchanged: int = 0
     rejected: int = 0
+    skipped: int = 0
 
 
 def _run(r: asyncpg.Record) -> RunRow:

@@ -24,8 +24,10 @@ def owned_schema() -> dict[str, Any]:
     s["properties"]["tags"] = {
         "type": "array",
         "items": {"type": "string"},
+        "default": [],  # never filled in by a sync: it would carry a local field
         "x-ownership": "local",
     }
+    s["properties"]["contact"] = {"type": "string", "format": "email", "x-ownership": "local"}
     s["properties"]["employee"]["properties"]["remark"] = {
         "type": "string",
         "x-ownership": "local",
@@ -242,6 +244,31 @@ async def test_a_patch_of_a_resource_deleted_before_it_is_processed_is_rejected(
     assert [(i["code"], i["resourceId"]) for i in rc["issues"]] == [("resource_not_found", "e1")]
     assert await row(pool, "e1") is None
     assert (await patch(client, "e1", {"notes": "y"}, 404))["code"] == "resource_not_found"
+
+
+async def test_patched_local_values_are_normalised_like_synced_ones(
+    client: Client, owned: Seeded, pipeline: InlinePipeline, pool: asyncpg.Pool
+) -> None:
+    await post(client, owned, DOC)
+    await pipeline.run()
+    stored = await row(pool, "e1")
+    assert stored is not None and stored["data"] == DOC  # no local default filled in
+    eid = (await patch(client, "e1", {"contact": " Ann@EXAMPLE.COM "}))["eventId"]
+    await pipeline.run()
+    assert (await admin_receipt(client, eid))["updated"] == 1
+    stored = await row(pool, "e1")
+    assert stored is not None and stored["data"]["contact"] == "Ann@example.com"
+    last = (await changes(pool, "e1"))[-1]
+    assert last["patch"] == [{"op": "add", "path": "/contact", "value": "Ann@example.com"}]
+    # the same value in another spelling changes nothing
+    eid = (await patch(client, "e1", {"contact": "Ann@Example.com"}))["eventId"]
+    await pipeline.run()
+    assert counts(await admin_receipt(client, eid)) == only("unchanged")
+    eid = (await patch(client, "e1", {"contact": "not an email"}))["eventId"]
+    await pipeline.run()
+    rc = await admin_receipt(client, eid)
+    assert rc["status"] == "rejected"
+    assert [(i["code"], i["pointer"]) for i in rc["issues"]] == [("invalid_format", "/contact")]
 
 
 # ---- syncs keep local fields -----------------------------------------------------------

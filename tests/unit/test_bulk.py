@@ -46,7 +46,7 @@ def test_seed_example_c_deleted_ab_updated_or_unchanged_d_created() -> None:
     assert change.status == "applied" and change.last
     assert ops(change) == [("created", "d", 1), ("deleted", "c", 2), ("updated", "b", 2)]
     assert change.counts() == {
-        "created": 1, "updated": 1, "deleted": 1, "unchanged": 1, "rejected": 0
+        "created": 1, "updated": 1, "deleted": 1, "unchanged": 1, "rejected": 0, "skipped": 0
     }  # fmt: skip
     assert updates["c"] == ("", 2) and updates["b"][1] == 2 and "a" not in updates
 
@@ -71,7 +71,7 @@ def test_invalid_item_rejects_everything_with_specific_issues() -> None:
     change, updates = diff_snapshot(META, items, SCHEMA, state_of(emp("x")))
     assert change.status == "rejected" and change.effects == [] and updates == {}
     assert change.counts() == {
-        "created": 0, "updated": 0, "deleted": 0, "unchanged": 0, "rejected": 3
+        "created": 0, "updated": 0, "deleted": 0, "unchanged": 0, "rejected": 3, "skipped": 0
     }  # fmt: skip
     first = {}
     for i in change.issues:

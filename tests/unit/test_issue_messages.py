@@ -46,10 +46,18 @@ def test_a_format_failure_reads_well() -> None:
              "at": {"format": "date-time"}}  # fmt: skip
     schema = CompiledSchema(prepare_schema(employee_schema(properties=props)))
     out = prepare_item({"employeeId": "a", "mail": "not-an-email", "at": "x"}, schema).issues
-    assert {(i.pointer, i.message) for i in out} == {
-        ("/mail", '"not-an-email" is not a valid email'),
-        ("/at", '"x" is not a valid date-time'),
-    }
+    assert {(i.code, i.pointer, i.message) for i in out} == {
+        ("invalid_format", "/mail",
+         '"not-an-email" is not a valid email: An email address must have an @-sign.'),
+        ("invalid_format", "/at",
+         '"x" is not a valid date-time: expected a date-time such as 2000-01-01T00:00:00Z'),
+    }  # fmt: skip
+    # with normalisation off, JSON Schema's own format assertion says it
+    body = employee_schema(properties=props)
+    body["resmo"] = {**body["resmo"], "normalize": False}
+    plain = CompiledSchema(prepare_schema(body))
+    out = prepare_item({"employeeId": "a", "mail": "x"}, plain).issues
+    assert [(i.code, i.message) for i in out] == [("schema_violation", '"x" is not a valid email')]
 
 
 def test_missing_id_points_where_missing_field_points() -> None:

@@ -56,7 +56,9 @@ def test_same_content_is_unchanged_and_leaves_state_clean() -> None:
     st = ScopeState(known={"a": (content_hash(doc), 4)})
     ch = single({"active": True, "employeeId": "a"}, st)
     assert ch.effects == [] and ch.unchanged == 1 and st.dirty == {}
-    assert ch.counts() == {"created": 0, "updated": 0, "deleted": 0, "unchanged": 1, "rejected": 0}
+    assert ch.counts() == {
+        "created": 0, "updated": 0, "deleted": 0, "unchanged": 1, "rejected": 0, "skipped": 0
+    }  # fmt: skip
 
 
 def test_different_content_is_updated_with_next_version() -> None:
