@@ -407,4 +407,5 @@ def diff_snapshot(
                 if rid not in index:
                     deletion(out, state, rid, cur)
     final = tally.final(meta, out.counts(), out.effects)
+    final.local = schema.ownership.pointers or None
     return final, state.dirty if final.status == "applied" else {}

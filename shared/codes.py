@@ -88,6 +88,8 @@ class Code(StrEnum):
     SPEC_IN_USE = "spec_in_use"
     RUN_IN_PROGRESS = "run_in_progress"
     RUN_FINISHED = "run_finished"
+    # -- field ownership (409 from a PATCH; an issue of a synced record too)
+    FIELD_NOT_OWNED = "field_not_owned"
     # -- a remote API's answers (502 from a preview; a source run's ``error.code``)
     SOURCE_HTTP_ERROR = "source_http_error"
     SOURCE_UNAVAILABLE = "source_unavailable"
@@ -157,6 +159,8 @@ ISSUES: frozenset[Code] = _ISSUES_ONLY | {
     C.TABLE_NOT_FOUND,
     C.SESSION_SUPERSEDED,
     C.SESSION_ABORTED,
+    C.FIELD_NOT_OWNED,
+    C.RESOURCE_NOT_FOUND,
 }
 
 

@@ -50,7 +50,8 @@ def refusal(compiled: CompiledSchema, resource_id: str, data: Any) -> list[Issue
         shaped = compiled.shape(data)
         if shaped:
             return shaped
-    issues = compiled.validate(data)
+    # a stored resource holds its local fields too: judged as a PATCH's merged result is
+    issues = compiled.validate_merged(data) if isinstance(data, dict) else compiled.validate(data)
     if issues or not isinstance(data, dict):
         return issues
     got = compiled.extract(data)

@@ -11,6 +11,12 @@ object). A large bulk snapshot is the exception: its effects are split over
 several consecutive entries of one change each; every entry but the last has
 ``last`` false, and only the last carries the snapshot's totals, issues and
 receipt.
+
+A ``patch`` raw event is an admin's JSON Merge Patch (RFC 7396) of one resource's
+local fields (``ids`` holds its id; :mod:`shared.patching`); its effect's ``data`` is
+that merge patch, which the projector applies to the stored row. A change of a table
+with local fields lists their pointers (``local``): the projector keeps the stored
+values there on every sync (:mod:`shared.ownership`).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Any, Literal
 
 import orjson
 
-Kind = Literal["single", "delete", "bulk"]
+Kind = Literal["single", "delete", "bulk", "patch"]
 Op = Literal["created", "updated", "deleted"]
 
 
@@ -39,7 +45,7 @@ def new_event_id() -> str:
 class RawMeta:
     id: str
     kind: Kind
-    integration: str
+    integration: str | None  # None: an admin's patch
     table: str
     resource_type: str
     group_key: str
@@ -148,6 +154,8 @@ class Change:
     recheck: bool = False
     # records left out for lacking a required property (resmo.onMissingRequired: skip)
     skipped: int = 0
+    # pointers of the table's local fields (x-ownership local): kept from the stored row
+    local: list[str] | None = None
 
     def counts(self) -> dict[str, int]:
         if self.totals is not None:
@@ -182,6 +190,8 @@ class Change:
             d["rc"] = True
         if self.skipped:
             d["sk"] = self.skipped
+        if self.local:
+            d["lo"] = self.local
         return d
 
     def encode(self) -> bytes:
@@ -208,6 +218,7 @@ class Change:
             d.get("t"),
             d.get("rc", False),
             d.get("sk", 0),
+            d.get("lo"),
         )
 
     @classmethod

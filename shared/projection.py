@@ -6,6 +6,11 @@ deletes and final upserts :class:`~shared.pg.resources.Projection` writes. Each 
 tuple is in the column order :mod:`shared.pg.resources` names for its table. A bulk
 snapshot with many effects arrives as consecutive entries of which only the last
 (``Change.last``) yields the receipt and sync issues.
+
+Local fields (:mod:`shared.ownership`): a sync's effect carries the external fields
+only, and the resource stored (and the history's ``after``) is those plus the local
+values of the previous state; a ``patch`` effect is a merge patch of the previous
+state. Patches in history are computed between those merged states.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from typing import Any
 import jsonpatch
 
 from shared.codes import Code
-from shared.events import Change
+from shared.events import Change, Effect
+from shared.ownership import apply_patch, keep_local
 from shared.pointer import escape
 
 #: (resource_type, group_key, resource_id)
@@ -71,6 +77,8 @@ def build_rows(changes: list[Change], prev: dict[Key, Any], now: datetime) -> Ba
             key = (m.resource_type, m.group_key, e.resource_id)
             before = current.get(key) or {}
             after = e.data if e.op != "deleted" else None
+            if after is not None and (ch.local or m.kind == "patch"):
+                after = _with_local(ch, e, before)
             patch = json_patch(before, after or {})
             out.history.append(
                 (
@@ -99,6 +107,14 @@ def build_rows(changes: list[Change], prev: dict[Key, Any], now: datetime) -> Ba
         elif ch.status == "rejected":  # a refused slice: its issue, without a receipt
             out.issues += _issue_rows(ch, now)
     return out
+
+
+def _with_local(ch: Change, e: Effect, before: dict[str, Any]) -> dict[str, Any]:
+    """The state an effect leaves when local fields are involved (see the module doc)."""
+    assert e.data is not None
+    if ch.meta.kind == "patch":
+        return apply_patch(before, e.data)
+    return keep_local(e.data, before, ch.local or []) if before else e.data
 
 
 def refusal(ch: Change, reason: str) -> Change:

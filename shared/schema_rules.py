@@ -27,6 +27,12 @@ import orjson
 from shared import pointer, shaping
 from shared.codes import Code
 from shared.errors import SchemaRuleError
+from shared.ownership import NONE, Ownership
+from shared.paths import MISSING as MISSING
+from shared.paths import Step as Step
+from shared.paths import normalise_path as normalise_path
+from shared.paths import path_steps as path_steps
+from shared.paths import walk as walk
 from shared.patterns import BACKTRACK_LIMIT, BACKTRACKING, LINEAR, check_patterns
 
 DRAFT_2020_12 = {
@@ -67,16 +73,6 @@ def _json(value: Any) -> str:
         return orjson.dumps(value).decode()
     except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits
         return repr(value)
-
-
-def normalise_path(path: str) -> str:
-    """A bare path such as ``employeeId`` or ``a.b`` means ``$.employeeId`` / ``$.a.b``."""
-    p = path.strip()
-    if p.startswith("$"):
-        return p
-    if p.startswith("["):
-        return "$" + p
-    return "$." + p
 
 
 def compile_path(path: Any, pointer: str, *, singular: bool) -> jsonpath.JSONPath:
@@ -170,7 +166,10 @@ def prepare_schema(schema: Any) -> dict[str, Any]:
             f"only JSON Schema draft 2020-12 is supported, got $schema {dialect!r}",
             pointer="/schema/$schema",
         )
-    check_resmo(schema, "/schema")
+    spec = check_resmo(schema, "/schema")
+    own = Ownership.of(schema, "/schema")
+    own.check_resmo_path(path_steps(spec.id), "/schema/resmo/id")
+    own.check_resmo_path(path_steps(spec.name) if spec.name else None, "/schema/resmo/name")
     check_patterns(schema, "/schema")
     stored = dict(schema)
     stored["unevaluatedProperties"] = False
@@ -284,46 +283,6 @@ def storable_hash(data: Any) -> str | Issue:
     return raw if isinstance(raw, Issue) else hashlib.sha256(raw).hexdigest()
 
 
-Step = tuple[bool, Any]  # (is_index, name or index)
-MISSING: Any = object()
-
-
-def path_steps(path: str) -> tuple[Step, ...] | None:
-    """The name/index steps of a singular JSONPath, or None if it needs the full engine."""
-    try:
-        compiled = jsonpath.compile(normalise_path(path))
-        steps: list[Step] = []
-        for seg in compiled.segments:  # type: ignore[union-attr]
-            if type(seg).__name__ != "JSONPathChildSegment" or len(seg.selectors) != 1:
-                return None
-            sel = seg.selectors[0]
-            kind = type(sel).__name__
-            if kind == "NameSelector":
-                steps.append((False, getattr(sel, "name")))  # noqa: B009 - untyped
-            elif kind == "IndexSelector":
-                steps.append((True, getattr(sel, "index")))  # noqa: B009
-            else:
-                return None
-    except (jsonpath.JSONPathError, AttributeError):
-        return None
-    return tuple(steps) if steps else None
-
-
-def walk(data: Any, steps: tuple[Step, ...]) -> Any:
-    """Follow steps exactly as python-jsonpath resolves a singular query."""
-    cur = data
-    for is_index, key in steps:
-        if isinstance(cur, dict):
-            cur = cur.get(str(key) if is_index else key, MISSING)
-            if cur is MISSING:
-                return cur
-        elif is_index and isinstance(cur, list) and -len(cur) <= key < len(cur):
-            cur = cur[key]
-        else:
-            return MISSING
-    return cur
-
-
 def scalar_id(value: Any) -> str | None:
     """The id rule: a non-empty string of at most :data:`MAX_ID_LENGTH` characters, or an
     integer (as its decimal string)."""
@@ -353,19 +312,31 @@ class CompiledSchema:
     def __init__(self, body: dict[str, Any]) -> None:
         spec = check_resmo(body)
         self.body = body
-        self.plan = plan = shaping.compile_plan(body)
+        try:
+            self.ownership = Ownership.of(body)
+        except SchemaRuleError:  # a version stored before ownership rules: all external
+            self.ownership = NONE
+        local = self.ownership.local
+        shaped = self.ownership.without_local_defaults(body) if local else body
+        self.plan = plan = shaping.compile_plan(shaped)
         #: None when the schema has nothing to shape (no defaults, no normalised format)
         self.shaper = None if plan.root is None else plan.shape
         self.skip_missing = plan.on_missing_required == "skip"
         checked = plan.validation_body  # the body, minus format where a normaliser runs
+        # a sync's payload is checked with every local property refused (field_not_owned)
+        ingest = self.ownership.ingest_schema(checked) if self.ownership.local else checked
         try:
-            self._validator = _validator(checked)
+            self._validator = _validator(ingest)
             self.backtracking = False
         except (jsonschema_rs.ValidationError, ValueError):
             # a version stored before patterns had to run in linear time: keep it working
             # on the backtracking engine, bounded per match (prepare_schema refuses it now)
-            self._validator = _validator(checked, backtracking=True)
+            self._validator = _validator(ingest, backtracking=True)
             self.backtracking = True
+        # a resource with its local fields (a PATCH's result) is checked with the schema as is
+        self._full = (
+            _validator(checked, backtracking=self.backtracking) if local else self._validator
+        )
         self.is_valid = self._validator.is_valid  # True/False only: the fast path of validate
         self._id_path = normalise_path(spec.id)
         self._id = compile_path(spec.id, "/resmo/id", singular=True)
@@ -410,11 +381,19 @@ class CompiledSchema:
     def validate(self, data: Any) -> list[Issue]:
         if not isinstance(data, dict):
             return [Issue(Code.NOT_AN_OBJECT, "a resource must be a JSON object", "")]
-        if self._validator.is_valid(data):
+        return self._issues(self._validator, data)
+
+    def validate_merged(self, data: Any) -> list[Issue]:
+        """The issues of a resource holding local fields too (a PATCH's merged result)."""
+        return self._issues(self._full, data)
+
+    def _issues(self, validator: Any, data: Any) -> list[Issue]:
+        if validator.is_valid(data):
             return []
         issues = []
-        for e in self._validator.iter_errors(data):
-            issues.append(_issue_from_error(e))
+        for e in validator.iter_errors(data):
+            owned = self.ownership.refused(e) if self.ownership.local else None
+            issues.append(Issue(*owned) if owned else _issue_from_error(e))
             if len(issues) >= MAX_ISSUES_PER_RESOURCE:
                 break
         return issues

@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 from redis.asyncio import Redis
 
-from services.gateway import admin, bulk, ingest, preview, read, receipts, sources
+from services.gateway import admin, bulk, edit, ingest, preview, read, receipts, sources
 from services.gateway.appender import Appender
 from services.gateway.http import MAX_HEADERS, MAX_LINE, error_middleware, respond
 from services.gateway.state import (
@@ -134,4 +134,5 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(bulk.routes)
     app.router.add_routes(receipts.routes)
     app.router.add_routes(read.routes)
+    app.router.add_routes(edit.routes)
     return app

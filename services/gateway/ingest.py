@@ -169,13 +169,28 @@ async def enqueue(
     extra: dict[str, Any] | None = None,
     params: tuple[str, str | None, Any] | None = None,
 ) -> web.Response:
+    return await append_event(request, key.integration_id, table, kind, body, ids, extra, params)
+
+
+async def append_event(
+    request: web.Request,
+    integration: str | None,
+    table: TableInfo,
+    kind: Kind,
+    body: bytes,
+    ids: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+    params: tuple[str, str | None, Any] | None = None,
+) -> web.Response:
+    """Append one raw event to its scope's partition; 202 with its event id. No
+    ``integration``: an admin's own change (a PATCH), whose receipt the admin reads."""
     group_key, event, actor = params or common_params(request)
     p = partition(request, table, group_key)
     appender = request.app[APPENDER]
     meta = RawMeta(
         new_event_id(),
         kind,
-        key.integration_id,
+        integration,
         table.table,
         table.resource_type,
         group_key,
@@ -186,7 +201,7 @@ async def enqueue(
         extra or {},
     )
     fields = {ks.F_META: meta.encode(), ks.F_BODY: body}
-    receipt = orjson.dumps({"i": key.integration_id})
+    receipt = orjson.dumps({"i": integration})
     await appender.append(p, fields, ks.receipt_key(meta.id), receipt)
     return respond(request, {"eventId": meta.id}, status=202)
 

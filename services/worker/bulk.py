@@ -178,7 +178,7 @@ class BulkCommit:
         self.timings["scan_cpu"] = time.process_time() - c0
         if tally.rejects_all:
             return tally.final(self.meta, {}, [])
-        slicer = Slicer(self.redis, self.meta, self.out_key)
+        slicer = Slicer(self.redis, self.meta, self.out_key, fx.schema.ownership.pointers or None)
         t0 = time.perf_counter()
         await self._stage_upserts(fx, changed, slicer)
         self.timings["upserts"] = time.perf_counter() - t0

@@ -4,7 +4,9 @@ A drain holds the partition's lease for a time slice. Runs of single events and
 deletes are decided together against the write model and committed in ONE
 guarded transaction (:mod:`shared.redis.txn`): their change entry, the write-model
 updates and the XACK/XDEL of the raw events. A bulk snapshot is committed alone,
-in stream order, by :class:`~services.worker.bulk.BulkCommit`.
+in stream order, by :class:`~services.worker.bulk.BulkCommit`; so is an admin's
+``patch`` of local fields, decided against the resource as PostgreSQL holds it once
+the projector has caught up (:func:`shared.patching.decide_patch`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from services.worker.bulk import BulkCommit
 from services.worker.partition import Entry, Partition
 from shared.codes import Code
 from shared.events import Change, RawMeta
+from shared.patching import decide_patch
 from shared.pg.registry import RegistryCache
 from shared.pg.resources import ResourceStore
 from shared.processing import Prepared, ScopeState, decide_delete, decide_single, prepare_single
@@ -118,13 +121,16 @@ class Drainer:
                     await self._retire(e)
                 gone.append(sid)
                 continue
-            if e.meta.kind != "bulk":
+            if e.meta.kind not in ("bulk", "patch"):
                 run.append(e)
                 continue
             if run:
                 await self._process_run(run, gone)
                 run, gone = [], []
-            await self._bulk(e, gone)
+            if e.meta.kind == "patch":
+                await self._patch(e, gone)
+            else:
+                await self._bulk(e, gone)
             gone = []
             self.processed += 1
         if run or gone:
@@ -157,6 +163,34 @@ class Drainer:
             )
             await self._commit([(e, change)], {}, gone)
 
+    async def _patch(self, e: Entry, gone: list[bytes]) -> None:
+        """An admin's edit of local fields, alone: PostgreSQL must hold the resource as the
+        write model knows it, so the merged result is validated against its real state."""
+        m = e.meta
+        states = await self._load_states([e])
+        table = await self.ctx.table(m.resource_type)
+        try:
+            if table is None:
+                raise LookupError(f"no table {m.resource_type!r} anymore")
+            await self.ctx.wait_projector_caught_up()
+            rid = (m.ids or [""])[0]
+            row = await self.ctx.resources.get_resource(m.resource_type, m.group_key, rid)
+            schema = self.ctx.registry.snapshot.compiled(table)
+            state = states[(m.resource_type, m.group_key)]
+            change = decide_patch(m, e.body, schema, state, row.data if row else None)
+        except RETRIED:
+            raise
+        except Exception as exc:
+            if table is not None:
+                log.exception("partition %s: patch %r could not be processed", self.p, e.sid)
+            code = Code.TABLE_NOT_FOUND if table is None else Code.UNPROCESSABLE
+            issue = Issue(code, f"the worker could not process this patch: {exc}")
+            change = Change(m, "rejected", rejected=1, issues=[issue.as_dict()], issues_total=1)
+        upto = self.ctx.recover_upto
+        change.recheck = upto is not None and ks.stream_id_tuple(e.sid) <= upto
+        await self._commit([(e, change)], states, gone)
+        self.processed += 1
+
     async def _process_run(self, entries: list[Entry], gone: list[bytes]) -> None:
         for e in entries:
             if e.meta.kind == "single":
@@ -167,7 +201,10 @@ class Drainer:
             state = states[(e.meta.resource_type, e.meta.group_key)]
             if e.meta.kind == "single":
                 assert e.prepared is not None
-                changes.append((e, decide_single(e.meta, e.prepared, state)))
+                ch = decide_single(e.meta, e.prepared, state)
+                if e.local and ch.effects:
+                    ch.local = e.local
+                changes.append((e, ch))
             elif e.meta.kind == "delete":
                 changes.append((e, decide_delete(e.meta, state)))
             else:
@@ -187,7 +224,9 @@ class Drainer:
             issue = Issue(Code.TABLE_NOT_FOUND, f"no table {e.meta.resource_type!r} anymore")
             return Prepared({}, None, [issue])
         try:
-            return prepare_single(e.body, self.ctx.registry.snapshot.compiled(table))
+            schema = self.ctx.registry.snapshot.compiled(table)
+            e.local = schema.ownership.pointers or None
+            return prepare_single(e.body, schema)
         except Exception as exc:
             log.exception("partition %s: entry %r could not be processed", self.p, e.sid)
             issue = Issue(Code.UNPROCESSABLE, f"the worker could not process this event: {exc}")
@@ -195,7 +234,7 @@ class Drainer:
 
     @staticmethod
     def _ids(e: Entry) -> list[str]:
-        if e.meta.kind == "delete":
+        if e.meta.kind in ("delete", "patch"):
             return e.meta.ids or []
         if e.prepared is not None and e.prepared.extracted is not None:
             return [e.prepared.extracted.id]

@@ -43,6 +43,7 @@ class Entry:
     meta: RawMeta
     body: bytes
     prepared: Prepared | None = None
+    local: list[str] | None = None  # the table's local fields (x-ownership local)
 
 
 @dataclass(slots=True)
@@ -138,7 +139,7 @@ class Partition:
         """The scope's write model is missing: rebuild it from PostgreSQL once the projector
         has applied every change this partition emitted (so PostgreSQL is current).
         Every chunk is written only while the lease is held (and refreshes it)."""
-        await self._wait_projector_caught_up()
+        await self.wait_projector_caught_up()
         key = self.state_key(resource_type, group_key)
         batch: dict[str, str] = {}
         live = dead = 0
@@ -168,7 +169,8 @@ class Partition:
             group_key,
         )
 
-    async def _wait_projector_caught_up(self) -> None:
+    async def wait_projector_caught_up(self) -> None:
+        """Until PostgreSQL holds every change this partition emitted."""
         while True:
             last = await self.redis.xrevrange(self.changes, count=1)
             if not last:

@@ -53,9 +53,12 @@ def unframe(raw: bytes) -> tuple[bytes, list[str]]:
 class Slicer:
     """Accumulates effects into change-entry slices and stages them in a Redis list."""
 
-    def __init__(self, redis: Redis, meta: RawMeta, out_key: str) -> None:
+    def __init__(
+        self, redis: Redis, meta: RawMeta, out_key: str, local: list[str] | None = None
+    ) -> None:
         self.redis = redis
         self.meta = meta
+        self.local = local  # the table's local fields, on every slice (shared.ownership)
         self.out_key = out_key
         self.slices = 0
         self.totals = {"created": 0, "updated": 0, "deleted": 0}
@@ -64,7 +67,7 @@ class Slicer:
         self._new()
 
     def _new(self) -> None:
-        self.change = Change(self.meta, "applied", last=False)
+        self.change = Change(self.meta, "applied", last=False, local=self.local)
         self.state = ScopeState()
         self._bytes = 0
 

@@ -202,7 +202,7 @@ class HistoryEntry:
 class SyncIssue:
     id: int
     event_id: str
-    integration_id: str
+    integration_id: str | None  # None: an admin's PATCH (no integration sent it)
     table: str
     resource_type: str
     group_key: str
@@ -219,7 +219,7 @@ class Receipt:
     """The outcome of one accepted request, once the projector has applied it."""
 
     event_id: str
-    integration_id: str
+    integration_id: str | None  # None: an admin's PATCH (no integration sent it)
     status: str
     kind: str
     table: str
@@ -235,6 +235,10 @@ class Receipt:
     received_at: datetime
     processed_at: datetime
     skipped: int = 0
+
+
+def _uuid_text(v: Any) -> str | None:
+    return None if v is None else str(v)
 
 
 def _resource(r: asyncpg.Record) -> Resource:
@@ -274,7 +278,7 @@ def _sync_issue(r: asyncpg.Record) -> SyncIssue:
     return SyncIssue(
         r["id"],
         r["event_id"],
-        str(r["integration_id"]),
+        _uuid_text(r["integration_id"]),
         r["table_name"],
         r["resource_type"],
         r["group_key"],
@@ -290,7 +294,7 @@ def _sync_issue(r: asyncpg.Record) -> SyncIssue:
 def _receipt(r: asyncpg.Record) -> Receipt:
     return Receipt(
         r["event_id"],
-        str(r["integration_id"]),
+        _uuid_text(r["integration_id"]),
         r["status"],
         r["kind"],
         r["table_name"],

@@ -30,3 +30,17 @@ def test_a_value_that_cannot_be_normalised_is_refused_as_invalid_format() -> Non
     got = refusal(schema(mail={"type": "string", "format": "email"}), "a",
                   {"id": "a", "mail": "not-an-email"})  # fmt: skip
     assert [(i.code, i.pointer) for i in got] == [("invalid_format", "/mail")]
+
+
+def test_a_stored_local_field_is_not_refused() -> None:
+    local = {"type": "string", "x-ownership": "local"}
+    compiled = CompiledSchema(
+        {
+            "type": "object",
+            "properties": {"id": {"type": "string"}, "note": local},
+            "required": ["id"],
+            "resmo": {"id": "$.id"},
+        }
+    )
+    assert refusal(compiled, "a", {"id": "a", "note": "kept by a user"}) == []
+    assert [i.code for i in refusal(compiled, "a", {"id": "a", "note": 5})] == ["schema_violation"]
