@@ -214,6 +214,12 @@ def normalise_date_time(value: Any) -> Any:
             return s
         except ValueError as e:
             raise NotNormalisable(str(e)) from e
+    if len(s) == 20 and s[19] in "Zz" and s[10] in "Tt " and s[13] == s[16] == ":":
+        try:  # RFC 3339 in UTC without a fraction, the most common wire form: only a swap
+            datetime.fromisoformat(s[:19])
+            return f"{s[:10]} {s[11:19]}"
+        except ValueError as e:
+            raise NotNormalisable(str(e)) from e
     return _stored(_parse_date_time(s))
 
 

@@ -332,3 +332,13 @@ def test_uri_fast_path_is_exactly_what_the_full_normaliser_leaves_unchanged() ->
             matched += 1
             assert str(yarl.URL(s)) == s, s
     assert matched > 10_000
+
+
+def test_utc_date_times_without_a_fraction_take_the_short_path_and_stay_strict() -> None:
+    from shared.formats import NotNormalisable, normalise_date_time
+
+    assert normalise_date_time("2024-05-01T10:20:30Z") == "2024-05-01 10:20:30"
+    assert normalise_date_time("2024-05-01t10:20:30z") == "2024-05-01 10:20:30"
+    for bad in ("2024-13-01T10:20:30Z", "2024-05-01T10:20.30Z", "2024/05/01T10:20:30Z"):
+        with pytest.raises(NotNormalisable):
+            normalise_date_time(bad)
