@@ -159,19 +159,6 @@ def partition(request: web.Request, table: TableInfo, group_key: str) -> int:
     return p
 
 
-async def enqueue(
-    request: web.Request,
-    key: KeyInfo,
-    table: TableInfo,
-    kind: Kind,
-    body: bytes,
-    ids: list[str] | None = None,
-    extra: dict[str, Any] | None = None,
-    params: tuple[str, str | None, Any] | None = None,
-) -> web.Response:
-    return await append_event(request, key.integration_id, table, kind, body, ids, extra, params)
-
-
 async def append_event(
     request: web.Request,
     integration: str | None,
@@ -227,7 +214,7 @@ async def post_event(request: web.Request) -> web.Response:
         raise ApiError(
             Code.BODY_NOT_OBJECT, "the body must be one JSON object (a resource)", pointer=""
         )
-    return await enqueue(request, key, table, "single", body, params=params)
+    return await append_event(request, key.integration_id, table, "single", body, params=params)
 
 
 @routes.delete("/integration/custom-data/{table}")
@@ -248,7 +235,9 @@ async def delete_resources(request: web.Request) -> web.Response:
         ids = await _body_ids(request)
     else:
         ids = _query_ids(raw)
-    return await enqueue(request, key, table, "delete", b"", ids=ids, params=params)
+    return await append_event(
+        request, key.integration_id, table, "delete", b"", ids=ids, params=params
+    )
 
 
 def _query_ids(raw: str | None) -> list[str]:
