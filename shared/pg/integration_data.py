@@ -29,6 +29,18 @@ WHERE d.resource_type = $1 AND d.group_key = $2 AND d.resource_id = $3
   AND ($4::text IS NULL OR d.vendor_id = $4)
 ORDER BY d.vendor_id OFFSET $5 LIMIT $6
 """
+#: one statement (one snapshot): whether the resource is live, and its maps (none when not)
+READ_SQL = """
+SELECT l.live, d.vendor_id, d.data, d.names, d.etag, d.updated_at, d.updated_by
+FROM (SELECT EXISTS (SELECT 1 FROM resources
+                     WHERE resource_type = $1 AND group_key = $2 AND resource_id = $3) AS live) l
+LEFT JOIN LATERAL (
+    SELECT * FROM integration_data
+    WHERE l.live AND resource_type = $1 AND group_key = $2 AND resource_id = $3
+      AND ($4::text IS NULL OR vendor_id = $4)
+    ORDER BY vendor_id OFFSET $5 LIMIT $6
+) d ON true
+"""
 LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended($1, 15))"
 UPSERT_SQL = """
 INSERT INTO integration_data
@@ -96,11 +108,10 @@ class IntegrationDataStore:
     ) -> list[Entry]:
         """The maps of a LIVE resource (``vendor``: that vendor's only), by vendor id;
         404 ``resource_not_found`` while the resource is not live."""
-        async with connection(self._db) as conn, conn.transaction(isolation="repeatable_read"):
-            if await conn.fetchval(LIVE_SQL, rt, gk, rid) is None:
-                raise _not_live(rt, rid)
-            rows = await conn.fetch(ROWS_SQL, rt, gk, rid, vendor, skip, top)
-        return [_entry(r) for r in rows]
+        rows = await self._db.fetch(READ_SQL, rt, gk, rid, vendor, skip, top)
+        if not rows[0]["live"]:
+            raise _not_live(rt, rid)
+        return [_entry(r) for r in rows if r["vendor_id"] is not None]
 
     async def put(
         self,
