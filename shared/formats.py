@@ -209,11 +209,7 @@ def normalise_date_time(value: Any) -> Any:
         return value
     s = value if value[-1:] != " " and value[:1] != " " else value.strip()
     if len(s) == 19 and s[10] == " " and s[13] == ":" and s[16] == ":" and s[4] == "-":
-        try:  # the common case: already stored form (no offset: UTC); check the fields
-            datetime.fromisoformat(s)
-            return s
-        except ValueError as e:
-            raise NotNormalisable(str(e)) from e
+        return _checked(s, datetime.fromisoformat)  # already the stored form (UTC)
     if len(s) == 20 and s[19] in "Zz" and s[10] in "Tt " and s[13] == s[16] == ":":
         try:  # RFC 3339 in UTC without a fraction, the most common wire form: only a swap
             datetime.fromisoformat(s[:19])
@@ -223,16 +219,21 @@ def normalise_date_time(value: Any) -> Any:
     return _stored(_parse_date_time(s))
 
 
+def _checked(s: str, parse: Callable[[str], Any]) -> str:
+    """``s``, already in its stored form, once ``parse`` accepts its fields."""
+    try:
+        parse(s)
+    except ValueError as e:
+        raise NotNormalisable(str(e)) from e
+    return s
+
+
 def normalise_date(value: Any, order: DateOrder | None = None) -> Any:
     if not isinstance(value, str):
         return value
     s = value.strip()
     if _CANONICAL_DATE.fullmatch(s):
-        try:
-            date.fromisoformat(s)
-            return s
-        except ValueError as e:
-            raise NotNormalisable(str(e)) from e
+        return _checked(s, date.fromisoformat)
     m = _DATE_ONLY.fullmatch(s)
     if m is not None:
         return _date(int(m["y"]), int(m["m"]), int(m["d"]))
@@ -272,11 +273,7 @@ def normalise_time(value: Any) -> Any:
         return value
     s = value.strip()
     if _CANONICAL_TIME.fullmatch(s):
-        try:
-            time.fromisoformat(s)
-            return s
-        except ValueError as e:
-            raise NotNormalisable(str(e)) from e
+        return _checked(s, time.fromisoformat)
     m = _TIME.fullmatch(s)
     if m is None:
         raise NotNormalisable("expected a time such as 00:00:00 or 00:00+01:00")

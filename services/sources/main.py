@@ -25,15 +25,17 @@ from datetime import UTC, datetime
 from redis.asyncio import Redis
 
 from services.sources.run import Run, RunContext
+from shared.codes import Code
 from shared.config import Settings
 from shared.errors import ConfigError
 from shared.outage import UNREACHABLE, Outages
 from shared.pg.migrate import require_migrated
 from shared.pg.pool import pool_when_reachable
 from shared.pg.registry import RegistryCache, RegistryStore
-from shared.pg.sources import RunRow, SourceStore
-from shared.redis import keyspace as ks
-from shared.redis.sessions import Scope, SessionStore
+from shared.pg.sources import RunRow, SourceRow, SourceStore
+from shared.pull.model import PullError
+from shared.redis.intake import abort_snapshot
+from shared.registry import TableInfo
 from shared.secrets import SecretBox
 
 log = logging.getLogger("ingestd.sources")
@@ -75,18 +77,19 @@ class SourcesStage:
                 return
             await self._start(run)
 
-    async def _start(self, run: RunRow) -> None:
+    async def _table(self, run: RunRow) -> tuple[SourceRow, TableInfo | None]:
+        """The run's source and the table it writes (None once the table is gone)."""
         source = await self.store.get_source(run.source_id)
-        spec_raw = await self.store.spec_revision(source.spec_id, run.spec_revision)
         await self.registry.refresh()
-        table = self.registry.snapshot.tables.get((source.group_id, source.table_name))
+        return source, self.registry.snapshot.table(source.group_id, source.table_name)
+
+    async def _start(self, run: RunRow) -> None:
+        source, table = await self._table(run)
         if table is None:
-            await self.store.finish_run(
-                run.id, self.owner, "failed",
-                error={"code": "table_not_found", "message": "the source's table no longer "
-                       "exists", "request": None},
-            )  # fmt: skip
+            gone = PullError(Code.TABLE_NOT_FOUND, "the source's table no longer exists")
+            await self.store.finish_run(run.id, self.owner, "failed", error=gone.as_dict())
             return
+        spec_raw = await self.store.spec_revision(source.spec_id, run.spec_revision)
         log.info("source %s: run %s (%s) started", source.name, run.id, run.kind)
         task = asyncio.create_task(Run(self.ctx, run, source, spec_raw, table).execute())
         self.running[run.id] = task
@@ -102,14 +105,13 @@ class SourcesStage:
         """A run failed as abandoned: drop its snapshot session so it can never complete."""
         if not run.session:
             return
-        source = await self.store.get_source(run.source_id)
-        await self.registry.refresh()
-        table = self.registry.snapshot.tables.get((source.group_id, source.table_name))
+        source, table = await self._table(run)
         if table is None:
             return
-        p = ks.partition_of(table.resource_type, source.group_key, self.settings.partitions)
-        scope = Scope(p, table.resource_type, source.group_key, run.session)
-        result = await SessionStore(self.redis).abort(scope, source.integration_id)
+        result = await abort_snapshot(
+            self.redis, self.settings.partitions, table.resource_type, source.group_key,
+            run.session, source.integration_id,
+        )  # fmt: skip
         log.warning("source %s: run %s abandoned by its stage; session %s",
                     source.name, run.id, result)  # fmt: skip
 

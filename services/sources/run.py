@@ -214,13 +214,16 @@ class Run:
 
     # -- progress, lease and the end ------------------------------------------------
 
-    async def _progress(self) -> None:
-        await self._record_events()
-        ok = await self.ctx.store.heartbeat(
+    async def _beat(self) -> bool:
+        """Progress and liveness in one guarded write; False: the run is no longer ours."""
+        return await self.ctx.store.heartbeat(
             self.run.id, self.ctx.owner, self.requests, self.pages, self.records,
             self._session(),
         )  # fmt: skip
-        if not ok:
+
+    async def _progress(self) -> None:
+        await self._record_events()
+        if not await self._beat():
             self._lost.set()
             raise Stopped
 
@@ -228,10 +231,7 @@ class Run:
         while True:
             await asyncio.sleep(self.ctx.heartbeat_s)
             try:
-                ok = await self.ctx.store.heartbeat(
-                    self.run.id, self.ctx.owner, self.requests, self.pages, self.records,
-                    self._session(),
-                )  # fmt: skip
+                ok = await self._beat()
             except Exception as e:  # PostgreSQL away: the next beat tries again
                 log.warning("source %s: heartbeat failed: %s", self.source.name, e)
                 continue
@@ -266,14 +266,11 @@ class Run:
         self, status: str, window: Window | None, *, error: dict[str, Any] | None = None,
         truncated: bool = False,
     ) -> str:  # fmt: skip
-        await self.ctx.store.heartbeat(
-            self.run.id, self.ctx.owner, self.requests, self.pages, self.records,
-            self._session(),
-        )  # fmt: skip
         ok = await self.ctx.store.finish_run(
             self.run.id, self.ctx.owner, status, error=error, truncated=truncated,
             window_start=window.start if window else None,
             window_end=window.end if window else None,
+            requests=self.requests, pages=self.pages, records=self.records,
         )  # fmt: skip
         if not ok:
             await self._abort_session()

@@ -48,6 +48,15 @@ def _chunks(records: list[Any]) -> Iterator[bytes]:
     yield from _chunks(records[half:])
 
 
+async def abort_snapshot(
+    redis: Redis, partitions: int, resource_type: str, group_key: str, session: str,
+    integration: str,
+) -> str:  # fmt: skip
+    """Drop a run's snapshot session (one a stage left behind): ``aborted`` or why not."""
+    p = ks.partition_of(resource_type, group_key, partitions)
+    return await SessionStore(redis).abort(Scope(p, resource_type, group_key, session), integration)
+
+
 class _Writer:
     def __init__(
         self, redis: Redis, *, partitions: int, integration: str, table: str,
