@@ -29,7 +29,6 @@ def integration_view(i: Integration) -> dict[str, Any]:
         "id": i.id,
         "name": i.name,
         "schemaGroup": i.group_id,
-        "vendorId": i.vendor_id,
         "createdAt": i.created_at.isoformat(),
     }
 
