@@ -26,6 +26,9 @@ class Code(StrEnum):
     INVALID_CHARACTER = "invalid_character"
     NUMBER_OUT_OF_RANGE = "number_out_of_range"
     DUPLICATE_KEY = "duplicate_key"
+    # -- integration data (400)
+    INVALID_VENDOR_ID = "invalid_vendor_id"
+    INVALID_INTEGRATION_DATA = "invalid_integration_data"
     # -- registry input (400)
     INVALID_PREFIX = "invalid_prefix"
     INVALID_TABLE = "invalid_table"
@@ -64,6 +67,7 @@ class Code(StrEnum):
     SOURCE_SPEC_NOT_FOUND = "source_spec_not_found"
     SOURCE_NOT_FOUND = "source_not_found"
     RUN_NOT_FOUND = "run_not_found"
+    INTEGRATION_DATA_NOT_FOUND = "integration_data_not_found"
     # -- method (405), other HTTP errors aiohttp raises, and defects (500)
     METHOD_NOT_ALLOWED = "method_not_allowed"
     HTTP_ERROR = "http_error"
@@ -90,6 +94,10 @@ class Code(StrEnum):
     RUN_FINISHED = "run_finished"
     # -- field ownership (409 from a PATCH; an issue of a synced record too)
     FIELD_NOT_OWNED = "field_not_owned"
+    # -- integration data conflicts (409) and preconditions (412)
+    VENDOR_MISMATCH = "vendor_mismatch"
+    DUPLICATE_VENDOR_ID = "duplicate_vendor_id"
+    PRECONDITION_FAILED = "precondition_failed"
     # -- a remote API's answers (502 from a preview; a source run's ``error.code``)
     SOURCE_HTTP_ERROR = "source_http_error"
     SOURCE_UNAVAILABLE = "source_unavailable"

@@ -87,6 +87,13 @@ def _secret_key(env: Mapping[str, str]) -> str | None:
     return raw
 
 
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = (env.get(name) or "0").strip().lower()
+    if raw not in ("0", "1", "true", "false"):
+        raise ConfigError(f"{name} must be 1 or 0 (got {raw!r})")
+    return raw in ("1", "true")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str | None
@@ -113,6 +120,8 @@ class Settings:
     source_stale_s: int = 60
     source_poll_ms: int = 1000
     source_concurrency: int = 4
+    #: honour X-Forwarded-Proto / X-Forwarded-Host in the absolute URLs of answers
+    trust_proxy: bool = False
     #: where CLI clients reach a gateway (``ingestd sources …``); None: the local one
     url: str | None = None
 
@@ -143,6 +152,7 @@ class Settings:
             source_stale_s=_int(env, "INGESTD_SOURCE_STALE_S", 60),
             source_poll_ms=_int(env, "INGESTD_SOURCE_POLL_MS", 1000),
             source_concurrency=_int(env, "INGESTD_SOURCE_CONCURRENCY", 4),
+            trust_proxy=_flag(env, "INGESTD_TRUST_PROXY"),
             url=_url(env, "INGESTD_URL", ("http", "https")),
         )
 
@@ -186,6 +196,7 @@ class Settings:
             "INGESTD_SOURCE_STALE_S": str(self.source_stale_s),
             "INGESTD_SOURCE_POLL_MS": str(self.source_poll_ms),
             "INGESTD_SOURCE_CONCURRENCY": str(self.source_concurrency),
+            "INGESTD_TRUST_PROXY": "1" if self.trust_proxy else "0",
         }
         if self.database_url:
             env["DATABASE_URL"] = self.database_url

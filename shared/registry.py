@@ -40,6 +40,7 @@ class KeyInfo:
     integration_id: str
     group_id: str
     secret_sha256: bytes
+    vendor_id: str = ""  # the vendor whose integration data the key reads and writes
 
 
 @dataclass(slots=True)

@@ -109,3 +109,8 @@ def dumps(data: dict[str, Any], root: str = "response") -> bytes:
         _property(out, str(k), v)
     out.append(f"</{root}>")
     return "".join(out).encode()
+
+
+#: for answers written by hand (``shared.integration_data``): text and attribute escaping
+escape_text = _escape
+escape_attribute = _attribute

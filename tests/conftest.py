@@ -214,6 +214,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
 
 
 TABLES = [
+    "integration_data_changes",
+    "integration_data",
     "source_run_events",
     "source_runs",
     "sources",

@@ -15,6 +15,7 @@ from aiohttp import web
 from services.gateway import compat, views
 from services.gateway.http import json_object, refuse_nul, require_admin, respond
 from services.gateway.state import REGISTRY, REGISTRY_STORE, SETTINGS
+from shared import integration_data
 from shared.codes import Code
 from shared.errors import ApiError
 from shared.pg.registry import RegistryStore
@@ -87,6 +88,15 @@ def _group_ref(value: Any) -> str:
             pointer="/schemaGroup",
         )
     return value
+
+
+def _vendor_ref(value: Any) -> str | None:
+    """An integration's vendor id (the vendor of its integration data), lower-cased."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ApiError(Code.INVALID_VENDOR_ID, "vendorId must be a string", pointer="/vendorId")
+    return integration_data.vendor_id(value, "/vendorId")
 
 
 @routes.post(f"{BASE}/schema-groups")
@@ -218,7 +228,8 @@ async def create_integration(request: web.Request) -> web.Response:
     body = await admin_body(request)
     name = name_of(body.get("name"))
     group_id = _group_ref(body.get("schemaGroup"))
-    integration, key = await _store(request).create_integration(name, group_id)
+    vendor = _vendor_ref(body.get("vendorId"))
+    integration, key = await _store(request).create_integration(name, group_id, vendor)
     await _changed(request)
     view = views.new_integration_view(integration, key)
     return respond(request, view, status=201, root="integration")

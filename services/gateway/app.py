@@ -10,12 +10,23 @@ from typing import Any
 from aiohttp import web
 from redis.asyncio import Redis
 
-from services.gateway import admin, bulk, edit, ingest, preview, read, receipts, sources
+from services.gateway import (
+    admin,
+    bulk,
+    edit,
+    ingest,
+    integration_data,
+    preview,
+    read,
+    receipts,
+    sources,
+)
 from services.gateway.appender import Appender
 from services.gateway.http import MAX_HEADERS, MAX_LINE, error_middleware, respond
 from services.gateway.state import (
     APPENDER,
     CURSOR_KEY,
+    INTEGRATION_DATA,
     PG,
     REDIS,
     REGISTRY,
@@ -29,6 +40,7 @@ from shared import cursors
 from shared.codes import Code
 from shared.config import Settings
 from shared.errors import ConfigError
+from shared.pg.integration_data import IntegrationDataStore
 from shared.pg.migrate import require_migrated
 from shared.pg.pool import create_pool, ping
 from shared.pg.registry import RegistryCache, RegistryStore
@@ -60,6 +72,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[SESSIONS] = SessionStore(redis)
     app[REGISTRY_STORE] = RegistryStore(pool)
     app[RESOURCES] = ResourceStore(pool)
+    app[INTEGRATION_DATA] = IntegrationDataStore(pool)
     box = SecretBox(settings.secret_key) if settings.secret_key else None
     app[SOURCES] = SourceStore(pool, box)
     registry = RegistryCache(app[REGISTRY_STORE], settings.registry_poll_ms)
@@ -133,6 +146,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(ingest.routes)
     app.router.add_routes(bulk.routes)
     app.router.add_routes(receipts.routes)
+    app.router.add_routes(integration_data.routes)
     app.router.add_routes(read.routes)
     app.router.add_routes(edit.routes)
     return app

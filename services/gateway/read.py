@@ -12,7 +12,7 @@ from aiohttp import web
 from services.gateway import views
 from services.gateway.admin import admin
 from services.gateway.http import respond
-from services.gateway.state import CURSOR_KEY, REGISTRY, RESOURCES
+from services.gateway.state import CURSOR_KEY, INTEGRATION_DATA, REGISTRY, RESOURCES
 from shared import cursors
 from shared.codes import Code
 from shared.errors import ApiError, NotFoundError
@@ -143,10 +143,30 @@ async def get_resource(request: web.Request) -> web.Response:
     admin(request)
     rt = _resource_type(request)
     rid = _resource_id(request, rt)
-    found = await request.app[RESOURCES].get_resource(rt, _group_key(request), rid)
+    gk = _group_key(request)
+    expand = _expand(request)
+    found = await request.app[RESOURCES].get_resource(rt, gk, rid)
     if found is None:
         raise NotFoundError(Code.RESOURCE_NOT_FOUND, f"no {rt} resource {rid!r} in this group")
-    return respond(request, _resource_view(request, found), root="resource")
+    view = _resource_view(request, found)
+    if expand:
+        entries = await request.app[INTEGRATION_DATA].entries(rt, gk, rid)
+        view["integrationData"] = {e.vendor_id: e.data for e in entries}
+    return respond(request, view, root="resource")
+
+
+def _expand(request: web.Request) -> bool:
+    """``expand=integrationData``: every vendor's map inline, by vendor id."""
+    raw = request.query.get("expand")
+    if raw is None:
+        return False
+    if raw != "integrationData":
+        raise ApiError(
+            Code.INVALID_PARAMETER,
+            "expand may only be integrationData",
+            pointer="/query/expand",
+        )
+    return True
 
 
 @routes.get("/api/v1/resources/{resourceType}/{id}/history")

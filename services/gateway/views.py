@@ -29,6 +29,7 @@ def integration_view(i: Integration) -> dict[str, Any]:
         "id": i.id,
         "name": i.name,
         "schemaGroup": i.group_id,
+        "vendorId": i.vendor_id,
         "createdAt": i.created_at.isoformat(),
     }
 

@@ -27,6 +27,7 @@ import asyncpg
 from shared import keys
 from shared.codes import Code
 from shared.errors import ConflictError, NotFoundError
+from shared.integration_data import slug
 from shared.outage import UNREACHABLE, Outages
 from shared.pg.pool import Db, connection
 from shared.registry import KeyInfo, RegistrySnapshot, TableInfo
@@ -62,6 +63,7 @@ class Integration:
     name: str
     group_id: str
     created_at: datetime
+    vendor_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +151,7 @@ def _title_clash(
 
 
 def _integration(r: asyncpg.Record) -> Integration:
-    return Integration(str(r["id"]), r["name"], str(r["group_id"]), r["created_at"])
+    return Integration(str(r["id"]), r["name"], str(r["group_id"]), r["created_at"], r["vendor_id"])
 
 
 class RegistryStore:
@@ -184,12 +186,17 @@ class RegistryStore:
                 )
             )
         for r in await self._db.fetch(
-            "SELECT k.id, k.integration_id, i.group_id, k.secret_sha256 FROM ingest_keys k"
+            "SELECT k.id, k.integration_id, i.group_id, k.secret_sha256, i.vendor_id"
+            " FROM ingest_keys k"
             " JOIN integrations i ON i.id = k.integration_id WHERE k.revoked_at IS NULL"
         ):
             snap.add_key(
                 KeyInfo(
-                    r["id"], str(r["integration_id"]), str(r["group_id"]), bytes(r["secret_sha256"])
+                    r["id"],
+                    str(r["integration_id"]),
+                    str(r["group_id"]),
+                    bytes(r["secret_sha256"]),
+                    r["vendor_id"],
                 )
             )
         return snap
@@ -373,18 +380,46 @@ class RegistryStore:
 
     # ---- integrations and their ingest keys ----------------------------------------
 
-    async def create_integration(self, name: str, group_id: str) -> tuple[Integration, IssuedKey]:
-        """The integration and its first ingest key, in one transaction."""
+    async def create_integration(
+        self, name: str, group_id: str, vendor_id: str | None = None
+    ) -> tuple[Integration, IssuedKey]:
+        """The integration and its first ingest key, in one transaction. ``vendor_id``
+        None: its name slugged, with ``-2``, ``-3``… when another integration has it; a
+        vendor id given and taken is 409 ``duplicate_vendor_id``."""
         async with connection(self._db) as conn, conn.transaction():
             group = await self._group_row(conn, group_id)
-            r = await conn.fetchrow(
-                "INSERT INTO integrations (name, group_id) VALUES ($1, $2) RETURNING *",
-                name,
-                group["id"],
-            )
+            vid = vendor_id or await self._free_vendor_id(conn, slug(name))
+            try:
+                r = await conn.fetchrow(
+                    "INSERT INTO integrations (name, group_id, vendor_id) VALUES ($1, $2, $3)"
+                    " RETURNING *",
+                    name,
+                    group["id"],
+                    vid,
+                )
+            except asyncpg.UniqueViolationError as e:
+                raise ConflictError(
+                    Code.DUPLICATE_VENDOR_ID, f"another integration has vendor id {vid!r}"
+                ) from e
             assert r is not None
             key = await self._insert_key(conn, r["id"])
         return _integration(r), key
+
+    @staticmethod
+    async def _free_vendor_id(conn: asyncpg.Connection, base: str) -> str:
+        taken = {
+            v
+            for (v,) in await conn.fetch(
+                "SELECT vendor_id FROM integrations WHERE vendor_id = $1 OR vendor_id LIKE $2",
+                base,
+                base.replace("_", "\\_") + "-%",
+            )
+        }
+        n, vid = 1, base
+        while vid in taken:
+            n += 1
+            vid = f"{base}-{n}"
+        return vid
 
     async def list_integrations(self) -> list[Integration]:
         rows = await self._db.fetch("SELECT * FROM integrations ORDER BY created_at, id")

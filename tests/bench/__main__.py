@@ -24,7 +24,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tests.bench import fig_bulk, fig_gateway, fig_pipeline, fig_shaping, fig_sources
+from tests.bench import (
+    fig_bulk,
+    fig_gateway,
+    fig_integration_data,
+    fig_pipeline,
+    fig_shaping,
+    fig_sources,
+)
 from tests.bench.core import FULL, QUICK, Bench, Figure, cpus
 from tests.bench.env import bench_settings, start_servers
 from tests.bench.loadgen import pick_generator
@@ -41,8 +48,9 @@ FIGURES: dict[int, tuple[str, FigureFn]] = {
     7: ("bulk diff peak RSS", fig_bulk.figure7),
     8: ("pull full run records/s", fig_sources.figure8),
     9: ("shaped unchanged snapshot resources/s", fig_shaping.figure9),
+    10: ("integration data GET / ingest req/s", fig_integration_data.figure10),
 }
-ORDER = [1, 2, 3, 6, 5, 4, 7, 8, 9]  # 5 uses the maximum rates 1 and 3 measured
+ORDER = [1, 2, 3, 6, 5, 4, 7, 8, 9, 10]  # 5 uses the maximum rates 1 and 3 measured
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

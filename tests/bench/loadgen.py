@@ -31,6 +31,7 @@ class Load:
     duration: float = 5.0
     warmup: float = 1.0
     rate: float = 0.0  # 0 = closed loop (as fast as the server answers)
+    method: str = "POST"
 
 
 def pick_generator(choice: str) -> str:
@@ -55,7 +56,7 @@ async def _run_python(load: Load, server: psutil.Process | None, workdir: Path) 
     for h in load.headers:
         argv += ["--header", h]
     argv += ["--connections", str(load.connections), "--duration", str(load.duration)]
-    argv += ["--warmup", str(load.warmup), "--rate", str(load.rate)]
+    argv += ["--warmup", str(load.warmup), "--rate", str(load.rate), "--method", load.method]
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -86,7 +87,7 @@ def _body_file(body: bytes, workdir: Path) -> str:
 
 
 def _lua(load: Load, body_path: str) -> str:
-    lines = ['wrk.method = "POST"', f'local f = io.open("{body_path}", "rb")']
+    lines = [f"wrk.method = {json.dumps(load.method)}", f'local f = io.open("{body_path}", "rb")']
     lines += ["wrk.body = f:read('*a')", "f:close()"]
     for h in load.headers:
         name, _, value = h.partition(":")
