@@ -42,7 +42,7 @@ from shared.config import Settings
 from shared.errors import ConfigError
 from shared.pg.integration_data import IntegrationDataStore
 from shared.pg.migrate import require_migrated
-from shared.pg.pool import create_pool, ping
+from shared.pg.pool import close_pool, create_pool, ping
 from shared.pg.registry import RegistryCache, RegistryStore
 from shared.pg.resources import ResourceStore
 from shared.pg.sources import SourceStore
@@ -65,7 +65,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     try:
         await require_migrated(pool)
     except ConfigError:
-        await pool.close()
+        await close_pool(pool, log)
         raise
     app[REDIS] = redis
     app[PG] = pool
@@ -87,7 +87,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     yield
     await appender.stop()
     await registry.stop()
-    await pool.close()
+    await close_pool(pool, log)
     await appends.aclose()
     await redis.aclose()
 

@@ -18,8 +18,8 @@ bodies are bounded in :func:`services.gateway.http.read_body`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import signal
 
 from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
@@ -84,9 +84,14 @@ class GatewayRunner(web.AppRunner):
         )
 
 
-async def start(settings: Settings, *, handle_signals: bool = False) -> GatewayRunner:
+#: how long a stopping gateway lets requests in flight finish (aiohttp's default: 60 s,
+#: longer than ``ingestd dev`` waits for a stage before it kills it)
+SHUTDOWN_S = 10.0
+
+
+async def start(settings: Settings) -> GatewayRunner:
     """The gateway listening on ``settings.http_host:http_port``; ``cleanup()`` stops it."""
-    runner = GatewayRunner(create_app(settings), handle_signals=handle_signals, access_log=None)
+    runner = GatewayRunner(create_app(settings), access_log=None, shutdown_timeout=SHUTDOWN_S)
     await runner.setup()
     try:
         await web.TCPSite(runner, settings.http_host, settings.http_port).start()
@@ -97,29 +102,39 @@ async def start(settings: Settings, *, handle_signals: bool = False) -> GatewayR
 
 
 async def serve(settings: Settings) -> None:
-    runner = await start(settings, handle_signals=True)
+    """Serve until SIGINT or SIGTERM, then shut down as aiohttp's ``run_app`` does: stop
+    listening, let requests in flight finish (at most ``SHUTDOWN_S``), close resources in
+    reverse order (the app's cleanup_ctx). A second signal while stopping (Ctrl-C reaches
+    the whole process group, and ``ingestd dev`` sends SIGTERM too) changes nothing: the
+    shutdown is never cut short half-way."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            log.info("gateway: %s while stopping; still stopping", sig.name)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    runner = await start(settings)
     log.info("gateway listening on http://%s:%s", settings.http_host, settings.http_port)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
+        log.info("gateway stopping")
     finally:
+        began = loop.time()
         await runner.cleanup()
+        log.info("gateway stopped in %.1f s", loop.time() - began)
 
 
 def run(settings: Settings) -> None:
-    """``ingestd gateway``: serve until SIGINT or SIGTERM, then shut down as aiohttp's
-    ``run_app`` does: stop listening, let requests in flight finish, close resources in
-    reverse order (the app's cleanup_ctx), and only then cancel what is left."""
+    """``ingestd gateway``: :func:`serve`, then cancel whatever is left."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    main = loop.create_task(serve(settings))
     try:
-        loop.run_until_complete(main)
-    except (web.GracefulExit, KeyboardInterrupt):
-        pass
+        loop.run_until_complete(serve(settings))
     finally:
-        main.cancel()  # serve() cleans up in its finally, without cancelling handlers
-        with contextlib.suppress(asyncio.CancelledError):
-            loop.run_until_complete(main)
         left = asyncio.all_tasks(loop)
         for t in left:
             t.cancel()

@@ -15,7 +15,7 @@ from services.projector.apply import apply_batch
 from shared.config import Settings
 from shared.outage import UNREACHABLE, Outages
 from shared.pg.migrate import require_migrated
-from shared.pg.pool import pool_when_reachable
+from shared.pg.pool import close_pool, pool_when_reachable
 from shared.pg.resources import ResourceStore
 from shared.redis import keyspace as ks
 from shared.redis.consumer import GroupReader, ack, consumer_name
@@ -120,5 +120,5 @@ async def serve(settings: Settings) -> None:
     log.info("projector running on %s partitions", settings.partitions)
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    await pool.close()
+    await close_pool(pool, log)
     await redis.aclose()

@@ -30,7 +30,7 @@ from shared.config import Settings
 from shared.errors import ConfigError
 from shared.outage import UNREACHABLE, Outages
 from shared.pg.migrate import require_migrated
-from shared.pg.pool import pool_when_reachable
+from shared.pg.pool import close_pool, pool_when_reachable
 from shared.pg.registry import RegistryCache, RegistryStore
 from shared.pg.sources import RunRow, SourceRow, SourceStore
 from shared.pull.model import PullError
@@ -161,4 +161,4 @@ async def serve(settings: Settings) -> None:
     finally:
         await registry.stop()
         await redis.aclose()
-        await pool.close()
+        await close_pool(pool, log)

@@ -26,7 +26,7 @@ from services.worker.drain import Drainer
 from shared.config import Settings
 from shared.outage import UNREACHABLE, Outages
 from shared.pg.migrate import require_migrated
-from shared.pg.pool import create_pool, reachable
+from shared.pg.pool import close_pool, create_pool, reachable
 from shared.pg.registry import RegistryCache, RegistryStore
 from shared.pg.resources import ResourceStore
 from shared.redis import keyspace as ks
@@ -59,7 +59,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     if "registry" in ctx:
         await ctx["registry"].stop()
     if "pg" in ctx:
-        await ctx["pg"].close()
+        await close_pool(ctx["pg"], log)
     if "streams" in ctx:
         await ctx["streams"].aclose()
 

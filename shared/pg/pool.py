@@ -72,6 +72,24 @@ async def pool_when_reachable(dsn: str, size: int, log: logging.Logger) -> async
 
 
 CONNECT_TIMEOUT_S = 2.0
+#: how long a stopping stage waits for its pool's connections to be given back
+CLOSE_TIMEOUT_S = 5.0
+
+
+async def close_pool(pool: asyncpg.Pool, log: logging.Logger) -> None:
+    """Close ``pool`` gracefully, but never wait forever: ``Pool.close()`` waits for every
+    checked-out connection to be released, and a task stuck on one (a cut network, a
+    hung server, a handler never cancelled) would keep the stage from ever stopping.
+    After ``CLOSE_TIMEOUT_S`` the connections are terminated (their open transactions
+    roll back on the server, which is what a crash would do: no state is half-applied)."""
+    try:
+        await asyncio.wait_for(asyncio.shield(pool.close()), CLOSE_TIMEOUT_S)
+    except TimeoutError:
+        log.warning(
+            "PostgreSQL pool: connections still in use after %.0f s; terminated",
+            CLOSE_TIMEOUT_S,
+        )
+        pool.terminate()
 
 
 async def reachable(dsn: str) -> None:
