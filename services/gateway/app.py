@@ -22,10 +22,12 @@ from services.gateway import (
     sources,
 )
 from services.gateway.appender import Appender
+from services.gateway.group_read import GroupRead
 from services.gateway.http import MAX_HEADERS, MAX_LINE, error_middleware, respond
 from services.gateway.state import (
     APPENDER,
     CURSOR_KEY,
+    IDATA_READS,
     INTEGRATION_DATA,
     PG,
     REDIS,
@@ -73,6 +75,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[REGISTRY_STORE] = RegistryStore(pool)
     app[RESOURCES] = ResourceStore(pool)
     app[INTEGRATION_DATA] = IntegrationDataStore(pool)
+    app[IDATA_READS] = GroupRead(app[INTEGRATION_DATA].instances)
     box = SecretBox(settings.secret_key) if settings.secret_key else None
     app[SOURCES] = SourceStore(pool, box)
     registry = RegistryCache(app[REGISTRY_STORE], settings.registry_poll_ms)
@@ -85,6 +88,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     await appender.start()
     app[APPENDER] = appender
     yield
+    await app[IDATA_READS].stop()
     await appender.stop()
     await registry.stop()
     await close_pool(pool, log)

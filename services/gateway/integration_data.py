@@ -18,11 +18,11 @@ from aiohttp import web
 
 from services.gateway.http import is_admin, parse_json, read_body, refuse_nul, wants_xml
 from services.gateway.ingest import authenticate
-from services.gateway.state import INTEGRATION_DATA, REGISTRY, SETTINGS
+from services.gateway.state import IDATA_READS, INTEGRATION_DATA, REGISTRY, SETTINGS
 from shared import integration_data as idata
 from shared.codes import Code
 from shared.errors import ApiError, NotFoundError
-from shared.pg.integration_data import Entry, Writer
+from shared.pg.integration_data import Entry, Writer, not_live
 from shared.registry import KeyInfo, TableInfo
 from shared.xmlcodec import XML_TYPES
 
@@ -139,14 +139,16 @@ async def get_instance(request: web.Request) -> web.Response:
     table = _table(request, caller)
     gk, rid = _scope(request)
     vendor = _vendor(request, caller)
-    found = await request.app[INTEGRATION_DATA].entries(table.resource_type, gk, rid, vendor)
-    if not found:
+    live, found = await request.app[IDATA_READS].get((table.resource_type, gk, rid, vendor))
+    if not live:
+        raise not_live(table.resource_type, rid)
+    if found is None:
         raise NotFoundError(
             Code.INTEGRATION_DATA_NOT_FOUND,
             f"no integration data of vendor {vendor!r} on this resource",
         )
     href = _instance_href(_base_url(request), table, rid, vendor, gk)
-    return _instance(request, found[0], href)
+    return _instance(request, found, href)
 
 
 def _conditions(request: web.Request) -> dict[str, Any]:

@@ -7,8 +7,9 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from services.gateway.appender import Appender
+from services.gateway.group_read import GroupRead
 from shared.config import Settings
-from shared.pg.integration_data import IntegrationDataStore
+from shared.pg.integration_data import Entry, IntegrationDataStore
 from shared.pg.registry import RegistryCache, RegistryStore
 from shared.pg.resources import ResourceStore
 from shared.pg.sources import SourceStore
@@ -25,3 +26,7 @@ SESSIONS = web.AppKey("sessions", SessionStore)
 SOURCES = web.AppKey("sources", SourceStore)  # its box is None without INGESTD_SECRET_KEY
 CURSOR_KEY = web.AppKey("cursor_key", bytes)  # signs page cursors (shared/cursors.py)
 INTEGRATION_DATA = web.AppKey("integration_data", IntegrationDataStore)
+#: instance reads of integration data, grouped (services/gateway/group_read.py)
+IDATA_READS = web.AppKey(
+    "idata_reads", GroupRead[tuple[str, str, str, str], tuple[bool, Entry | None]]
+)

@@ -41,6 +41,20 @@ LEFT JOIN LATERAL (
     ORDER BY vendor_id OFFSET $5 LIMIT $6
 ) d ON true
 """
+#: many instance reads in one statement (one snapshot): per key, in the order given, whether
+#: the resource is live and the vendor's map when it is (``i`` is the key's 1-based index)
+MANY_SQL = """
+SELECT k.i, EXISTS (SELECT 1 FROM resources r
+                    WHERE r.resource_type = k.rt AND r.group_key = k.gk
+                      AND r.resource_id = k.rid) AS live,
+       d.vendor_id, d.data, d.names, d.etag, d.updated_at, d.updated_by
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+     WITH ORDINALITY AS k(rt, gk, rid, vendor, i)
+LEFT JOIN integration_data d
+    ON d.resource_type = k.rt AND d.group_key = k.gk AND d.resource_id = k.rid
+   AND d.vendor_id = k.vendor
+ORDER BY k.i
+"""
 LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended($1, 15))"
 UPSERT_SQL = """
 INSERT INTO integration_data
@@ -85,7 +99,7 @@ def _entry(r: asyncpg.Record) -> Entry:
     return Entry(r["vendor_id"], ordered, r["etag"], r["updated_at"], r["updated_by"])
 
 
-def _not_live(rt: str, rid: str) -> NotFoundError:
+def not_live(rt: str, rid: str) -> NotFoundError:
     return NotFoundError(Code.RESOURCE_NOT_FOUND, f"no {rt} resource {rid!r} in this group")
 
 
@@ -110,8 +124,21 @@ class IntegrationDataStore:
         404 ``resource_not_found`` while the resource is not live."""
         rows = await self._db.fetch(READ_SQL, rt, gk, rid, vendor, skip, top)
         if not rows[0]["live"]:
-            raise _not_live(rt, rid)
+            raise not_live(rt, rid)
         return [_entry(r) for r in rows if r["vendor_id"] is not None]
+
+    async def instances(
+        self, keys: list[tuple[str, str, str, str]]
+    ) -> list[tuple[bool, Entry | None]]:
+        """For each (resource type, group key, id, vendor), in order: (the resource is
+        live, the vendor's map or None), all read in one statement. A map of a resource
+        that is not live is never answered."""
+        cols = [list(c) for c in zip(*keys, strict=True)] if keys else [[], [], [], []]
+        rows = await self._db.fetch(MANY_SQL, *cols)
+        return [
+            (bool(r["live"]), _entry(r) if r["live"] and r["vendor_id"] is not None else None)
+            for r in rows
+        ]
 
     async def put(
         self,
@@ -131,7 +158,7 @@ class IntegrationDataStore:
         async with connection(self._db) as conn, conn.transaction():
             live = await conn.fetchval(LIVE_SQL + " FOR KEY SHARE", rt, gk, rid)
             if live is None:
-                raise _not_live(rt, rid)
+                raise not_live(rt, rid)
             await conn.execute(LOCK_SQL, f"{rt}\x1f{gk}\x1f{rid}\x1f{vendor}")
             rows = await conn.fetch(ROWS_SQL, rt, gk, rid, vendor, 0, 1)
             old = _entry(rows[0]) if rows else None

@@ -45,11 +45,23 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release: nothing beyond what asyncpg always does (roll back an
+    open transaction, drop listener callbacks). asyncpg's default adds one more round
+    trip per release (``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``),
+    which a pooled connection here never needs: every statement's locks and settings are
+    transaction-scoped (``pg_advisory_xact_lock``, ``SET LOCAL``), no cursor outlives its
+    transaction, and LISTEN runs on a dedicated connection, never a pooled one. The one
+    session-level advisory lock (migrations, shared/pg/migrate.py) is taken on a
+    connection of its own, outside any pool."""
+
+
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     try:
         pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, init=_init_connection
-        )
+            dsn, min_size=min_size, max_size=max_size, init=_init_connection,
+            reset=_keep_session,
+        )  # fmt: skip
     except (OSError, asyncpg.PostgresError) as e:
         raise TransientError(f"cannot reach PostgreSQL: {e}") from e
     assert pool is not None

@@ -99,7 +99,8 @@ async def figure10(bench: Bench) -> Figure:
     }
     fig.note = (
         f"CPU per request: GET {cpu['get']:.0f} us, ingest {cpu['ingest']:.0f} us; the GET "
-        "authenticates the key, reads the live row and the map in one repeatable-read "
-        "transaction (two statements) and writes the representation"
+        "authenticates the key, reads whether the resource is live and the map in one "
+        "statement that concurrent GETs share (services/gateway/group_read.py) and writes "
+        "the representation"
     )
     return fig
