@@ -88,13 +88,27 @@ def _email_domain(domain: str) -> str:
         raise NotNormalisable(str(e)) from e
 
 
+#: domains seen already in their normalised form (bounded: cleared when full)
+_CANONICAL_DOMAINS: set[str] = set()
+_MAX_CANONICAL_DOMAINS = 4096
+
+
 def normalise_email(value: Any) -> Any:
     if not isinstance(value, str):
         return value
+    local, at, domain = value.rpartition("@")
+    if domain in _CANONICAL_DOMAINS and len(local) <= 64 and len(value) <= 254:
+        if _ASCII_LOCAL.fullmatch(local):  # already stored as is: the value itself
+            return value
     s = value.strip()
     local, at, domain = s.rpartition("@")
     if at and len(local) <= 64 and len(s) <= 254 and _ASCII_LOCAL.fullmatch(local):
-        return local + "@" + _email_domain(domain)
+        normal = _email_domain(domain)
+        if normal == domain:
+            if len(_CANONICAL_DOMAINS) >= _MAX_CANONICAL_DOMAINS:
+                _CANONICAL_DOMAINS.clear()
+            _CANONICAL_DOMAINS.add(domain)
+        return local + "@" + normal
     try:
         return email_validator.validate_email(s, check_deliverability=False).normalized
     except email_validator.EmailNotValidError as e:

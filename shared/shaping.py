@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import orjson
 
-from shared import formats, pointer
+from shared import formats, pointer, shaping_code
 from shared.codes import Code
 from shared.errors import SchemaRuleError
 from shared.formats import NotNormalisable, Options
@@ -72,9 +72,22 @@ class Plan:
     on_missing_required: OnMissing = "reject"
     has_defaults: bool = False
     normalised: list[str] = field(default_factory=list)  # schema pointers, for the docs/tests
+    _code: shaping_code.Shaper | None = None  # the plan as straight-line code, on first use
 
     def shape(self, data: dict[str, Any]) -> list[Bad]:
         """Fill defaults and normalise ``data`` in place; the values left unnormalised."""
+        bad: list[Bad] = []
+        if self.root is not None:
+            if self._code is None:
+                self._code = shaping_code.shaper_of(self.root, _shape, _bad)
+            if type(data) is dict:
+                self._code(data, bad)
+            else:
+                _shape(self.root, data, (), bad)
+        return bad
+
+    def shape_generic(self, data: dict[str, Any]) -> list[Bad]:
+        """:meth:`shape` by the generic walk of the plan (what the written code must equal)."""
         bad: list[Bad] = []
         if self.root is not None:
             _shape(self.root, data, (), bad)
