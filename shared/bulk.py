@@ -213,24 +213,52 @@ class ScannedChunk:
         return Scanned(self.indexes[pos], self.ids[pos].decode(), digest, [])
 
 
+#: Items already shaped once, by (schema version, the item as sent): the id and content
+#: hash shaping and validating it gave. Shaping is a pure function of the two, so an
+#: item resent exactly as before (a snapshot integration resends everything, mostly
+#: unchanged) is answered without shaping or validating it again. Process-wide, at most
+#: this many entries (about 300 bytes each); when full it starts over.
+SHAPED_CACHE_ITEMS = 262_144
+_shaped: dict[bytes, tuple[bytes, bytes]] = {}
+
+
 def scan_chunk(items: list[Any], base: int, fx: FastExtractor) -> ScannedChunk:
     """:func:`scan_item` over ``items`` (numbered from ``base``), at least cost for the
-    common item: a valid object whose id is a non-empty string at a top-level name."""
+    common item: a valid object whose id is a non-empty string at a top-level name (and,
+    under a schema that shapes, an item sent before exactly so: :data:`SHAPED_CACHE_ITEMS`)."""
     out = ScannedChunk([], [], [])
     ids, hashes, indexes = out.ids, out.hashes, out.indexes
     is_valid, key, longest = fx.schema.is_valid, fx.id_key, MAX_ID_LENGTH
     shape = fx.schema.shaper  # None: nothing to shape; else the values it could not shape
-    sha256, hexlify = hashlib.sha256, binascii.hexlify
+    salt = fx.schema.salt
+    sha256, hexlify, cache = hashlib.sha256, binascii.hexlify, _shaped
     for i, x in enumerate(items, base):
-        if key is not None and type(x) is dict and (shape is None or not shape(x)) and is_valid(x):
-            rid = x.get(key)
-            if type(rid) is str and 0 < len(rid) <= longest:
-                raw = storable_json(x)
-                if type(raw) is bytes:
-                    ids.append(rid.encode())
-                    hashes.append(hexlify(sha256(raw).digest()))
-                    indexes.append(i)
-                    continue
+        if key is not None and type(x) is dict:
+            sent = None
+            if shape is not None:
+                as_sent = storable_json(x)
+                if type(as_sent) is bytes:
+                    sent = sha256(salt + as_sent).digest()
+                    hit = cache.get(sent)
+                    if hit is not None:
+                        ids.append(hit[0])
+                        hashes.append(hit[1])
+                        indexes.append(i)
+                        continue
+            if (shape is None or not shape(x)) and is_valid(x):
+                rid = x.get(key)
+                if type(rid) is str and 0 < len(rid) <= longest:
+                    raw = storable_json(x)
+                    if type(raw) is bytes:
+                        rb, digest = rid.encode(), hexlify(sha256(raw).digest())
+                        ids.append(rb)
+                        hashes.append(digest)
+                        indexes.append(i)
+                        if sent is not None:
+                            if len(cache) >= SHAPED_CACHE_ITEMS:
+                                cache.clear()
+                            cache[sent] = (rb, digest)
+                        continue
         s = scan_item(x, i, fx)
         if s.issues:
             out.invalid.append(s)

@@ -16,6 +16,7 @@ Regular expressions are bounded in cost: see :mod:`shared.patterns`.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -306,6 +307,9 @@ def _invalid_id(value: Any, at: str) -> Issue:
     return Issue(Code.INVALID_ID, "the id must be a non-empty string or an integer", at)
 
 
+_COMPILED = itertools.count()  # numbers each compiled version of this process
+
+
 class CompiledSchema:
     """A stored schema version, ready to validate and extract resources."""
 
@@ -321,6 +325,8 @@ class CompiledSchema:
         self.plan = plan = shaping.compile_plan(shaped)
         #: None when the schema has nothing to shape (no defaults, no normalised format)
         self.shaper = None if plan.root is None else plan.shape
+        #: unique to this compiled version: keys what was shaped under it (shared/bulk.py)
+        self.salt = next(_COMPILED).to_bytes(8, "big")
         self.skip_missing = plan.on_missing_required == "skip"
         checked = plan.validation_body  # the body, minus format where a normaliser runs
         # a sync's payload is checked with every local property refused (field_not_owned)
