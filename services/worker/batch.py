@@ -19,6 +19,7 @@ import logging
 import orjson
 
 from services.worker.partition import Entry, Partition
+from services.worker.slices import gc_paused
 from shared.batch import decide_batch, prepare_items
 from shared.bulk import load_items
 from shared.codes import Code
@@ -76,10 +77,12 @@ class BatchCommit:
             items = load_items(raw)
         except orjson.JSONDecodeError as e:  # the gateway's check (simdjson) let it through
             return self._refused(Code.INVALID_JSON, f"the batch is not JSON: {e}")
-        prepared = prepare_items(items if isinstance(items, list) else [], schema)
+        with gc_paused():  # parsed JSON has no cycles: GC passes would only cost
+            prepared = prepare_items(items if isinstance(items, list) else [], schema)
         ids = list(dict.fromkeys(p.extracted.id for p in prepared if p.extracted is not None))
         await self._load(ids)
-        change = decide_batch(self.meta, prepared, self.state)
+        with gc_paused():
+            change = decide_batch(self.meta, prepared, self.state)
         if schema.ownership.pointers and change.effects:
             change.local = schema.ownership.pointers
         return change
