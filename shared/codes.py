@@ -26,6 +26,8 @@ class Code(StrEnum):
     INVALID_CHARACTER = "invalid_character"
     NUMBER_OUT_OF_RANGE = "number_out_of_range"
     DUPLICATE_KEY = "duplicate_key"
+    INVALID_IDEMPOTENCY_KEY = "invalid_idempotency_key"
+    TOO_MANY_ITEMS = "too_many_items"
     # -- integration data (400)
     INVALID_VENDOR_ID = "invalid_vendor_id"
     INVALID_INTEGRATION_DATA = "invalid_integration_data"
@@ -98,6 +100,8 @@ class Code(StrEnum):
     VENDOR_MISMATCH = "vendor_mismatch"
     DUPLICATE_VENDOR_ID = "duplicate_vendor_id"
     PRECONDITION_FAILED = "precondition_failed"
+    # -- an Idempotency-Key sent again with another request (422)
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
     # -- a remote API's answers (502 from a preview; a source run's ``error.code``)
     SOURCE_HTTP_ERROR = "source_http_error"
     SOURCE_UNAVAILABLE = "source_unavailable"

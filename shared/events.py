@@ -12,6 +12,13 @@ several consecutive entries of one change each; every entry but the last has
 ``last`` false, and only the last carries the snapshot's totals, issues and
 receipt.
 
+A ``batch`` raw event (``POST …/batch-event/{table}``) is stored like a single-request
+bulk (its body in a one-part session) and decided item by item, in array order, as
+single events of one scope; its one change carries every item's effects and the
+per-item outcomes (``items``) its receipt lists. A raw event sent with an
+Idempotency-Key carries ``x.idem`` = [key, request fingerprint], which its receipt row
+keeps (:meth:`RawMeta.idempotency`).
+
 A ``patch`` raw event is an admin's JSON Merge Patch (RFC 7396) of one resource's
 local fields (``ids`` holds its id; :mod:`shared.patching`); its effect's ``data`` is
 that merge patch, which the projector applies to the stored row. A change of a table
@@ -29,7 +36,7 @@ from typing import Any, Literal
 
 import orjson
 
-Kind = Literal["single", "delete", "bulk", "patch"]
+Kind = Literal["single", "delete", "bulk", "patch", "batch"]
 Op = Literal["created", "updated", "deleted"]
 
 
@@ -56,6 +63,11 @@ class RawMeta:
     extra: dict[str, Any] = field(default_factory=dict)
     # the JSON this was decoded from: a change entry embeds it as is (orjson.Fragment)
     raw: bytes | None = field(default=None, compare=False, repr=False)
+
+    def idempotency(self) -> tuple[str | None, str | None]:
+        """(Idempotency-Key, request fingerprint) the request was sent with, if any."""
+        idem = self.extra.get("idem")
+        return (idem[0], idem[1]) if idem else (None, None)
 
     def encode(self) -> bytes:
         return self.raw if self.raw is not None else orjson.dumps(self.to_dict())
@@ -156,6 +168,9 @@ class Change:
     skipped: int = 0
     # pointers of the table's local fields (x-ownership local): kept from the stored row
     local: list[str] | None = None
+    # a batch event's per-item outcomes (the first MAX_ITEMS) and how many items it had
+    items: list[dict[str, Any]] | None = None
+    items_total: int = 0
 
     def counts(self) -> dict[str, int]:
         if self.totals is not None:
@@ -192,6 +207,9 @@ class Change:
             d["sk"] = self.skipped
         if self.local:
             d["lo"] = self.local
+        if self.items is not None:
+            d["bi"] = self.items
+            d["bt"] = self.items_total
         return d
 
     def encode(self) -> bytes:
@@ -219,6 +237,8 @@ class Change:
             d.get("rc", False),
             d.get("sk", 0),
             d.get("lo"),
+            d.get("bi"),
+            d.get("bt", 0),
         )
 
     @classmethod

@@ -15,7 +15,7 @@ state. Patches in history are computed between those merged states.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -127,7 +127,11 @@ def refusal(ch: Change, reason: str) -> Change:
         f"{reason}",
         "pointer": None,
     }
-    return Change(ch.meta, "rejected", rejected=max(1, len(ch.effects)), issues=[issue],
+    # without its Idempotency-Key: the refusal may be the key's unique index itself (an
+    # event whose key another receipt row holds), and the refusal's row must be storable
+    meta = replace(ch.meta, extra={k: v for k, v in ch.meta.extra.items() if k != "idem"},
+                   raw=None)  # fmt: skip
+    return Change(meta, "rejected", rejected=max(1, len(ch.effects)), issues=[issue],
                   issues_total=1, last=ch.last, totals={})  # fmt: skip
 
 
@@ -136,6 +140,7 @@ def _receipt_rows(out: BatchRows, ch: Change, received: datetime, now: datetime)
     m = ch.meta
     c = ch.counts()
     integration = m.integration  # asyncpg takes a uuid column's value as text
+    idem_key, fingerprint = m.idempotency()
     out.events.append(
         (
             m.id,
@@ -158,6 +163,10 @@ def _receipt_rows(out: BatchRows, ch: Change, received: datetime, now: datetime)
             ch.issues_total,
             received,
             now,
+            idem_key,
+            fingerprint,
+            ch.items,
+            ch.items_total if ch.items is not None else None,
         )
     )
     out.issues += _issue_rows(ch, now)

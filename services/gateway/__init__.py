@@ -10,5 +10,7 @@ Redis (group-committed with concurrent requests); a refused request appends
 nothing. An unreachable or unresponsive Redis or PostgreSQL is 503 ``unavailable``
 on every route that needs it, within ``INGESTD_REDIS_TIMEOUT_MS`` for Redis; a 503
 after the append was sent may still have stored the event (at least once from the
-producer's side).
+producer's side), unless the request carries an ``Idempotency-Key``: then its key is
+claimed with the append, atomically, and a retry answers the first response
+(``services/gateway/idempotency.py``). A batch event is stored like a one-request bulk.
 """

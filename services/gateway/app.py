@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from services.gateway import (
     admin,
+    batch,
     bulk,
     edit,
     ingest,
@@ -149,6 +150,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(preview.routes)
     app.router.add_routes(ingest.routes)
     app.router.add_routes(bulk.routes)
+    app.router.add_routes(batch.routes)
     app.router.add_routes(receipts.routes)
     app.router.add_routes(integration_data.routes)
     app.router.add_routes(read.routes)

@@ -18,6 +18,11 @@ too, and the producer's retry may store the event a second time, so delivery is
 at least once from the producer's side. A held connection that Redis closed
 while the gateway was idle (a restart) is replaced before sending, not failed.
 
+An event sent with an Idempotency-Key carries its claim (the key's entry and value):
+it is appended by one EVAL of :data:`shared.redis.idempotency.APPEND` instead, which
+stores the entry, the receipt marker and the XADD together, or, when another request
+holds the key, appends nothing and resolves the future with :class:`Found` (its entry).
+
 The batch is packed by hiredis (:mod:`shared.redis.wire`) and written on a
 connection this appender keeps to itself (:class:`shared.redis.conn.HeldConnection`):
 per event that costs two C calls instead of two trips through redis-py's command
@@ -37,12 +42,19 @@ from redis.exceptions import RedisError, ResponseError
 
 from shared.codes import Code
 from shared.errors import ApiError
+from shared.redis import idempotency, wire
 from shared.redis import keyspace as ks
-from shared.redis import wire
 from shared.redis.conn import HeldConnection
 
 log = logging.getLogger("ingestd.gateway.appender")
 MAX_BATCH = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A keyed event not appended: another request holds its Idempotency-Key (the entry)."""
+
+    entry: bytes
 
 
 @dataclass(slots=True)
@@ -51,8 +63,13 @@ class Pending:
     fields: dict[bytes, bytes]
     receipt_key: str
     receipt: bytes
-    future: asyncio.Future[bytes]
+    future: asyncio.Future[bytes | Found]
     deadline: float  # loop time by which the request is answered
+    claim: tuple[str, bytes] | None = None  # Idempotency-Key entry: key, value
+
+    @property
+    def replies(self) -> int:
+        return 1 if self.claim is not None else 2
 
 
 def _unavailable(message: str) -> ApiError:
@@ -112,12 +129,15 @@ class Appender:
         await self._conn.drop()
 
     def append(
-        self, partition: int, fields: dict[bytes, bytes], receipt_key: str, receipt: bytes
-    ) -> asyncio.Future[bytes]:
+        self, partition: int, fields: dict[bytes, bytes], receipt_key: str, receipt: bytes,
+        claim: tuple[str, bytes] | None = None,
+    ) -> asyncio.Future[bytes | Found]:  # fmt: skip
+        """Queue one event; the future resolves with its stream id (or, for an event with
+        a ``claim`` whose key another request holds, with :class:`Found`)."""
         loop = self._loop or asyncio.get_running_loop()
-        fut: asyncio.Future[bytes] = loop.create_future()
+        fut: asyncio.Future[bytes | Found] = loop.create_future()
         deadline = loop.time() + self._timeout
-        self._queue.append(Pending(partition, fields, receipt_key, receipt, fut, deadline))
+        self._queue.append(Pending(partition, fields, receipt_key, receipt, fut, deadline, claim))
         self._wake.set()
         return fut
 
@@ -134,6 +154,11 @@ class Appender:
         add = out.append
         ttl, names = self._receipt_ttl, self._streams
         for p in batch:
+            if p.claim is not None:
+                keys = (p.claim[0], p.receipt_key, names[p.partition])
+                args: tuple[wire.Arg, ...] = (p.claim[1], ttl, p.receipt, ttl, *_flat(p.fields))
+                add(wire.command("EVAL", idempotency.APPEND, 3, *keys, *args))
+                continue
             add(wire.command("SET", p.receipt_key, p.receipt, "EX", ttl))
             add(wire.command("XADD", names[p.partition], "*", *_flat(p.fields)))
         return b"".join(out)
@@ -153,7 +178,7 @@ class Appender:
                     conn = await self._conn.get()
                 sent = True
                 await conn.send_packed_command(payload, check_health=False)
-                for _ in range(2 * len(batch)):
+                for _ in range(sum(p.replies for p in batch)):
                     try:
                         results.append(await conn.read_response(disable_decoding=True))
                     except ResponseError as e:  # a command's error reply; the stream stays in step
@@ -166,14 +191,19 @@ class Appender:
             await self._reset()
             self._fail(batch, _unavailable("the gateway is stopping; retry"))
             raise
-        for i, p in enumerate(batch):
-            sid = results[2 * i + 1]
+        at = 0
+        for p in batch:
+            at += p.replies
+            sid = results[at - 1]
             if p.future.done():
                 continue
             if isinstance(sid, Exception):
                 p.future.set_exception(_unavailable(f"append failed: {sid}"))
-            else:
+            elif p.claim is None:
                 p.future.set_result(sid)
+            else:
+                won, value = idempotency.claim_reply(sid)  # type: ignore[arg-type]
+                p.future.set_result(value if won else Found(value))
 
     async def _reset(self) -> None:
         """Drop the held connection (its replies may be out of step) and the pool's idle

@@ -42,6 +42,7 @@ import orjson
 from aiohttp import web
 
 from services.gateway.http import is_json_array, query_text, read_body, respond
+from services.gateway.idempotency import Claim, claim_for, header_key, record, recorded, replay
 from services.gateway.ingest import (
     BODY_TYPES,
     authenticate,
@@ -196,8 +197,14 @@ async def post_bulk(request: web.Request) -> web.Response:
     table = resolve_table(request, key)
     group_key, event, actor = common_params(request)
     up = upload_params(request, new_event_id())
+    idem = header_key(request)
     ctype = check_content_type(request, BODY_TYPES)
-    body = await snapshot_body(await read_body(request, BULK_LIMIT), ctype, table)
+    raw = await read_body(request, BULK_LIMIT)
+    claim = claim_for(request, key.integration_id, idem, table.table, raw)
+    body = await snapshot_body(raw, ctype, table)
+    earlier = await recorded(request, key.integration_id, claim)
+    if earlier is not None:
+        return earlier
     p = partition(request, table, group_key)
     settings = request.app[SETTINGS]
     sessions = request.app[SESSIONS]
@@ -206,18 +213,17 @@ async def post_bulk(request: web.Request) -> web.Response:
 
     def commit_meta(event_id: str) -> RawMeta:
         """The snapshot's one raw event: the final part's parameters apply."""
+        extra: dict[str, Any] = {"session": up.session, "partial": up.partial}
+        if claim is not None and not up.explicit:  # a part's key is not the snapshot's
+            extra["idem"] = [claim.key, claim.fingerprint]
         return RawMeta(
             event_id, "bulk", key.integration_id, table.table, table.resource_type, group_key,
-            event, actor, received_ms, None, {"session": up.session, "partial": up.partial},
+            event, actor, received_ms, None, extra,
         )  # fmt: skip
 
     if not up.explicit:
         meta = commit_meta(up.session[len(IMPLICIT) :])
-        await sessions.store_single(
-            scope, key.integration_id, meta.id, body, meta.encode(), settings.session_ttl,
-            ks.receipt_key(meta.id), _receipt_marker(key, None), settings.receipt_ttl,
-        )  # fmt: skip
-        return respond(request, {"eventId": meta.id}, status=202)
+        return await store_single(request, scope, key, meta, body, claim)
     eid, outcome, received, total = await store_part(
         sessions, scope, key, up, body, settings.session_ttl, commit_meta
     )
@@ -227,7 +233,7 @@ async def post_bulk(request: web.Request) -> web.Response:
     await sessions.redis.set(
         ks.receipt_key(eid), _receipt_marker(key, where), ex=settings.receipt_ttl
     )
-    out = {
+    out: dict[str, Any] = {
         "eventId": eid,
         "session": up.session,
         "part": up.part,
@@ -236,7 +242,31 @@ async def post_bulk(request: web.Request) -> web.Response:
         "parts": total or None,
         "complete": 0 < total == received,
     }
+    if claim is not None:
+        return await record(request, claim, eid, 202, out)
     return respond(request, out, status=202)
+
+
+async def store_single(
+    request: web.Request, scope: Scope, key: KeyInfo, meta: RawMeta, body: bytes,
+    claim: Claim | None,
+) -> web.Response:  # fmt: skip
+    """A single-request bulk (or batch) event stored as a one-part session; 202. With a
+    ``claim``, the Idempotency-Key is claimed in the same MULTI (or its first answer
+    replayed, when a concurrent request with it was first)."""
+    settings = request.app[SETTINGS]
+    answer = {"eventId": meta.id}
+    entry = None
+    if claim is not None:
+        entry = (claim.redis_key, claim.entry(meta.id, 202, answer), settings.receipt_ttl)
+    found = await request.app[SESSIONS].store_single(
+        scope, key.integration_id, meta.id, body, meta.encode(), settings.session_ttl,
+        ks.receipt_key(meta.id), _receipt_marker(key, None), settings.receipt_ttl, entry,
+    )  # fmt: skip
+    if found is not None:
+        assert claim is not None
+        return replay(request, claim, found)
+    return respond(request, answer, status=202)
 
 
 def _refusal(result: str, up: Upload, total: int, part: int) -> ApiError:

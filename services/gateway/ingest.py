@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import orjson
 from aiohttp import web
 
+from services.gateway.appender import Found
 from services.gateway.http import (
     bearer,
     parse_json,
@@ -23,6 +24,7 @@ from services.gateway.http import (
     refuse_nul,
     respond,
 )
+from services.gateway.idempotency import Claim, claim_for, header_key, recorded, replay
 from services.gateway.state import APPENDER, REGISTRY, SETTINGS
 from shared import jsontext, xmlcodec
 from shared.codes import Code
@@ -168,10 +170,19 @@ async def append_event(
     ids: list[str] | None = None,
     extra: dict[str, Any] | None = None,
     params: tuple[str, str | None, Any] | None = None,
+    claim: Claim | None = None,
 ) -> web.Response:
     """Append one raw event to its scope's partition; 202 with its event id. No
-    ``integration``: an admin's own change (a PATCH), whose receipt the admin reads."""
+    ``integration``: an admin's own change (a PATCH), whose receipt the admin reads.
+    With a ``claim`` (an Idempotency-Key), a key already used answers as it did first
+    (:mod:`services.gateway.idempotency`) and nothing is appended."""
     group_key, event, actor = params or common_params(request)
+    if claim is not None:
+        assert integration is not None
+        earlier = await recorded(request, integration, claim)
+        if earlier is not None:
+            return earlier
+        extra = {**(extra or {}), "idem": [claim.key, claim.fingerprint]}
     p = partition(request, table, group_key)
     appender = request.app[APPENDER]
     meta = RawMeta(
@@ -189,8 +200,13 @@ async def append_event(
     )
     fields = {ks.F_META: meta.encode(), ks.F_BODY: body}
     receipt = orjson.dumps({"i": integration})
-    await appender.append(p, fields, ks.receipt_key(meta.id), receipt)
-    return respond(request, {"eventId": meta.id}, status=202)
+    answer = {"eventId": meta.id}
+    entry = None if claim is None else (claim.redis_key, claim.entry(meta.id, 202, answer))
+    got = await appender.append(p, fields, ks.receipt_key(meta.id), receipt, entry)
+    if isinstance(got, Found):  # a concurrent request with the key was first
+        assert claim is not None
+        return replay(request, claim, got.entry)
+    return respond(request, answer, status=202)
 
 
 @routes.post("/integration/custom-data/event/{table}")
@@ -198,8 +214,10 @@ async def post_event(request: web.Request) -> web.Response:
     key = authenticate(request)
     table = resolve_table(request, key)
     params = common_params(request)
+    idem = header_key(request)
     ctype = check_content_type(request, BODY_TYPES)
     body = await read_body(request, SINGLE_LIMIT)
+    claim = claim_for(request, key.integration_id, idem, table.table, body)
     if ctype in xmlcodec.XML_TYPES:
         data = await from_xml(xmlcodec.resource_from_xml, body, table)
         if not isinstance(data, dict):
@@ -214,7 +232,9 @@ async def post_event(request: web.Request) -> web.Response:
         raise ApiError(
             Code.BODY_NOT_OBJECT, "the body must be one JSON object (a resource)", pointer=""
         )
-    return await append_event(request, key.integration_id, table, "single", body, params=params)
+    return await append_event(
+        request, key.integration_id, table, "single", body, params=params, claim=claim
+    )
 
 
 @routes.delete("/integration/custom-data/{table}")
@@ -224,6 +244,7 @@ async def delete_resources(request: web.Request) -> web.Response:
     key = authenticate(request)
     table = resolve_table(request, key)
     params = common_params(request)
+    idem = header_key(request)
     raw = query_text(request, "resourceIds")
     if request.body_exists:
         if raw is not None:
@@ -235,8 +256,12 @@ async def delete_resources(request: web.Request) -> web.Response:
         ids = await _body_ids(request)
     else:
         ids = _query_ids(raw)
+    # the ids are the body (JSON bodies listing the same ids are the same request)
+    claim = claim_for(
+        request, key.integration_id, idem, table.table, orjson.dumps(ids) if raw is None else b""
+    )
     return await append_event(
-        request, key.integration_id, table, "delete", b"", ids=ids, params=params
+        request, key.integration_id, table, "delete", b"", ids=ids, params=params, claim=claim
     )
 
 

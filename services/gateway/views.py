@@ -102,7 +102,7 @@ def sync_issue_view(i: SyncIssue) -> dict[str, Any]:
 
 def receipt_view(r: Receipt) -> dict[str, Any]:
     """An applied receipt (a pending one is built from Redis by the ingest API)."""
-    return {
+    out = {
         "eventId": r.event_id,
         "status": r.status,
         "kind": r.kind,
@@ -120,3 +120,7 @@ def receipt_view(r: Receipt) -> dict[str, Any]:
         "receivedAt": r.received_at.isoformat(),
         "processedAt": r.processed_at.isoformat(),
     }
+    if r.items is not None:  # a batch event: every item's outcome (the first 1,000)
+        out["items"] = r.items
+        out["itemsTotal"] = r.items_total
+    return out

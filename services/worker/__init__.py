@@ -7,6 +7,8 @@ and version per resource, per scope, in Redis); a batch of raw events becomes ON
 change entry on ``changes:{p}`` (``Change.encode_many``: one change per raw event,
 in stream order), written by the batch's drain commit. A large bulk snapshot is
 split over several change entries (slices; only the last carries the receipt).
+A batch event's items are decided as single events of its scope, in array order,
+into one change entry (``services/worker/batch.py``).
 
 Guarantees: the change entries, the write-model updates, and the XACK/XDEL of
 the raw events they came from are committed in ONE MULTI/EXEC guarded by

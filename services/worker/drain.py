@@ -4,7 +4,8 @@ A drain holds the partition's lease for a time slice. Runs of single events and
 deletes are decided together against the write model and committed in ONE
 guarded transaction (:mod:`shared.redis.txn`): their change entry, the write-model
 updates and the XACK/XDEL of the raw events. A bulk snapshot is committed alone,
-in stream order, by :class:`~services.worker.bulk.BulkCommit`; so is an admin's
+in stream order, by :class:`~services.worker.bulk.BulkCommit`; a batch event by
+:class:`~services.worker.batch.BatchCommit`; so is an admin's
 ``patch`` of local fields, decided against the resource as PostgreSQL holds it once
 the projector has caught up (:func:`shared.patching.decide_patch`).
 """
@@ -20,6 +21,7 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from services.worker.batch import BatchCommit
 from services.worker.bulk import BulkCommit
 from services.worker.partition import Entry, Partition
 from shared.codes import Code
@@ -117,11 +119,11 @@ class Drainer:
         for sid, _ in rows:
             e = by_sid.get(sid)
             if e is None or e.meta.id in done:
-                if e is not None and e.meta.kind == "bulk":
+                if e is not None and e.meta.kind in ("bulk", "batch"):
                     await self._retire(e)
                 gone.append(sid)
                 continue
-            if e.meta.kind not in ("bulk", "patch"):
+            if e.meta.kind not in ("bulk", "patch", "batch"):
                 run.append(e)
                 continue
             if run:
@@ -129,6 +131,8 @@ class Drainer:
                 run, gone = [], []
             if e.meta.kind == "patch":
                 await self._patch(e, gone)
+            elif e.meta.kind == "batch":
+                await self._batch(e, gone)
             else:
                 await self._bulk(e, gone)
             gone = []
@@ -142,7 +146,8 @@ class Drainer:
         head = await SessionStore(self.ctx.redis).head(scope)
         if head.event_id != e.meta.id or head.total is None:
             return
-        newest = head.seq > head.committed and not e.meta.extra.get("upsert")
+        snapshot = e.meta.kind == "bulk" and not e.meta.extra.get("upsert")  # not a batch
+        newest = head.seq > head.committed and snapshot
         cmds = SessionStore.retire_commands(scope, head.seq, head.total, head.ttl, newest)
         await self.commit(cmds, {scope.key: "hash", scope.snapshots: "hash"})
 
@@ -158,6 +163,20 @@ class Drainer:
         except Exception as exc:
             log.exception("partition %s: snapshot %r could not be processed", self.p, e.sid)
             issue = Issue(Code.UNPROCESSABLE, f"the worker could not process this snapshot: {exc}")
+            change = Change(
+                e.meta, "rejected", rejected=1, issues=[issue.as_dict()], issues_total=1
+            )
+            await self._commit([(e, change)], {}, gone)
+
+    async def _batch(self, e: Entry, gone: list[bytes]) -> None:
+        """A batch event, alone and fenced like a snapshot (see :meth:`_bulk`)."""
+        try:
+            await BatchCommit(self.ctx, e, gone).run()
+        except RETRIED:
+            raise
+        except Exception as exc:
+            log.exception("partition %s: batch %r could not be processed", self.p, e.sid)
+            issue = Issue(Code.UNPROCESSABLE, f"the worker could not process this batch: {exc}")
             change = Change(
                 e.meta, "rejected", rejected=1, issues=[issue.as_dict()], issues_total=1
             )

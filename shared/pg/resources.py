@@ -98,6 +98,10 @@ EVENT_COLS = [
     "issues_total",
     "received_at",
     "processed_at",
+    "idempotency_key",
+    "request_fingerprint",
+    "items",
+    "items_total",
 ]
 ISSUE_COLS = [
     "event_id",
@@ -139,8 +143,12 @@ ISSUES_SQL = (
 RECEIPT_SQL = """
 SELECT event_id, integration_id, status, created, updated, deleted, unchanged, rejected,
        skipped, ignored_ids, issues, issues_total, kind, table_name, group_key, received_at,
-       processed_at
+       processed_at, items, items_total
 FROM ingest_events WHERE event_id = $1
+"""
+IDEMPOTENCY_SQL = """
+SELECT event_id, request_fingerprint FROM ingest_events
+WHERE integration_id = $1 AND idempotency_key = $2
 """
 APPLIED_EVENTS_SQL = "SELECT event_id FROM ingest_events WHERE event_id = ANY($1::text[])"
 POSITION_READ_SQL = "SELECT stream_ms, stream_seq FROM projector_positions WHERE partition = $1"
@@ -235,6 +243,8 @@ class Receipt:
     received_at: datetime
     processed_at: datetime
     skipped: int = 0
+    items: list[dict[str, Any]] | None = None  # a batch event's per-item outcomes
+    items_total: int | None = None
 
 
 def _uuid_text(v: Any) -> str | None:
@@ -310,6 +320,8 @@ def _receipt(r: asyncpg.Record) -> Receipt:
         r["received_at"],
         r["processed_at"],
         r["skipped"],
+        r["items"],
+        r["items_total"],
     )
 
 
@@ -462,6 +474,12 @@ class ResourceStore:
         given."""
         rows = await self._db.fetch(ISSUES_SQL, table, integration, since, limit, before)
         return [_sync_issue(r) for r in rows]
+
+    async def idempotent_event(self, integration: str, key: str) -> tuple[str, str] | None:
+        """(event id, request fingerprint) of the integration's receipt row holding this
+        Idempotency-Key, if PostgreSQL has one."""
+        row = await self._db.fetchrow(IDEMPOTENCY_SQL, integration, key)
+        return None if row is None else (row["event_id"], row["request_fingerprint"])
 
     async def receipt(self, event_id: str) -> Receipt | None:
         """The applied outcome of an event; None while it is pending (or unknown)."""

@@ -80,6 +80,17 @@ def receipt_key(event_id: str) -> str:
     return f"{PREFIX}:receipt:{event_id}"
 
 
+def idempotency_key(integration: str, key_digest: str) -> str:
+    """An accepted request's Idempotency-Key (``key_digest``: SHA-256 hex of the key) of
+    one integration -> the request's fingerprint, event id and first response (JSON;
+    :mod:`services.gateway.idempotency`). Claimed in the same script as the event's XADD;
+    PostgreSQL keeps the key on the event's ``ingest_events`` row, this is its cache.
+
+    Not partition-tagged: one key may name requests of any scope. On Redis Cluster the
+    claim and the XADD would have to share a slot (not supported yet)."""
+    return f"{PREFIX}:idem:{integration}:{key_digest}"
+
+
 class SessionState(StrEnum):
     """The ``state`` field of a snapshot session (:mod:`shared.redis.sessions`)."""
 

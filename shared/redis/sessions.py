@@ -22,8 +22,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
+from shared.redis import idempotency, wire
 from shared.redis import keyspace as ks
-from shared.redis import wire
 from shared.redis.keyspace import SessionField as F
 from shared.redis.keyspace import SessionState as S
 from shared.redis.keyspace import SnapshotsField as Q
@@ -111,6 +111,22 @@ redis.call('XADD', KEYS[3], '*', ARGV[6], ARGV[5])
 return seq
 """, **_NAMES))  # fmt: skip
 
+# The same with an Idempotency-Key (shared.redis.idempotency): the key's entry is
+# claimed first; when another request holds it, the body and receipt marker the MULTI
+# queued before this script are removed again and nothing is appended.
+# KEYS: session, snapshots, ingest stream, entry, receipt marker.
+# ARGV: event id, integration, ttl, now ms, commit meta, meta field name, entry, entry ttl.
+# Returns {1, seq} or {0, the entry found}.
+SINGLE_KEYED = Script("session-single-keyed", idempotency.CLAIM.format(
+    key="KEYS[4]", value="ARGV[7]", ttl="ARGV[8]", undo="redis.call('DEL', KEYS[1], KEYS[5])",
+) + lua("""
+local seq = redis.call('HINCRBY', KEYS[2], $next, 1)
+redis.call('HSET', KEYS[1], $eid, ARGV[1], $int, ARGV[2], $seq, seq, $ttl, ARGV[3],
+           $n, 1, $max, 1, $total, 1, $state, $queued, $opened, ARGV[4])
+redis.call('XADD', KEYS[3], '*', ARGV[6], ARGV[5])
+return {1, seq}
+""", **_NAMES))  # fmt: skip
+
 # KEYS: session. ARGV: integration.
 ABORT = Script("session-abort", lua("""
 local h = redis.call('HMGET', KEYS[1], $int, $state)
@@ -124,7 +140,7 @@ redis.call('HSET', KEYS[1], $state, $aborted)
 return $aborted
 """, **_NAMES))  # fmt: skip
 
-SCRIPTS = (OPEN, ADD, SINGLE, ABORT)
+SCRIPTS = (OPEN, ADD, SINGLE, SINGLE_KEYED, ABORT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,24 +228,37 @@ class SessionStore:
     async def store_single(
         self, s: Scope, integration: str, event_id: str, body: bytes, meta: bytes, ttl: int,
         receipt_key: str, receipt: bytes, receipt_ttl: int,
-    ) -> None:  # fmt: skip
+        claim: tuple[str, bytes, int] | None = None,
+    ) -> bytes | None:  # fmt: skip
         """A single-request bulk in one round trip, one MULTI: its receipt marker, its
-        body, then its one-part session opened complete and its raw event appended."""
+        body, then its one-part session opened complete and its raw event appended.
+
+        ``claim`` (an Idempotency-Key's entry key, value and TTL): the entry is claimed in
+        the same script; when another request holds it, nothing is stored and its entry
+        is returned (None: stored)."""
+        script = SINGLE if claim is None else SINGLE_KEYED
+        keys = [s.key, s.snapshots, ks.ingest_stream(s.p)]
+        args: list[Any] = [event_id, integration, ttl, int(time.time() * 1000), meta, ks.F_META]
+        if claim is not None:
+            keys += [claim[0], receipt_key]
+            args += [claim[1], claim[2]]
         for attempt in range(2):
             pipe = self.redis.pipeline(transaction=True)
             pipe.set(receipt_key, receipt, ex=receipt_ttl)
             pipe.hset(s.key, ks.part_field(1), body)  # type: ignore[arg-type]
-            SINGLE.queue(
-                pipe, [s.key, s.snapshots, ks.ingest_stream(s.p)], event_id, integration, ttl,
-                int(time.time() * 1000), meta, ks.F_META,
-            )  # fmt: skip
+            script.queue(pipe, keys, *args)
             try:
-                await pipe.execute()
-                return
+                reply = (await pipe.execute())[-1]
             except NoScriptError:  # only at EXEC: the SET and HSET are repeated, same values
                 if attempt:
                     raise
-                await SINGLE.load(self.redis)
+                await script.load(self.redis)
+                continue
+            if claim is None:
+                return None
+            won, found = idempotency.claim_reply(reply)
+            return None if won else found
+        return None  # not reached: the second NoScriptError is raised
 
     async def abort(self, s: Scope, integration: str) -> str:
         """``aborted``, ``gone``, ``foreign`` or the state that forbids aborting."""

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.bench import (
+    fig_batch,
     fig_bulk,
     fig_gateway,
     fig_integration_data,
@@ -49,8 +50,9 @@ FIGURES: dict[int, tuple[str, FigureFn]] = {
     8: ("pull full run records/s", fig_sources.figure8),
     9: ("shaped unchanged snapshot resources/s", fig_shaping.figure9),
     10: ("integration data GET / ingest req/s", fig_integration_data.figure10),
+    12: ("batch-event items/s / single-event rate", fig_batch.figure12),
 }
-ORDER = [1, 2, 3, 6, 5, 4, 7, 8, 9, 10]  # 5 uses the maximum rates 1 and 3 measured
+ORDER = [1, 2, 3, 6, 5, 4, 7, 8, 9, 10, 12]  # 5 uses the maximum rates 1 and 3 measured
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -25,11 +25,14 @@ import pytest
 from tests.e2e.devproc import PG_AT, READY, Dev, data_folder, running_dev, stop_cleanly
 from tests.e2e.procs import INGESTD, unconfigured_env
 from tests.e2e.readme import ROOT, block, blocks, output_matches
+from tests.helpers import poll
 
 pytestmark = pytest.mark.slow  # `ingestd dev` as a process, the scripts take seconds
 
 SCRIPT = ROOT / "examples" / "walkthrough.sh"
 MARK = "--- examples ---"
+PRODUCERS = "--- producer examples ---"
+IDEM = "--- idempotency example ---"
 RT = "_directory_employee"
 
 
@@ -73,6 +76,8 @@ class Walked:
     first: str
     second: str
     examples: str
+    batch: str
+    idempotency: str
 
 
 async def until_processed(dsn: str, group_keys: dict[str, int]) -> None:
@@ -103,12 +108,17 @@ def walked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Walked]:
         first = shell(dev, "bash examples/walkthrough.sh")
         bulk = block("sh", containing="bulk-event/employee?groupKey=acme&event=sync")
         xml = block("sh", containing="application/xml")
+        batch = block("sh", containing="batch-event/employee?groupKey=acme-batch")
+        idem = block("sh", containing="Idempotency-Key: order-4711")
         second = shell(
             dev,
-            f". examples/walkthrough.sh || exit 1\necho '{MARK}'\n{bulk}\necho\n{xml}\n",
+            f". examples/walkthrough.sh || exit 1\necho '{MARK}'\n{bulk}\necho\n{xml}\n"
+            f"echo\necho '{PRODUCERS}'\n{batch}echo '{IDEM}'\n{idem}",
         )
-        walkthrough, examples = second.split(MARK + "\n")
-        yield Walked(dev, dsn, first, walkthrough, examples)
+        walkthrough, rest = second.split(MARK + "\n")
+        examples, producers = rest.split(PRODUCERS + "\n")
+        batched, idempotency = producers.split(IDEM + "\n")
+        yield Walked(dev, dsn, first, walkthrough, examples, batched, idempotency)
         stop_cleanly(dev)
 
 
@@ -141,7 +151,8 @@ async def test_the_bulk_and_xml_examples(walked: Walked) -> None:
             ("acme-xml", 1, 0, 0, 0),
         ]
         live = await conn.fetch(
-            "SELECT group_key, resource_id FROM resources WHERE resource_type = $1 ORDER BY 1, 2",
+            "SELECT group_key, resource_id FROM resources WHERE resource_type = $1"
+            " AND group_key IN ('acme', 'acme-xml') ORDER BY 1, 2",
             RT,
         )  # the XML snapshot, in a groupKey of its own, deleted nothing in acme
         assert [tuple(r) for r in live] == [
@@ -150,6 +161,25 @@ async def test_the_bulk_and_xml_examples(walked: Walked) -> None:
             ("acme", "d"),
             ("acme-xml", "a"),
         ]
+    finally:
+        await conn.close()
+
+
+async def test_the_batch_and_idempotency_examples(walked: Walked) -> None:
+    output_matches(block("text", before="prints (with the walkthrough's"), walked.batch)
+    output_matches(block("text", before="prints the same event id twice"), walked.idempotency)
+    first, again, _ = walked.idempotency.splitlines()
+    assert first == again  # the retry answered the first event's id
+    conn = await asyncpg.connect(walked.dsn)
+    try:
+        sql = "SELECT event_id, idempotency_key FROM ingest_events WHERE group_key = 'acme-idem'"
+        rows = await poll("the keyed event's receipt", lambda: conn.fetch(sql), 30)
+        assert [tuple(r) for r in rows] == [(first, "order-4711")]  # one event for the key
+        versions = await conn.fetch(
+            "SELECT resource_id, version, op FROM resource_changes"
+            " WHERE group_key = 'acme-batch' ORDER BY resource_id, version"
+        )
+        assert [tuple(r) for r in versions] == [("b1", 1, "created"), ("b1", 2, "updated")]
     finally:
         await conn.close()
 
@@ -208,7 +238,8 @@ async def test_ingestd_psql_runs_the_readme_sql(walked: Walked, tmp_path: Path) 
     assert done.returncode == 0, done.stderr
     assert "acme-xml" in done.stdout and "unknown_field" in done.stdout, done.stdout
     done = psql(walked.dev.data_dir, "-At", "-c", "SELECT count(*) FROM resources")
-    assert (done.returncode, done.stdout) == (0, "4\n"), done.stderr
+    # a, b, d of acme, a of acme-xml, and b1 and i1 of the batch and Idempotency-Key examples
+    assert (done.returncode, done.stdout) == (0, "6\n"), done.stderr
 
 
 def test_ingestd_psql_starts_the_embedded_database_when_dev_is_stopped(

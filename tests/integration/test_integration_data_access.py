@@ -249,7 +249,8 @@ async def test_migration_0008_gives_existing_integrations_a_vendor_id(scratch_ds
                 gid,
                 n,
             )
-        assert await migrate(scratch_dsn) == ["0008_integration_data.sql"]
+        applied = await migrate(scratch_dsn)  # 0008, then the later ones
+        assert [n for n in applied if n < "0009"] == ["0008_integration_data.sql"]
         rows = await conn.fetch("SELECT id::text, vendor_id FROM integrations ORDER BY created_at")
     finally:
         await conn.close()

@@ -44,6 +44,7 @@ def test_scripts_spell_no_field_of_their_own() -> None:
     allowed |= {f.value for f in SnapshotsField} | {ks.PART_PREFIX, ks.DIGEST_PREFIX}
     commands = {"EXISTS", "HINCRBY", "HSET", "EXPIRE", "HMGET", "HGET", "HKEYS", "HDEL"}
     commands |= {"XADD", "PERSIST", "*"}
+    commands |= {"GET", "SET", "EX", "DEL"}  # the Idempotency-Key claim (its own key)
     outcomes = {"gone", "foreign", "part_conflict", "final_conflict", "duplicate"}
     outcomes |= {"part_after_final", "stored"}
     for script in sessions.SCRIPTS:
