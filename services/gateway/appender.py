@@ -18,6 +18,13 @@ too, and the producer's retry may store the event a second time, so delivery is
 at least once from the producer's side. A held connection that Redis closed
 while the gateway was idle (a restart) is replaced before sending, not failed.
 
+In strict durability mode (:mod:`shared.redis.durable`) the held connection is checked
+when it opens, and on a server with WAITAOF the batch ends with ONE ``WAITAOF`` in the
+same round trip: no event of the batch is answered before the server says its AOF
+holds them all on disk (a batch it does not confirm in time fails with 503, like an
+unanswered one). On an older server the connection is only accepted when that server
+fsyncs every write before it replies.
+
 The batch is packed by hiredis (:mod:`shared.redis.wire`) and written on a
 connection this appender keeps to itself (:class:`shared.redis.conn.HeldConnection`):
 per event that costs two C calls instead of two trips through redis-py's command
@@ -40,6 +47,7 @@ from shared.errors import ApiError
 from shared.redis import keyspace as ks
 from shared.redis import wire
 from shared.redis.conn import HeldConnection
+from shared.redis.durable import Guard, NotDurable
 
 log = logging.getLogger("ingestd.gateway.appender")
 MAX_BATCH = 512
@@ -80,6 +88,7 @@ class Appender:
         *,
         timeout_ms: int = 2000,
         appends: Redis | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self._redis = redis
         self._queue: list[Pending] = []
@@ -90,6 +99,7 @@ class Appender:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._receipt_ttl = receipt_ttl
         self._timeout = timeout_ms / 1000
+        self._guard = guard  # strict durability: give ``appends`` its client_kwargs()
         self._streams = [ks.ingest_stream(p) for p in range(partitions)]
         self._changes = [ks.changes_stream(p) for p in range(partitions)]
         #: per partition: raw events not yet processed + change entries not yet in
@@ -151,13 +161,22 @@ class Appender:
                 if _closed_by_server(conn):
                     await self._conn.drop()
                     conn = await self._conn.get()
+                confirm = self._guard is not None and self._guard.waitaof(conn)
+                if confirm:
+                    payload += self._waitaof(batch[0].deadline)
                 sent = True
                 await conn.send_packed_command(payload, check_health=False)
-                for _ in range(2 * len(batch)):
+                for _ in range(2 * len(batch) + confirm):
                     try:
                         results.append(await conn.read_response(disable_decoding=True))
                     except ResponseError as e:  # a command's error reply; the stream stays in step
                         results.append(e)
+            if confirm:
+                assert self._guard is not None
+                self._guard.check(results.pop())
+        except NotDurable as e:  # refused at connect, or not confirmed: replies in step
+            self._fail(batch, self._failure(e, sent))
+            return
         except (TimeoutError, RedisError, OSError) as e:
             await self._reset()
             self._fail(batch, self._failure(e, sent))
@@ -174,6 +193,12 @@ class Appender:
                 p.future.set_exception(_unavailable(f"append failed: {sid}"))
             else:
                 p.future.set_result(sid)
+
+    def _waitaof(self, deadline: float) -> bytes:
+        """WAITAOF with what is left of the batch's deadline (its reply must arrive in it)."""
+        assert self._guard is not None and self._loop is not None
+        left = (deadline - self._loop.time()) * 1000
+        return self._guard.command(max(1.0, left - 50))
 
     async def _reset(self) -> None:
         """Drop the held connection (its replies may be out of step) and the pool's idle
