@@ -195,10 +195,12 @@ class Appender:
                 p.future.set_result(sid)
 
     def _waitaof(self, deadline: float) -> bytes:
-        """WAITAOF with what is left of the batch's deadline (its reply must arrive in it)."""
+        """WAITAOF with what is left of the batch's deadline, less a margin for the server's
+        timer (blocked clients time out on its 100 ms cron): its "not confirmed" reply
+        arrives before the deadline."""
         assert self._guard is not None and self._loop is not None
         left = (deadline - self._loop.time()) * 1000
-        return self._guard.command(max(1.0, left - 50))
+        return self._guard.command(max(1.0, left - max(150.0, left / 10)))
 
     async def _reset(self) -> None:
         """Drop the held connection (its replies may be out of step) and the pool's idle
