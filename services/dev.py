@@ -221,14 +221,15 @@ class Dev:
                 ) from e
             log.info("embedded PostgreSQL at %s", dsn)
         if not redis_url and not self.stopping:
-            rd = EmbeddedRedis(settings.data_dir / "redis")
+            rd = EmbeddedRedis(settings.data_dir / "redis", fsync_always=settings.strict)
             self.embedded.append(rd)
             try:
                 redis_url = rd.start(pass_fds=(self.lock.fd,))
             except (RuntimeError, OSError) as e:
                 raise TransientError(f"the embedded Redis did not start: {e}") from e
             self.lock.note(rd.pid, "redis-server")
-            log.info("embedded Redis at %s (AOF on)", redis_url)
+            fsync = "appendfsync always" if settings.strict else "appendfsync everysec"
+            log.info("embedded Redis at %s (AOF on, %s)", redis_url, fsync)
         if self.stopping or not dsn or not redis_url:
             return 0
         settings = _secret_key(_admin_token(settings.with_servers(dsn, redis_url)))

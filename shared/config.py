@@ -94,6 +94,16 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     return raw in ("1", "true")
 
 
+DURABILITY = ("default", "strict")
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    value = (env.get(name) or choices[0]).strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str | None
@@ -124,6 +134,8 @@ class Settings:
     trust_proxy: bool = False
     #: where CLI clients reach a gateway (``ingestd sources …``); None: the local one
     url: str | None = None
+    #: ``strict``: a 202 only once the event is on disk (shared/redis/durable.py)
+    durability: str = "default"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -154,7 +166,12 @@ class Settings:
             source_concurrency=_int(env, "INGESTD_SOURCE_CONCURRENCY", 4),
             trust_proxy=_flag(env, "INGESTD_TRUST_PROXY"),
             url=_url(env, "INGESTD_URL", ("http", "https")),
+            durability=_choice(env, "INGESTD_DURABILITY", DURABILITY),
         )
+
+    @property
+    def strict(self) -> bool:
+        return self.durability == "strict"
 
     def gateway_url(self) -> str:
         """``INGESTD_URL``, else the gateway this configuration starts locally."""
@@ -197,6 +214,7 @@ class Settings:
             "INGESTD_SOURCE_POLL_MS": str(self.source_poll_ms),
             "INGESTD_SOURCE_CONCURRENCY": str(self.source_concurrency),
             "INGESTD_TRUST_PROXY": "1" if self.trust_proxy else "0",
+            "INGESTD_DURABILITY": self.durability,
         }
         if self.database_url:
             env["DATABASE_URL"] = self.database_url

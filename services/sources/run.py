@@ -36,6 +36,7 @@ from shared.pull.paging import Pager
 from shared.pull.records import extract
 from shared.pull.request import render_base
 from shared.pull.spec import SourceSpec, parse_spec, secret_values
+from shared.redis.durable import Guard
 from shared.redis.intake import SessionGone, SnapshotWriter, UpsertWriter
 from shared.registry import TableInfo
 
@@ -56,6 +57,7 @@ class RunContext:
     connect_timeout_s: float
     read_timeout_s: float
     heartbeat_s: float
+    guard: Guard | None = None  # strict durability: the writers confirm each append
 
 
 class Stopped(Exception):
@@ -164,6 +166,7 @@ class Run:
             "actor": {"source": self.source.name, "kind": self.run.kind},
             "session_ttl": self.ctx.session_ttl,
             "receipt_ttl": self.ctx.receipt_ttl,
+            "guard": self.ctx.guard,
         }
         if self.source.mode == "full":
             return SnapshotWriter(self.ctx.redis, session=f"source:{self.run.id}", **kw)

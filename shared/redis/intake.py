@@ -31,7 +31,8 @@ from redis.asyncio import Redis
 
 from shared.events import RawMeta, new_event_id
 from shared.redis import keyspace as ks
-from shared.redis.sessions import Scope, SessionStore
+from shared.redis.durable import Guard
+from shared.redis.sessions import Marker, Scope, SessionStore
 
 MAX_PART_BYTES = 4 << 20
 
@@ -61,9 +62,9 @@ class _Writer:
     def __init__(
         self, redis: Redis, *, partitions: int, integration: str, table: str,
         resource_type: str, group_key: str, event: str, actor: Any, session_ttl: int,
-        receipt_ttl: int,
+        receipt_ttl: int, guard: Guard | None = None,
     ) -> None:  # fmt: skip
-        self.store = SessionStore(redis)
+        self.store = SessionStore(redis, guard)
         self.redis = redis
         self.p = ks.partition_of(resource_type, group_key, partitions)
         self.integration = integration
@@ -125,24 +126,21 @@ class SnapshotWriter(_Writer):
 
     async def complete(self) -> str:
         """Add the final (empty) part: the snapshot is queued; its event id."""
-        await self._part(b"[]", final=True)
         where = [self.p, self.resource_type, self.group_key, self.scope.session]
-        await self.redis.set(
-            ks.receipt_key(self.event_id), self._receipt(where), ex=self.receipt_ttl
-        )
+        await self._part(b"[]", final=True, marker=Marker(self._receipt(where), self.receipt_ttl))
         return self.event_id
 
     async def abort(self) -> str:
         """Drop the session: ``aborted`` or why not (``gone``, the state it is in)."""
         return await self.store.abort(self.scope, self.integration)
 
-    async def _part(self, body: bytes, *, final: bool) -> None:
+    async def _part(self, body: bytes, *, final: bool, marker: Marker | None = None) -> None:
         self.parts += 1
         extra = {"session": self.scope.session, "partial": True}
         got = await self.store.add_part(
             self.scope, self.integration, self.event_id, self.parts, body,
             hashlib.sha256(body).hexdigest(), final,
-            lambda eid: self._meta(eid, extra).encode(), self.session_ttl,
+            lambda eid: self._meta(eid, extra).encode(), self.session_ttl, marker,
         )  # fmt: skip
         if got is None or got.outcome not in ("stored", "queued", "duplicate"):
             raise SessionGone(got.outcome if got is not None else "expired")

@@ -18,7 +18,6 @@ from string import Template
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
 from shared.redis.wire import Arg
@@ -45,6 +44,6 @@ class Script:
             await self.load(redis)
             return await redis.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[misc, arg-type]
 
-    def queue(self, pipe: Pipeline, keys: Sequence[str], *args: Arg) -> None:
-        """Queue the call in ``pipe`` (by SHA: :meth:`load` it first)."""
-        pipe.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[arg-type]
+    def call(self, keys: Sequence[str], *args: Arg) -> tuple[Arg, ...]:
+        """The EVALSHA command's arguments, to pack with :mod:`shared.redis.wire`."""
+        return ("EVALSHA", self.sha, len(keys), *keys, *args)

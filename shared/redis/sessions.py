@@ -10,20 +10,27 @@ reads the parts and retires the session in the transaction that commits the
 snapshot. Rules (see ``services/gateway/bulk.py`` for the HTTP side): a part sent
 twice is stored once, a different body for a stored part is a conflict, the
 newest-opened complete snapshot wins (an older session is ``superseded``).
+
+In strict durability mode (a :class:`~shared.redis.durable.Guard`) the writes of one
+call run on one connection and end with one WAITAOF where the server has it
+(:mod:`shared.redis.durable`): a part is acknowledged only once it is on disk.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from shared.redis import idempotency, wire
 from shared.redis import keyspace as ks
+from shared.redis.conn import HeldConnection
+from shared.redis.durable import Guard
 from shared.redis.keyspace import SessionField as F
 from shared.redis.keyspace import SessionState as S
 from shared.redis.keyspace import SnapshotsField as Q
@@ -196,34 +203,62 @@ class Head:
     committed: int  # the scope's newest applied snapshot number
 
 
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """A receipt marker stored (under the session's event id) once a part is accepted."""
+
+    value: bytes
+    ttl: int
+
+
+_MULTI, _EXEC = wire.command("MULTI"), wire.command("EXEC")
+
+
 class SessionStore:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, guard: Guard | None = None) -> None:
         self.redis = redis
+        self.guard = guard
+
+    @asynccontextmanager
+    async def _writer(self) -> AsyncIterator[Redis]:
+        """The client one call writes through: under a guard, one connection of the pool
+        for the whole call (WAITAOF covers only its own connection's writes)."""
+        if self.guard is None:
+            yield self.redis
+            return
+        async with self.redis.client() as c:
+            yield c
 
     # -- the gateway's side ---------------------------------------------------------
 
     async def add_part(
         self, s: Scope, integration: str, event_id: str, part: int, body: bytes, digest: str,
-        final: bool, commit_meta: Callable[[str], bytes], ttl: int,
+        final: bool, commit_meta: Callable[[str], bytes], ttl: int, marker: Marker | None = None,
     ) -> Added | None:  # fmt: skip
         """Open the session if needed (as ``event_id``), then store the part; None when the
         session vanished between the two steps (expired or retired: try again).
         ``commit_meta(event id)`` is the snapshot's raw event, stored with the final part
-        (the event id is the session's, given when its first part arrived)."""
+        (the event id is the session's, given when its first part arrived). ``marker``
+        is set (for the session's event id) once the part is stored, queued or a
+        duplicate."""
         now = int(time.time() * 1000)
-        eid, owner = await OPEN.run(
-            self.redis, [s.key, s.snapshots], event_id, integration, ttl, now
-        )
-        if owner.decode() != integration:
-            return Added(eid.decode(), "foreign", 0, 0)
-        outcome, received, total = await ADD.run(
-            self.redis, [s.key, s.snapshots, ks.ingest_stream(s.p)], integration, part, body,
-            digest, "1" if final else "0", commit_meta(eid.decode()) if final else b"",
-            ks.F_META,
-        )  # fmt: skip
-        if outcome == b"gone":
-            return None
-        return Added(eid.decode(), outcome.decode(), int(received), int(total))
+        async with self._writer() as r:
+            eid, owner = await OPEN.run(r, [s.key, s.snapshots], event_id, integration, ttl, now)
+            if owner.decode() != integration:
+                return Added(eid.decode(), "foreign", 0, 0)
+            outcome, received, total = await ADD.run(
+                r, [s.key, s.snapshots, ks.ingest_stream(s.p)], integration, part, body,
+                digest, "1" if final else "0", commit_meta(eid.decode()) if final else b"",
+                ks.F_META,
+            )  # fmt: skip
+            if outcome == b"gone":
+                return None
+            got = Added(eid.decode(), outcome.decode(), int(received), int(total))
+            if marker is not None and got.outcome in ("stored", "queued", "duplicate"):
+                await r.set(ks.receipt_key(got.event_id), marker.value, ex=marker.ttl)
+            if self.guard is not None:
+                await self.guard.confirm(r)
+            return got
 
     async def store_single(
         self, s: Scope, integration: str, event_id: str, body: bytes, meta: bytes, ttl: int,
@@ -231,7 +266,8 @@ class SessionStore:
         claim: tuple[str, bytes, int] | None = None,
     ) -> bytes | None:  # fmt: skip
         """A single-request bulk in one round trip, one MULTI: its receipt marker, its
-        body, then its one-part session opened complete and its raw event appended.
+        body, then its one-part session opened complete and its raw event appended (and,
+        under a guard on a server with WAITAOF, a WAITAOF after the EXEC).
 
         ``claim`` (an Idempotency-Key's entry key, value and TTL): the entry is claimed in
         the same script; when another request holds it, nothing is stored and its entry
@@ -242,22 +278,45 @@ class SessionStore:
         if claim is not None:
             keys += [claim[0], receipt_key]
             args += [claim[1], claim[2]]
-        for attempt in range(2):
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.set(receipt_key, receipt, ex=receipt_ttl)
-            pipe.hset(s.key, ks.part_field(1), body)  # type: ignore[arg-type]
-            script.queue(pipe, keys, *args)
-            try:
-                reply = (await pipe.execute())[-1]
-            except NoScriptError:  # only at EXEC: the SET and HSET are repeated, same values
-                if attempt:
-                    raise
-                await script.load(self.redis)
-                continue
-            if claim is None:
-                return None
-            won, found = idempotency.claim_reply(reply)
-            return None if won else found
+        tx = wire.commands(
+            (
+                ("SET", receipt_key, receipt, "EX", receipt_ttl),
+                ("HSET", s.key, ks.part_field(1), body),
+                script.call(keys, *args),
+            )
+        )
+        tx = _MULTI + tx + _EXEC
+        held = HeldConnection(self.redis)
+        try:
+            for attempt in range(2):
+                conn = await held.get()
+                confirm = self.guard is not None and self.guard.waitaof(conn)
+                payload = tx + self.guard.command() if confirm and self.guard else tx
+                await held.send(payload)
+                replies = await held.read(5 + confirm, errors_as_values=True)
+                result = replies[4]
+                errors = [r for r in replies[1:4] if isinstance(r, ResponseError)]
+                if isinstance(result, ResponseError):  # EXECABORT: nothing applied
+                    errors.append(result)
+                else:
+                    errors += [r for r in result if isinstance(r, ResponseError)]
+                if errors and isinstance(errors[0], NoScriptError) and not attempt:
+                    # the SET and HSET (if applied) are repeated, with the same values
+                    await script.load(self.redis)
+                    continue
+                if errors:
+                    raise errors[0]
+                if confirm and self.guard:
+                    self.guard.check(replies[5])
+                if claim is None:
+                    return None
+                won, found = idempotency.claim_reply(result[-1])
+                return None if won else found
+        except BaseException:
+            await held.drop()
+            raise
+        finally:
+            await held.release()
         return None  # not reached: the second NoScriptError is raised
 
     async def abort(self, s: Scope, integration: str) -> str:

@@ -27,6 +27,7 @@ from typing import Any
 from tests.bench import (
     fig_batch,
     fig_bulk,
+    fig_durability,
     fig_gateway,
     fig_integration_data,
     fig_pipeline,
@@ -51,8 +52,9 @@ FIGURES: dict[int, tuple[str, FigureFn]] = {
     9: ("shaped unchanged snapshot resources/s", fig_shaping.figure9),
     10: ("integration data GET / ingest req/s", fig_integration_data.figure10),
     12: ("batch-event items/s / single-event rate", fig_batch.figure12),
+    13: ("strict durability / default 202 req/s", fig_durability.figure13),
 }
-ORDER = [1, 2, 3, 6, 5, 4, 7, 8, 9, 10, 12]  # 5 uses the maximum rates 1 and 3 measured
+ORDER = [1, 2, 3, 6, 5, 4, 7, 8, 9, 10, 12, 13]  # 5 uses the maximum rates 1 and 3 measured
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

