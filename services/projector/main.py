@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from services.projector.apply import apply_batch
 from shared.config import Settings
 from shared.outage import UNREACHABLE, Outages
+from shared.pg import statistics
 from shared.pg.migrate import require_migrated
 from shared.pg.pool import close_pool, pool_when_reachable
 from shared.pg.resources import ResourceStore
@@ -107,6 +108,24 @@ class Projector:
                 self.outages.all_answered()
 
 
+STATISTICS_EVERY_S = 5.0
+
+
+async def keep_statistics(pool: asyncpg.Pool) -> None:
+    """Analyze the tables the pipeline grows once they outgrow their statistics
+    (shared/pg/statistics.py), so no cached plan keeps scanning a table it took for
+    empty. A failure is logged and tried again at the next turn."""
+    while True:
+        await asyncio.sleep(STATISTICS_EVERY_S)
+        try:
+            analyzed = await statistics.refresh_if_grown(pool)
+        except (asyncpg.PostgresError, *UNREACHABLE) as e:
+            log.debug("statistics: %s", e)
+            continue
+        if analyzed:
+            log.info("analyzed %s: their rows outgrew the planner's statistics", analyzed)
+
+
 async def serve(settings: Settings) -> None:
     dsn, redis_url = settings.require_servers()
     redis = Redis.from_url(redis_url)
@@ -114,11 +133,15 @@ async def serve(settings: Settings) -> None:
     await require_migrated(pool)
     projector = Projector(redis, ResourceStore(pool), settings.partitions)
     task = asyncio.create_task(projector.run())
+    keeper = asyncio.create_task(keep_statistics(pool), name="statistics")
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, task.cancel)
     log.info("projector running on %s partitions", settings.partitions)
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    keeper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await keeper
     await close_pool(pool, log)
     await redis.aclose()

@@ -1,0 +1,53 @@
+"""A plan cached while ``resources`` was empty must not scan it once it holds 100,000
+rows (shared/pg/statistics.py): the projector's previous-state lookup, prepared and run
+on an empty table as a fresh installation does, then EXPLAINed on a full one."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from shared.pg import statistics
+from shared.pg.resources import PREV_SQL
+
+FILL_SQL = """
+INSERT INTO resources (resource_type, group_key, resource_id, name, important_fields, data,
+                       content_hash, version, created_at, updated_at, last_event_id)
+SELECT 't', 'g', 'r' || i, NULL, '{}'::jsonb, '{}'::jsonb, 'h', 1, now(), now(), 'e'
+FROM generate_series(1, $1::int) AS i
+"""
+KEYS = "('{t,t,t}', '{g,g,g}', '{r5,r77,r90000}')"
+
+
+async def plan(conn: asyncpg.Connection) -> str:
+    rows = await conn.fetch(f"EXPLAIN EXECUTE prev{KEYS}")
+    return "\n".join(r[0] for r in rows)
+
+
+async def test_a_plan_cached_on_an_empty_table_is_replanned_once_it_grew(
+    pool: asyncpg.Pool,
+) -> None:
+    async with pool.acquire() as conn:
+        await conn.execute("ANALYZE resources")  # empty, as after the migrations
+        await conn.execute(f"PREPARE prev(text[], text[], text[]) AS {PREV_SQL}")
+        try:
+            for _ in range(7):  # past five runs PostgreSQL settles on a generic plan
+                assert await conn.fetch(f"EXECUTE prev{KEYS}") == []
+            await conn.execute(FILL_SQL, 100_000)
+            await conn.execute("SELECT pg_stat_force_next_flush()")
+            stale = await plan(conn)
+            assert "Seq Scan on resources" in stale, stale  # the defect this guards against
+            assert await statistics.refresh_if_grown(pool) == ["resources"]
+            fresh = await plan(conn)
+            assert "Index Scan" in fresh and "Seq Scan on resources" not in fresh, fresh
+            assert len(await conn.fetch(f"EXECUTE prev{KEYS}")) == 3
+            # in step now: nothing to do until the table doubles again
+            assert await statistics.refresh_if_grown(pool) == []
+        finally:
+            await conn.execute("DEALLOCATE prev")
+
+
+async def test_small_tables_are_left_to_autovacuum(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        await conn.execute(FILL_SQL, statistics.MIN_ROWS - 1)
+        await conn.execute("SELECT pg_stat_force_next_flush()")
+    assert await statistics.refresh_if_grown(pool) == []
