@@ -36,6 +36,11 @@ class GroupRead(Generic[K, V]):
         self._max_inflight = max_inflight
         self._queue: list[tuple[K, asyncio.Future[V]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        #: drains running: a drain leaves this count in the same step as it sees the queue
+        #: empty (no await between), so a key queued after that always starts a new one.
+        #: (``len(self._tasks)`` would not do: a finished task leaves the set only in a
+        #: later loop iteration, and a key queued meanwhile would wait for ever.)
+        self._running = 0
         #: how many keys were read, in how many batches (since start)
         self.keys = 0
         self.batches = 0
@@ -44,13 +49,20 @@ class GroupRead(Generic[K, V]):
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[V] = loop.create_future()
         self._queue.append((key, fut))
-        if len(self._tasks) < self._max_inflight:
+        if self._running < self._max_inflight:
+            self._running += 1
             task = loop.create_task(self._drain(), name="group-read")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return await fut
 
     async def _drain(self) -> None:
+        try:
+            await self._drain_queue()
+        finally:
+            self._running -= 1
+
+    async def _drain_queue(self) -> None:
         await asyncio.sleep(0)  # the requests that arrived in this loop iteration join
         while self._queue:
             batch = self._queue[: self._max_batch]
@@ -74,6 +86,7 @@ class GroupRead(Generic[K, V]):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._running = 0  # a task cancelled before it ran never reached its finally
         _fail(self._queue, ConnectionAbortedError("the gateway is stopping; retry"))
         self._queue = []
 

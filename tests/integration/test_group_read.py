@@ -98,3 +98,17 @@ async def test_a_failed_batch_fails_its_requests_only() -> None:
         raise AssertionError("the failed batch's request succeeded")
     assert calls == [[-1], [1, 2, 3, 4]]
     await reads.stop()
+
+
+async def test_a_key_queued_as_the_last_drain_finishes_is_read() -> None:
+    """The drain that answered the first read has finished but not yet left the set of
+    tasks when its reader, woken first, asks again: a new drain must start."""
+
+    async def fetch(keys: list[int]) -> list[int]:
+        return [k * 10 for k in keys]
+
+    reads: GroupRead[int, int] = GroupRead(fetch, max_inflight=1)
+    for k in range(50):
+        async with asyncio.timeout(5):  # not wait_for: its task would start a step later
+            assert await reads.get(k) == k * 10
+    await reads.stop()
