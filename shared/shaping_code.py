@@ -18,16 +18,17 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from shared.formats import NotNormalisable
 
-if TYPE_CHECKING:
-    from shared.shaping import Bad, Node
+# shared.shaping's Node and Bad, by duck type: that module imports this one
+Node = Any
+Bad = Any
 
 INLINE_DEPTH = 6  # object levels written inline; deeper ones call the generic walk
 
-Shaper = Callable[[dict[str, Any], list["Bad"]], None]
+Shaper = Callable[[dict[str, Any], list[Any]], None]
 
 
 class _Writer:
