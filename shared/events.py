@@ -156,6 +156,9 @@ class Change:
     skipped: int = 0
     # pointers of the table's local fields (x-ownership local): kept from the stored row
     local: list[str] | None = None
+    # a rejected event's raw body, or its rejected items': [item index | None, resource
+    # id | None, body as text], kept in PostgreSQL for replay (rejected_bodies)
+    bodies: list[list[Any]] | None = None
 
     def counts(self) -> dict[str, int]:
         if self.totals is not None:
@@ -192,6 +195,8 @@ class Change:
             d["sk"] = self.skipped
         if self.local:
             d["lo"] = self.local
+        if self.bodies:
+            d["rb"] = self.bodies
         return d
 
     def encode(self) -> bytes:
@@ -219,6 +224,7 @@ class Change:
             d.get("rc", False),
             d.get("sk", 0),
             d.get("lo"),
+            d.get("rb"),
         )
 
     @classmethod

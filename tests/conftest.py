@@ -221,6 +221,8 @@ TABLES = [
     "sources",
     "source_spec_revisions",
     "source_specs",
+    "rejected_bodies",
+    "resources_rebuild",
     "resource_changes",
     "resources",
     "ingest_events",

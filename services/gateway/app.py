@@ -19,6 +19,7 @@ from services.gateway import (
     preview,
     read,
     receipts,
+    replay,
     sources,
 )
 from services.gateway.appender import Appender
@@ -31,6 +32,7 @@ from services.gateway.state import (
     REDIS,
     REGISTRY,
     REGISTRY_STORE,
+    REPAIR,
     RESOURCES,
     SESSIONS,
     SETTINGS,
@@ -44,6 +46,7 @@ from shared.pg.integration_data import IntegrationDataStore
 from shared.pg.migrate import require_migrated
 from shared.pg.pool import create_pool, ping
 from shared.pg.registry import RegistryCache, RegistryStore
+from shared.pg.repair import RepairStore
 from shared.pg.resources import ResourceStore
 from shared.pg.sources import SourceStore
 from shared.redis.sessions import SessionStore
@@ -72,6 +75,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[SESSIONS] = SessionStore(redis)
     app[REGISTRY_STORE] = RegistryStore(pool)
     app[RESOURCES] = ResourceStore(pool)
+    app[REPAIR] = RepairStore(pool)
     app[INTEGRATION_DATA] = IntegrationDataStore(pool)
     box = SecretBox(settings.secret_key) if settings.secret_key else None
     app[SOURCES] = SourceStore(pool, box)
@@ -141,6 +145,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/livez", livez)
     app.router.add_routes(admin.routes)
+    app.router.add_routes(replay.routes)
     app.router.add_routes(sources.routes)
     app.router.add_routes(preview.routes)
     app.router.add_routes(ingest.routes)

@@ -171,7 +171,24 @@ async def append_event(
 ) -> web.Response:
     """Append one raw event to its scope's partition; 202 with its event id. No
     ``integration``: an admin's own change (a PATCH), whose receipt the admin reads."""
-    group_key, event, actor = params or common_params(request)
+    event_id = await append_raw(
+        request, integration, table, kind, body, ids, extra, params or common_params(request)
+    )
+    return respond(request, {"eventId": event_id}, status=202)
+
+
+async def append_raw(
+    request: web.Request,
+    integration: str | None,
+    table: TableInfo,
+    kind: Kind,
+    body: bytes,
+    ids: list[str] | None,
+    extra: dict[str, Any] | None,
+    params: tuple[str, str | None, Any],
+) -> str:
+    """Append one raw event through the gateway's Appender; its event id."""
+    group_key, event, actor = params
     p = partition(request, table, group_key)
     appender = request.app[APPENDER]
     meta = RawMeta(
@@ -190,7 +207,7 @@ async def append_event(
     fields = {ks.F_META: meta.encode(), ks.F_BODY: body}
     receipt = orjson.dumps({"i": integration})
     await appender.append(p, fields, ks.receipt_key(meta.id), receipt)
-    return respond(request, {"eventId": meta.id}, status=202)
+    return meta.id
 
 
 @routes.post("/integration/custom-data/event/{table}")

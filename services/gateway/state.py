@@ -10,6 +10,7 @@ from services.gateway.appender import Appender
 from shared.config import Settings
 from shared.pg.integration_data import IntegrationDataStore
 from shared.pg.registry import RegistryCache, RegistryStore
+from shared.pg.repair import RepairStore
 from shared.pg.resources import ResourceStore
 from shared.pg.sources import SourceStore
 from shared.redis.sessions import SessionStore
@@ -25,3 +26,4 @@ SESSIONS = web.AppKey("sessions", SessionStore)
 SOURCES = web.AppKey("sources", SourceStore)  # its box is None without INGESTD_SECRET_KEY
 CURSOR_KEY = web.AppKey("cursor_key", bytes)  # signs page cursors (shared/cursors.py)
 INTEGRATION_DATA = web.AppKey("integration_data", IntegrationDataStore)
+REPAIR = web.AppKey("repair", RepairStore)

@@ -119,4 +119,5 @@ def receipt_view(r: Receipt) -> dict[str, Any]:
         "issuesTotal": r.issues_total,
         "receivedAt": r.received_at.isoformat(),
         "processedAt": r.processed_at.isoformat(),
+        **({"replayOf": r.replay_of} if r.replay_of else {}),
     }

@@ -234,6 +234,7 @@ class BulkCommit:
                     chunk = scan_chunk(items[start : start + CHUNK], offset + start, fx)
                     for s in chunk.invalid:
                         tally.invalid(s, part)
+                        tally.keep_body(s, items[s.index - offset])
                     if sent is not None:
                         await self._classify(sent, tally, fx)
                     await self.ctx.lease.keep()

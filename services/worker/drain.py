@@ -27,7 +27,15 @@ from shared.events import Change, RawMeta
 from shared.patching import decide_patch
 from shared.pg.registry import RegistryCache
 from shared.pg.resources import ResourceStore
-from shared.processing import Prepared, ScopeState, decide_delete, decide_single, prepare_single
+from shared.processing import (
+    Prepared,
+    ScopeState,
+    decide_delete,
+    decide_single,
+    issues_resource_id,
+    prepare_single,
+    rejected_body,
+)
 from shared.redis import keyspace as ks
 from shared.redis import wire, writemodel
 from shared.redis.consumer import GroupReader, Row, ack_commands
@@ -204,6 +212,8 @@ class Drainer:
                 ch = decide_single(e.meta, e.prepared, state)
                 if e.local and ch.effects:
                     ch.local = e.local
+                elif ch.status == "rejected":
+                    ch.bodies = [rejected_body(None, issues_resource_id(ch.issues), e.body)]
                 changes.append((e, ch))
             elif e.meta.kind == "delete":
                 changes.append((e, decide_delete(e.meta, state)))

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -54,7 +54,7 @@ WHERE r.resource_type = k.rt AND r.group_key = k.gk AND r.resource_id = k.rid
 UPSERT_SQL = """
 INSERT INTO resources (resource_type, group_key, resource_id, name, important_fields, data,
                        content_hash, version, created_at, updated_at, last_event_id)
-SELECT rt, gk, rid, nm, imp, dat, h, v, now(), now(), ev
+SELECT rt, gk, rid, nm, imp, dat, h, v, $10::timestamptz, $10::timestamptz, ev
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[],
             $7::text[], $8::int[], $9::text[]) AS x(rt, gk, rid, nm, imp, dat, h, v, ev)
 ON CONFLICT (resource_type, group_key, resource_id) DO UPDATE SET
@@ -76,6 +76,9 @@ CHANGE_COLS = [
     "event_id",
     "received_at",
     "applied_at",
+    "name",
+    "important_fields",
+    "content_hash",
 ]
 EVENT_COLS = [
     "event_id",
@@ -98,6 +101,19 @@ EVENT_COLS = [
     "issues_total",
     "received_at",
     "processed_at",
+    "replay_of",
+    "replay_item",
+]
+REJECTED_COLS = [
+    "event_id",
+    "item_index",
+    "integration_id",
+    "table_name",
+    "resource_type",
+    "group_key",
+    "resource_id",
+    "body",
+    "created_at",
 ]
 ISSUE_COLS = [
     "event_id",
@@ -139,7 +155,7 @@ ISSUES_SQL = (
 RECEIPT_SQL = """
 SELECT event_id, integration_id, status, created, updated, deleted, unchanged, rejected,
        skipped, ignored_ids, issues, issues_total, kind, table_name, group_key, received_at,
-       processed_at
+       processed_at, replay_of
 FROM ingest_events WHERE event_id = $1
 """
 APPLIED_EVENTS_SQL = "SELECT event_id FROM ingest_events WHERE event_id = ANY($1::text[])"
@@ -235,6 +251,7 @@ class Receipt:
     received_at: datetime
     processed_at: datetime
     skipped: int = 0
+    replay_of: str | None = None  # the event this one replays
 
 
 def _uuid_text(v: Any) -> str | None:
@@ -310,6 +327,7 @@ def _receipt(r: asyncpg.Record) -> Receipt:
         r["received_at"],
         r["processed_at"],
         r["skipped"],
+        r["replay_of"],
     )
 
 
@@ -363,7 +381,7 @@ class Projection:
             for (rt, gk, rid), (name, imp, data, h, v, ev) in ups:
                 for i, val in enumerate((rt, gk, rid, name, imp, data, h, v, ev)):
                     cols[i].append(val)
-            await conn.execute(UPSERT_SQL, *cols)
+            await conn.execute(UPSERT_SQL, *cols, rows.now or datetime.now(UTC))
         if rows.history:
             await conn.copy_records_to_table(
                 "resource_changes", records=rows.history, columns=CHANGE_COLS
@@ -374,6 +392,10 @@ class Projection:
             )
         if rows.issues:
             await conn.copy_records_to_table("sync_issues", records=rows.issues, columns=ISSUE_COLS)
+        if rows.rejected:
+            await conn.copy_records_to_table(
+                "rejected_bodies", records=rows.rejected, columns=REJECTED_COLS
+            )
 
 
 class ResourceStore:
