@@ -91,8 +91,10 @@ async def _load(pool: asyncpg.Pool, n_resources: int) -> int:
     return len(history)
 
 
-RESOURCE_COLS = ["resource_type", "group_key", "resource_id", "name", "important_fields", "data",
-                 "content_hash", "version", "created_at", "updated_at", "last_event_id"]  # fmt: skip
+RESOURCE_COLS = (
+    "resource_type group_key resource_id name important_fields data content_hash version"
+    " created_at updated_at last_event_id"
+).split()
 
 
 @pytest.mark.slow
