@@ -375,6 +375,7 @@ class InlinePipeline:
                 p,
                 self.settings.drain_batch,
                 "test-worker",
+                tombstone_ttl_s=self.settings.tombstone_ttl_s,
             )
             # project alongside: a worker rebuilding a scope waits for the projector
             done = asyncio.Event()

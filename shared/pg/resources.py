@@ -63,71 +63,23 @@ ON CONFLICT (resource_type, group_key, resource_id) DO UPDATE SET
   updated_at = EXCLUDED.updated_at, last_event_id = EXCLUDED.last_event_id
 """
 #: the column order of BatchRows.history, .events and .issues (shared.projection)
-CHANGE_COLS = [
-    "resource_type",
-    "group_key",
-    "resource_id",
-    "version",
-    "op",
-    "event",
-    "actor",
-    "patch",
-    "after",
-    "event_id",
-    "received_at",
-    "applied_at",
-    "name",
-    "important_fields",
-    "content_hash",
-]
-EVENT_COLS = [
-    "event_id",
-    "integration_id",
-    "table_name",
-    "resource_type",
-    "group_key",
-    "kind",
-    "status",
-    "event",
-    "actor",
-    "created",
-    "updated",
-    "deleted",
-    "unchanged",
-    "rejected",
-    "skipped",
-    "ignored_ids",
-    "issues",
-    "issues_total",
-    "received_at",
-    "processed_at",
-    "replay_of",
-    "replay_item",
-]
-REJECTED_COLS = [
-    "event_id",
-    "item_index",
-    "integration_id",
-    "table_name",
-    "resource_type",
-    "group_key",
-    "resource_id",
-    "body",
-    "created_at",
-]
-ISSUE_COLS = [
-    "event_id",
-    "integration_id",
-    "table_name",
-    "resource_type",
-    "group_key",
-    "resource_id",
-    "item_index",
-    "code",
-    "message",
-    "pointer",
-    "created_at",
-]
+CHANGE_COLS = (
+    "resource_type group_key resource_id version op event actor patch after event_id"
+    " received_at applied_at name important_fields content_hash"
+).split()
+EVENT_COLS = (
+    "event_id integration_id table_name resource_type group_key kind status event actor"
+    " created updated deleted unchanged rejected skipped ignored_ids issues issues_total"
+    " received_at processed_at replay_of replay_item"
+).split()
+REJECTED_COLS = (
+    "event_id item_index integration_id table_name resource_type group_key resource_id"
+    " body created_at"
+).split()
+ISSUE_COLS = (
+    "event_id integration_id table_name resource_type group_key resource_id item_index"
+    " code message pointer created_at"
+).split()
 
 # ---- reads --------------------------------------------------------------------------
 
@@ -163,6 +115,11 @@ POSITION_READ_SQL = "SELECT stream_ms, stream_seq FROM projector_positions WHERE
 SCOPE_LIVE_SQL = (
     "SELECT resource_id, content_hash, version FROM resources"
     " WHERE resource_type = $1 AND group_key = $2"
+)
+# the last version of each of these ids of the scope (ids compacted from the write model)
+LAST_VERSIONS_SQL = (
+    "SELECT resource_id, max(version) AS v FROM resource_changes WHERE resource_type = $1"
+    " AND group_key = $2 AND resource_id = ANY($3::text[]) GROUP BY resource_id"
 )
 SCOPE_TOMBSTONES_SQL = (
     "SELECT c.resource_id, max(c.version) AS v FROM resource_changes c"
@@ -441,6 +398,13 @@ class ResourceStore:
                 yield r["resource_id"], r["content_hash"], r["version"]
             async for r in conn.cursor(SCOPE_TOMBSTONES_SQL, resource_type, group_key):
                 yield r["resource_id"], "", r["v"]
+
+    async def last_versions(
+        self, resource_type: str, group_key: str, ids: list[str]
+    ) -> dict[str, int]:
+        """The last version in history of those of ``ids`` the scope ever had."""
+        rows = await self._db.fetch(LAST_VERSIONS_SQL, resource_type, group_key, ids)
+        return {r["resource_id"]: r["v"] for r in rows}
 
     # ---- the read and ingest APIs ---------------------------------------------------
 
