@@ -55,11 +55,8 @@ async def test_the_readme_rebuild_example(
     example = block("sh", before="checks and restores that")
     assert example.startswith(".venv/bin/ingestd rebuild --verify")
     base = str(client.make_url("")).rstrip("/")
-    walk = asyncio.create_task(
-        _bash(
-            ". examples/walkthrough.sh > /dev/null", {"B": base, "INGESTD_ADMIN_TOKEN": ADMIN_TOKEN}
-        )  # fmt: skip
-    )
+    env = {"B": base, "INGESTD_ADMIN_TOKEN": ADMIN_TOKEN}
+    walk = asyncio.create_task(_bash(". examples/walkthrough.sh > /dev/null", env))
     while not walk.done():  # the walkthrough waits for its receipts
         await pipeline.run()
         await asyncio.sleep(0.05)
