@@ -17,6 +17,11 @@ local fields (``ids`` holds its id; :mod:`shared.patching`); its effect's ``data
 that merge patch, which the projector applies to the stored row. A change of a table
 with local fields lists their pointers (``local``): the projector keeps the stored
 values there on every sync (:mod:`shared.ownership`).
+
+A rejected single event's change carries its raw body, a snapshot's final change the
+bodies of its rejected items (``bodies``, at most 1,000), which the projector keeps in
+``rejected_bodies`` for replay; accepted changes carry none. A replay's metadata names
+the event it replays (``x.replayOf``, and ``x.replayItem`` for a bulk item).
 """
 
 from __future__ import annotations

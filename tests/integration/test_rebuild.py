@@ -16,6 +16,7 @@ from services.projector.apply import apply_batch
 from services.rebuild import rebuild
 from shared.config import Settings
 from shared.events import Change, Effect, RawMeta
+from shared.pg.migrate import RECORD_SQL, migrate, migration_files
 from shared.pg.rebuild import RebuildStore
 from shared.pg.resources import CHANGE_COLS, ResourceStore
 from tests.conftest import InlinePipeline, Seeded
@@ -176,3 +177,34 @@ async def test_a_rebuild_pauses_projection_and_loses_nothing(pool: asyncpg.Pool)
     assert await batch == 1
     row = await pool.fetchrow("SELECT version FROM resources WHERE resource_id = 'r000001'")
     assert row is not None and row["version"] == 5
+
+
+async def test_migration_0011_fills_the_latest_history_row_of_live_resources(
+    scratch_dsn: str,
+) -> None:
+    conn = await asyncpg.connect(scratch_dsn)
+    try:
+        for number, name, sql in migration_files():
+            if number < 11:
+                await conn.execute(sql)
+                await conn.execute(RECORD_SQL, number, name)
+        for v in (1, 2):
+            await conn.execute(
+                "INSERT INTO resource_changes (resource_type, resource_id, version, op, patch,"
+                " after, event_id, received_at) VALUES ($1, 'a', $2, $3, '[]', $4, $5, now())",
+                RT, v, "created" if v == 1 else "updated", f'{{"n": {v}}}', f"ev_{v}",
+            )  # fmt: skip
+        await conn.execute(
+            "INSERT INTO resources (resource_type, resource_id, name, important_fields, data,"
+            " content_hash, version, created_at, updated_at, last_event_id)"
+            " VALUES ($1, 'a', 'A', '{\"n\": 2}', '{\"n\": 2}', 'h2', 2, now(), now(), 'ev_2')",
+            RT,
+        )
+        assert "0011_repair.sql" in await migrate(scratch_dsn)
+        rows = await conn.fetch(
+            "SELECT version, name, important_fields::text AS imp, content_hash"
+            " FROM resource_changes ORDER BY version"
+        )
+    finally:
+        await conn.close()
+    assert [tuple(r) for r in rows] == [(1, None, None, None), (2, "A", '{"n": 2}', "h2")]
