@@ -1,4 +1,5 @@
-"""The ``ingestd`` command: dev, gateway, worker, projector, sources, migrate, psql."""
+"""The ``ingestd`` command: dev, gateway, worker, projector, sources, migrate, psql,
+rebuild."""
 
 from __future__ import annotations
 
@@ -115,6 +116,17 @@ def dev(workers: int) -> None:
     from services.dev import run_dev
 
     sys.exit(run_dev(_settings(), workers))
+
+
+@main.command()
+@click.option("--verify", is_flag=True, help="only report differences (exit 1 if any)")
+@click.option("--resource-type", default=None, help="only this resource type")
+@click.option("--show", default=10, show_default=True, help="ids listed per kind of difference")
+def rebuild(verify: bool, resource_type: str | None, show: int) -> None:
+    """Rebuild `resources` by folding `resource_changes` (or, --verify, compare them)."""
+    from services.rebuild import rebuild as run_rebuild
+
+    sys.exit(asyncio.run(run_rebuild(_settings(), verify, resource_type, show)))
 
 
 @main.command(

@@ -19,9 +19,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from shared.bulk import Unsound
 from shared.events import Change, RawMeta
-from shared.processing import MAX_ISSUES, Prepared, ScopeState, apply_upsert, prepare_item
+from shared.processing import (
+    MAX_ISSUES,
+    MAX_REJECTED_BODIES,
+    Prepared,
+    ScopeState,
+    apply_upsert,
+    prepare_item,
+    rejected_body,
+)
 from shared.schema_rules import MAX_ISSUES_PER_RESOURCE, CompiledSchema, Issue
 
 #: per-item outcomes a receipt lists (the rest are counted in ``itemsTotal``)
@@ -53,6 +63,7 @@ def decide_batch(meta: RawMeta, prepared: list[Prepared], state: ScopeState) -> 
     listed = change.items
     assert listed is not None
     issues: list[dict[str, Any]] = []
+    bodies: list[list[Any]] = []
     total = 0
     for index, prep in enumerate(prepared):
         ex = prep.extracted
@@ -62,6 +73,9 @@ def decide_batch(meta: RawMeta, prepared: list[Prepared], state: ScopeState) -> 
         elif prep.issues or ex is None:
             outcome = "rejected"
             change.rejected += 1
+            if prep.data and len(bodies) < MAX_REJECTED_BODIES:  # kept for replay
+                raw = orjson.dumps(prep.data)
+                bodies.append(rejected_body(index, _resource_id(prep), raw))
         else:
             before = len(change.effects)
             apply_upsert(change, state, ex, prep.data)
@@ -76,6 +90,7 @@ def decide_batch(meta: RawMeta, prepared: list[Prepared], state: ScopeState) -> 
                 item["issues"] = [{k: d[k] for k in ("code", "message", "pointer")} for d in found]
             listed.append(item)
     change.issues, change.issues_total = issues, total
+    change.bodies = bodies or None
     if prepared and change.rejected == len(prepared):
         change.status = "rejected"
     return change

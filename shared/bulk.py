@@ -46,7 +46,14 @@ from shared import pointer
 from shared.codes import Code
 from shared.events import Change, Effect, RawMeta
 from shared.jsontext import Fault, item_faults
-from shared.processing import MAX_ISSUES, ScopeState, apply_delete, apply_upsert
+from shared.processing import (
+    MAX_ISSUES,
+    MAX_REJECTED_BODIES,
+    ScopeState,
+    apply_delete,
+    apply_upsert,
+    rejected_body,
+)
 from shared.schema_rules import (
     MAX_ID_LENGTH,
     MAX_ISSUES_PER_RESOURCE,
@@ -303,6 +310,18 @@ class Tally:
     anonymous_skipped: int = 0  # skipped records without an id: deletions are skipped
     issues: list[dict[str, Any]] = field(default_factory=list)
     issues_total: int = 0
+    bodies: list[list[Any]] = field(default_factory=list)  # rejected items, for replay
+
+    def keep_body(self, item: Scanned, data: Any) -> None:
+        """Keep a rejected item's body (as shaped) for replay; the first
+        :data:`MAX_REJECTED_BODIES` of a snapshot, none of a skipped record."""
+        if item.skipped or len(self.bodies) >= MAX_REJECTED_BODIES:
+            return
+        try:
+            raw = orjson.dumps(data.value if type(data) is Unsound else data)
+        except TypeError:  # a value orjson cannot write (an integer beyond 64 bits)
+            return
+        self.bodies.append(rejected_body(item.index, item.rid, raw))
 
     def issue(self, issue: Issue, part: int | None) -> None:
         self.issues_total += 1
@@ -381,6 +400,7 @@ class Tally:
             issues_total=total,
             totals=totals if status == "applied" else {},
             skipped=self.skipped,
+            bodies=self.bodies or None,
         )
 
 
@@ -407,6 +427,7 @@ def diff_snapshot(
         item = scan_item(data, i, fx)
         if item.issues:
             tally.invalid(item, None)
+            tally.keep_body(item, data)
         if item.rid is None:
             continue
         cls = INVALID if item.issues else classify(current.get(item.rid), item.content_hash or "")

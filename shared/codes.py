@@ -94,6 +94,9 @@ class Code(StrEnum):
     SPEC_IN_USE = "spec_in_use"
     RUN_IN_PROGRESS = "run_in_progress"
     RUN_FINISHED = "run_finished"
+    # -- replay conflicts (409)
+    ALREADY_REPLAYED = "already_replayed"
+    NOT_REPLAYABLE = "not_replayable"
     # -- field ownership (409 from a PATCH; an issue of a synced record too)
     FIELD_NOT_OWNED = "field_not_owned"
     # -- integration data conflicts (409) and preconditions (412)

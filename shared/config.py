@@ -87,6 +87,31 @@ def _secret_key(env: Mapping[str, str]) -> str | None:
     return raw
 
 
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def parse_duration(raw: str) -> int:
+    """``7d``, ``12h``, ``30m``, ``45s`` or a plain number of seconds, as seconds (> 0)."""
+    s = raw.strip().lower()
+    unit = DURATION_UNITS.get(s[-1:]) if s else None
+    digits = s[:-1] if unit else s
+    if not digits.isdigit() or int(digits) < 1:
+        raise ValueError(raw)
+    return int(digits) * (unit or 1)
+
+
+def _duration(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return parse_duration(raw)
+    except ValueError as e:
+        raise ConfigError(
+            f"{name} must be a duration such as 7d, 12h, 30m, 45s (or seconds), got {raw!r}"
+        ) from e
+
+
 def _flag(env: Mapping[str, str], name: str) -> bool:
     raw = (env.get(name) or "0").strip().lower()
     if raw not in ("0", "1", "true", "false"):
@@ -136,6 +161,10 @@ class Settings:
     url: str | None = None
     #: ``strict``: a 202 only once the event is on disk (shared/redis/durable.py)
     durability: str = "default"
+    #: days the raw bodies of rejected events and items are kept for replay
+    rejected_retention_days: int = 30
+    #: seconds after which the write model's deleted ids are compacted
+    tombstone_ttl_s: int = 7 * 86_400
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -167,6 +196,8 @@ class Settings:
             trust_proxy=_flag(env, "INGESTD_TRUST_PROXY"),
             url=_url(env, "INGESTD_URL", ("http", "https")),
             durability=_choice(env, "INGESTD_DURABILITY", DURABILITY),
+            rejected_retention_days=_int(env, "INGESTD_REJECTED_RETENTION_DAYS", 30),
+            tombstone_ttl_s=_duration(env, "INGESTD_TOMBSTONE_TTL", 7 * 86_400),
         )
 
     @property
@@ -215,6 +246,8 @@ class Settings:
             "INGESTD_SOURCE_CONCURRENCY": str(self.source_concurrency),
             "INGESTD_TRUST_PROXY": "1" if self.trust_proxy else "0",
             "INGESTD_DURABILITY": self.durability,
+            "INGESTD_REJECTED_RETENTION_DAYS": str(self.rejected_retention_days),
+            "INGESTD_TOMBSTONE_TTL": f"{self.tombstone_ttl_s}s",
         }
         if self.database_url:
             env["DATABASE_URL"] = self.database_url

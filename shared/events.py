@@ -24,6 +24,11 @@ local fields (``ids`` holds its id; :mod:`shared.patching`); its effect's ``data
 that merge patch, which the projector applies to the stored row. A change of a table
 with local fields lists their pointers (``local``): the projector keeps the stored
 values there on every sync (:mod:`shared.ownership`).
+
+A rejected single event's change carries its raw body, a snapshot's final change the
+bodies of its rejected items (``bodies``, at most 1,000), which the projector keeps in
+``rejected_bodies`` for replay; accepted changes carry none. A replay's metadata names
+the event it replays (``x.replayOf``, and ``x.replayItem`` for a bulk item).
 """
 
 from __future__ import annotations
@@ -171,6 +176,9 @@ class Change:
     # a batch event's per-item outcomes (the first MAX_ITEMS) and how many items it had
     items: list[dict[str, Any]] | None = None
     items_total: int = 0
+    # a rejected event's raw body, or its rejected items': [item index | None, resource
+    # id | None, body as text], kept in PostgreSQL for replay (rejected_bodies)
+    bodies: list[list[Any]] | None = None
 
     def counts(self) -> dict[str, int]:
         if self.totals is not None:
@@ -210,6 +218,8 @@ class Change:
         if self.items is not None:
             d["bi"] = self.items
             d["bt"] = self.items_total
+        if self.bodies:
+            d["rb"] = self.bodies
         return d
 
     def encode(self) -> bytes:
@@ -239,6 +249,7 @@ class Change:
             d.get("lo"),
             d.get("bi"),
             d.get("bt", 0),
+            d.get("rb"),
         )
 
     @classmethod

@@ -18,6 +18,7 @@ from shared.jsontext import document_issues
 from shared.schema_rules import MAX_ISSUES_PER_RESOURCE, CompiledSchema, Extracted, Issue
 
 MAX_ISSUES = 1000
+MAX_REJECTED_BODIES = 1000  # rejected items of one bulk whose bodies are kept for replay
 
 
 @dataclass(slots=True)
@@ -145,3 +146,14 @@ def decide_delete(meta: RawMeta, state: ScopeState) -> Change:
         if not apply_delete(change, state, rid):
             change.ignored.append(rid)
     return change
+
+
+def rejected_body(index: int | None, rid: str | None, body: bytes) -> list[Any]:
+    """A rejected event's (or item's) entry in :attr:`Change.bodies`: its index (None:
+    a single event), the resource id when it was taken, and its body as text."""
+    return [index, rid, body.decode("utf-8", "replace")]
+
+
+def issues_resource_id(issues: list[dict[str, Any]]) -> str | None:
+    """The resource id a rejected single event's issues name, if any."""
+    return next((i["resourceId"] for i in issues if i.get("resourceId") is not None), None)

@@ -50,11 +50,14 @@ class BatchRows:
     """``history``, ``events``, ``issues``: rows of ``resource_changes``, ``ingest_events``
     and ``sync_issues``; ``deletes``: resources gone; ``final``: each touched resource's
     last state, (name, important fields, data, content hash, version, event id) or None
-    when it ends deleted."""
+    when it ends deleted; ``rejected``: rows of ``rejected_bodies``; ``now``: the batch's
+    time (history's ``applied_at``, and the ``resources`` timestamps it sets)."""
 
     history: list[tuple[Any, ...]] = field(default_factory=list)
     events: list[tuple[Any, ...]] = field(default_factory=list)
     issues: list[tuple[Any, ...]] = field(default_factory=list)
+    rejected: list[tuple[Any, ...]] = field(default_factory=list)
+    now: datetime | None = None
     deletes: set[Key] = field(default_factory=set)
     final: dict[Key, tuple[Any, ...] | None] = field(default_factory=dict)
 
@@ -68,7 +71,7 @@ def keys_of(changes: list[Change]) -> set[Key]:
 
 def build_rows(changes: list[Change], prev: dict[Key, Any], now: datetime) -> BatchRows:
     """Pure: the rows one batch writes, with patches computed against the previous state."""
-    out = BatchRows()
+    out = BatchRows(now=now)
     current = dict(prev)
     for ch in changes:
         m = ch.meta
@@ -94,6 +97,9 @@ def build_rows(changes: list[Change], prev: dict[Key, Any], now: datetime) -> Ba
                     m.id,
                     received,
                     now,
+                    e.name,
+                    None if after is None else (e.important or {}),
+                    e.content_hash,
                 )
             )
             current[key] = after
@@ -167,9 +173,16 @@ def _receipt_rows(out: BatchRows, ch: Change, received: datetime, now: datetime)
             fingerprint,
             ch.items,
             ch.items_total if ch.items is not None else None,
+            m.extra.get("replayOf"),
+            m.extra.get("replayItem"),
         )
     )
     out.issues += _issue_rows(ch, now)
+    for index, rid, body in ch.bodies or ():
+        out.rejected.append(
+            (m.id, index, integration, m.table, m.resource_type, m.group_key, rid,
+             body.encode(), now)
+        )  # fmt: skip
 
 
 def _issue_rows(ch: Change, now: datetime) -> list[tuple[Any, ...]]:

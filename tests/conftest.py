@@ -221,6 +221,8 @@ TABLES = [
     "sources",
     "source_spec_revisions",
     "source_specs",
+    "rejected_bodies",
+    "resources_rebuild",
     "resource_changes",
     "resources",
     "ingest_events",
@@ -373,6 +375,7 @@ class InlinePipeline:
                 p,
                 self.settings.drain_batch,
                 "test-worker",
+                tombstone_ttl_s=self.settings.tombstone_ttl_s,
             )
             # project alongside: a worker rebuilding a scope waits for the projector
             done = asyncio.Event()

@@ -20,6 +20,7 @@ from services.gateway import (
     preview,
     read,
     receipts,
+    replay,
     sources,
 )
 from services.gateway.appender import Appender
@@ -34,6 +35,7 @@ from services.gateway.state import (
     REDIS,
     REGISTRY,
     REGISTRY_STORE,
+    REPAIR,
     RESOURCES,
     SESSIONS,
     SETTINGS,
@@ -47,6 +49,7 @@ from shared.pg.integration_data import IntegrationDataStore
 from shared.pg.migrate import require_migrated
 from shared.pg.pool import close_pool, create_pool, ping
 from shared.pg.registry import RegistryCache, RegistryStore
+from shared.pg.repair import RepairStore
 from shared.pg.resources import ResourceStore
 from shared.pg.sources import SourceStore
 from shared.redis import durable
@@ -84,6 +87,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[SESSIONS] = SessionStore(redis, guard)
     app[REGISTRY_STORE] = RegistryStore(pool)
     app[RESOURCES] = ResourceStore(pool)
+    app[REPAIR] = RepairStore(pool)
     app[INTEGRATION_DATA] = IntegrationDataStore(pool)
     app[IDATA_READS] = GroupRead(app[INTEGRATION_DATA].instances)
     box = SecretBox(settings.secret_key) if settings.secret_key else None
@@ -155,6 +159,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/livez", livez)
     app.router.add_routes(admin.routes)
+    app.router.add_routes(replay.routes)
     app.router.add_routes(sources.routes)
     app.router.add_routes(preview.routes)
     app.router.add_routes(ingest.routes)

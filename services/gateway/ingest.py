@@ -176,15 +176,53 @@ async def append_event(
     ``integration``: an admin's own change (a PATCH), whose receipt the admin reads.
     With a ``claim`` (an Idempotency-Key), a key already used answers as it did first
     (:mod:`services.gateway.idempotency`) and nothing is appended."""
-    group_key, event, actor = params or common_params(request)
-    if claim is not None:
-        assert integration is not None
-        earlier = await recorded(request, integration, claim)
-        if earlier is not None:
-            return earlier
-        extra = {**(extra or {}), "idem": [claim.key, claim.fingerprint]}
+    params = params or common_params(request)
+    if claim is None:
+        event_id = await append_raw(request, integration, table, kind, body, ids, extra, params)
+        return respond(request, {"eventId": event_id}, status=202)
+    assert integration is not None
+    earlier = await recorded(request, integration, claim)
+    if earlier is not None:
+        return earlier
+    extra = {**(extra or {}), "idem": [claim.key, claim.fingerprint]}
+    meta, fields, receipt, p = _raw(request, integration, table, kind, body, ids, extra, params)
+    answer = {"eventId": meta.id}
+    entry = (claim.redis_key, claim.entry(meta.id, 202, answer))
+    got = await request.app[APPENDER].append(p, fields, ks.receipt_key(meta.id), receipt, entry)
+    if isinstance(got, Found):  # a concurrent request with the key was first
+        return replay(request, claim, got.entry)
+    return respond(request, answer, status=202)
+
+
+async def append_raw(
+    request: web.Request,
+    integration: str | None,
+    table: TableInfo,
+    kind: Kind,
+    body: bytes,
+    ids: list[str] | None,
+    extra: dict[str, Any] | None,
+    params: tuple[str, str | None, Any],
+) -> str:
+    """Append one raw event through the gateway's Appender; its event id."""
+    meta, fields, receipt, p = _raw(request, integration, table, kind, body, ids, extra, params)
+    await request.app[APPENDER].append(p, fields, ks.receipt_key(meta.id), receipt)
+    return meta.id
+
+
+def _raw(
+    request: web.Request,
+    integration: str | None,
+    table: TableInfo,
+    kind: Kind,
+    body: bytes,
+    ids: list[str] | None,
+    extra: dict[str, Any] | None,
+    params: tuple[str, str | None, Any],
+) -> tuple[RawMeta, dict[bytes, bytes], bytes, int]:
+    """A raw event's meta, stream fields, receipt marker and partition."""
+    group_key, event, actor = params
     p = partition(request, table, group_key)
-    appender = request.app[APPENDER]
     meta = RawMeta(
         new_event_id(),
         kind,
@@ -199,14 +237,7 @@ async def append_event(
         extra or {},
     )
     fields = {ks.F_META: meta.encode(), ks.F_BODY: body}
-    receipt = orjson.dumps({"i": integration})
-    answer = {"eventId": meta.id}
-    entry = None if claim is None else (claim.redis_key, claim.entry(meta.id, 202, answer))
-    got = await appender.append(p, fields, ks.receipt_key(meta.id), receipt, entry)
-    if isinstance(got, Found):  # a concurrent request with the key was first
-        assert claim is not None
-        return replay(request, claim, got.entry)
-    return respond(request, answer, status=202)
+    return meta, fields, orjson.dumps({"i": integration}), p
 
 
 @routes.post("/integration/custom-data/event/{table}")

@@ -11,6 +11,7 @@ from services.gateway.group_read import GroupRead
 from shared.config import Settings
 from shared.pg.integration_data import Entry, IntegrationDataStore
 from shared.pg.registry import RegistryCache, RegistryStore
+from shared.pg.repair import RepairStore
 from shared.pg.resources import ResourceStore
 from shared.pg.sources import SourceStore
 from shared.redis.sessions import SessionStore
@@ -30,3 +31,4 @@ INTEGRATION_DATA = web.AppKey("integration_data", IntegrationDataStore)
 IDATA_READS = web.AppKey(
     "idata_reads", GroupRead[tuple[str, str, str, str], tuple[bool, Entry | None]]
 )
+REPAIR = web.AppKey("repair", RepairStore)

@@ -119,6 +119,7 @@ def receipt_view(r: Receipt) -> dict[str, Any]:
         "issuesTotal": r.issues_total,
         "receivedAt": r.received_at.isoformat(),
         "processedAt": r.processed_at.isoformat(),
+        **({"replayOf": r.replay_of} if r.replay_of else {}),
     }
     if r.items is not None:  # a batch event: every item's outcome (the first 1,000)
         out["items"] = r.items

@@ -17,6 +17,7 @@ from shared.outage import UNREACHABLE, Outages
 from shared.pg import statistics
 from shared.pg.migrate import require_migrated
 from shared.pg.pool import close_pool, pool_when_reachable
+from shared.pg.repair import RepairStore
 from shared.pg.resources import ResourceStore
 from shared.redis import keyspace as ks
 from shared.redis.consumer import GroupReader, ack, consumer_name
@@ -26,6 +27,7 @@ log = logging.getLogger("ingestd.projector")
 
 
 TXN_BYTES = 2 << 20
+PURGE_EVERY_S = 600.0  # how often rejected bodies past their retention are deleted
 
 
 def transactions(rows: list[Any]) -> list[list[Any]]:
@@ -46,9 +48,17 @@ def transactions(rows: list[Any]) -> list[list[Any]]:
 
 class Projector:
     def __init__(
-        self, redis: Redis, resources: ResourceStore, partitions: int, batch: int = 1000
+        self,
+        redis: Redis,
+        resources: ResourceStore,
+        partitions: int,
+        batch: int = 1000,
+        repair: RepairStore | None = None,
+        retention_days: int = 30,
     ) -> None:
         self.redis = redis
+        self.repair = repair
+        self.retention_days = retention_days
         self.resources = resources
         self.partitions = partitions
         self.batch = batch
@@ -57,7 +67,22 @@ class Projector:
         self.outages = Outages(log)
 
     async def run(self) -> None:
-        await asyncio.gather(*(self._partition(p) for p in range(self.partitions)))
+        await asyncio.gather(
+            *(self._partition(p) for p in range(self.partitions)), self._purge_rejected()
+        )
+
+    async def _purge_rejected(self) -> None:
+        """Every :data:`PURGE_EVERY_S`, delete the rejected bodies past their retention
+        (in bounded batches: :meth:`RepairStore.purge`)."""
+        while self.repair is not None:
+            try:
+                n = await self.repair.purge(self.retention_days)
+                if n:
+                    log.info("purged %s rejected bodies older than %s days", n,
+                             self.retention_days)  # fmt: skip
+            except (*UNREACHABLE, asyncpg.PostgresError) as e:
+                log.warning("purging rejected bodies failed (%s); next try later", e)
+            await asyncio.sleep(PURGE_EVERY_S)
 
     async def _partition(self, p: int) -> None:
         while True:
@@ -131,7 +156,10 @@ async def serve(settings: Settings) -> None:
     redis = Redis.from_url(redis_url)
     pool = await pool_when_reachable(dsn, max(4, settings.partitions // 2), log)
     await require_migrated(pool)
-    projector = Projector(redis, ResourceStore(pool), settings.partitions)
+    projector = Projector(
+        redis, ResourceStore(pool), settings.partitions,
+        repair=RepairStore(pool), retention_days=settings.rejected_retention_days,
+    )  # fmt: skip
     task = asyncio.create_task(projector.run())
     keeper = asyncio.create_task(keep_statistics(pool), name="statistics")
     loop = asyncio.get_running_loop()

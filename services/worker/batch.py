@@ -92,13 +92,16 @@ class BatchCommit:
         if not ids:
             return
         redis = self.ctx.redis
-        ((loaded, values),) = await writemodel.lookup(redis, [(self.state_key, ids)])
+        ((loaded, values, compacted),) = await writemodel.lookup(redis, [(self.state_key, ids)])
         if not loaded:
             await self.ctx.rebuild_scope(self.meta.resource_type, self.meta.group_key)
-            ((_, values),) = await writemodel.lookup(redis, [(self.state_key, ids)])
+            ((_, values, compacted),) = await writemodel.lookup(redis, [(self.state_key, ids)])
         for rid, v in zip(ids, values, strict=True):
             if v is not None:
                 self.state.known[rid] = v
+        if compacted and len(self.state.known) < len(ids):  # ids compacted from the model
+            rt, gk = self.meta.resource_type, self.meta.group_key
+            await self.ctx.fill_compacted(rt, gk, self.state.known, ids)
 
     async def _commit(self, change: Change) -> None:
         st = self.state

@@ -126,6 +126,7 @@ class BulkCommit:
         self.matched_live = 0  # indexed ids that are live in the write model
         self.deltas = (0, 0)  # change of the scope's live and dead counts if it applies
         self._index_writes: list[bytes] = []  # id, entry, id, entry … not yet sent
+        self.compacted = False  # the scope's tombstones were compacted once
 
     async def run(self) -> None:
         try:
@@ -170,6 +171,7 @@ class BulkCommit:
         if not await writemodel.is_loaded(self.redis, self.state_key):
             await self.ctx.rebuild_scope(self.meta.resource_type, self.meta.group_key)
         await self.redis.unlink(self.index_key, self.out_key)
+        self.compacted = await writemodel.is_compacted(self.redis, self.state_key)
         tally = Tally(self.partial, with_parts=not self.scope.implicit, upsert=self.upsert)
         t0, c0 = time.perf_counter(), time.process_time()
         with gc_paused():
@@ -234,6 +236,7 @@ class BulkCommit:
                     chunk = scan_chunk(items[start : start + CHUNK], offset + start, fx)
                     for s in chunk.invalid:
                         tally.invalid(s, part)
+                        tally.keep_body(s, items[s.index - offset])
                     if sent is not None:
                         await self._classify(sent, tally, fx)
                     await self.ctx.lease.keep()
@@ -355,6 +358,11 @@ class BulkCommit:
                 pipe.hmget(self.index_key, rids)
                 pipe.hmget(self.state_key, rids)
                 marks, current = await pipe.execute()
+                if self.compacted and None in current:  # ids compacted from the write model
+                    await self.ctx.fill_compacted(
+                        self.meta.resource_type, self.meta.group_key, slicer.state.known,
+                        [rid for rid, raw in zip(rids, current, strict=True) if raw is None],
+                    )  # fmt: skip
                 for data, ex, mark, raw in zip(datas, exs, marks, current, strict=True):
                     assert isinstance(ex, Extracted)
                     if mark is None or mark.startswith(_DUPLICATE):

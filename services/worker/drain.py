@@ -29,7 +29,15 @@ from shared.events import Change, RawMeta
 from shared.patching import decide_patch
 from shared.pg.registry import RegistryCache
 from shared.pg.resources import ResourceStore
-from shared.processing import Prepared, ScopeState, decide_delete, decide_single, prepare_single
+from shared.processing import (
+    Prepared,
+    ScopeState,
+    decide_delete,
+    decide_single,
+    issues_resource_id,
+    prepare_single,
+    rejected_body,
+)
 from shared.redis import keyspace as ks
 from shared.redis import wire, writemodel
 from shared.redis.consumer import GroupReader, Row, ack_commands
@@ -62,8 +70,11 @@ class Drainer:
         batch: int,
         consumer: str,
         keeper: LeaseKeeper | None = None,
+        tombstone_ttl_s: int = 7 * 86_400,
     ) -> None:
-        self.ctx = Partition(redis, resources, registry, p, Lease(redis, ks.drain_lock(p)))
+        self.ctx = Partition(
+            redis, resources, registry, p, Lease(redis, ks.drain_lock(p)), tombstone_ttl_s
+        )
         self.p = p
         self.reader = GroupReader(
             redis, self.ctx.stream, ks.INGEST_GROUP, consumer, self.ctx.lease, batch
@@ -85,6 +96,7 @@ class Drainer:
         try:
             until = time.monotonic() + slice_s
             await self.ctx.reconcile()
+            await self.ctx.compact_tombstones()
             async for rows in self.reader.batches(until=until, idle_exit=idle_exit):
                 await self._process(rows)
         except LostLease:
@@ -223,6 +235,8 @@ class Drainer:
                 ch = decide_single(e.meta, e.prepared, state)
                 if e.local and ch.effects:
                     ch.local = e.local
+                elif ch.status == "rejected":
+                    ch.bodies = [rejected_body(None, issues_resource_id(ch.issues), e.body)]
                 changes.append((e, ch))
             elif e.meta.kind == "delete":
                 changes.append((e, decide_delete(e.meta, state)))
@@ -267,16 +281,18 @@ class Drainer:
         keys = [(self.ctx.state_key(*scope), ids) for scope, ids in scopes.items()]
         found = await writemodel.lookup(self.ctx.redis, keys)
         states: dict[tuple[str, str], ScopeState] = {}
-        for (scope, ids), (loaded, values) in zip(scopes.items(), found, strict=True):
+        for (scope, ids), (loaded, values, compacted) in zip(scopes.items(), found, strict=True):
             if not loaded:
                 await self.ctx.rebuild_scope(*scope)
-                ((_, values),) = await writemodel.lookup(
+                ((_, values, compacted),) = await writemodel.lookup(
                     self.ctx.redis, [(self.ctx.state_key(*scope), ids)]
                 )
             st = ScopeState()
             for rid, v in zip(ids, values, strict=True):
                 if v is not None:
                     st.known[rid] = v
+            if compacted and len(st.known) < len(ids):
+                await self.ctx.fill_compacted(*scope, st.known, ids)
             states[scope] = st
         return states
 

@@ -68,7 +68,7 @@ async def drain(ctx: dict[str, Any], p: int) -> int:
     settings: Settings = ctx["settings"]
     d = Drainer(
         ctx["streams"], ctx["resources"], ctx["registry"], p, settings.drain_batch,
-        ctx["consumer"], ctx["keeper"],
+        ctx["consumer"], ctx["keeper"], settings.tombstone_ttl_s,
     )  # fmt: skip
     outages: Outages = ctx["outages"]
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,7 @@ class Partition:
     registry: RegistryCache
     p: int
     lease: Lease
+    tombstone_ttl_s: int = 7 * 86_400
     conn: HeldConnection = field(init=False)  # the commits' connection, written in RESP
     # raw events up to this ingest-stream id may have taken effect already (see reconcile)
     recover_upto: StreamId | None = field(init=False, default=None)
@@ -95,6 +97,36 @@ class Partition:
             "stream ends before); %s write model(s) dropped to be rebuilt, raw events up to %s "
             "are checked against PostgreSQL", self.p, applied, len(states), upto,
         )  # fmt: skip
+
+    async def compact_tombstones(self) -> int:
+        """Remove the partition's tombstones older than the TTL, at most once per quarter
+        of the TTL (an hour at most) across workers; how many went."""
+        every = max(1, min(3600, self.tombstone_ttl_s // 4))
+        if not await self.redis.set(ks.compaction_due_key(self.p), b"1", nx=True, ex=every):
+            return 0
+        cutoff = int(time.time() * 1000) - self.tombstone_ttl_s * 1000
+        removed = 0
+        async for key in self.redis.scan_iter(match=ks.partition_state_pattern(self.p)):
+            removed += await writemodel.compact(self.conn, self.lease, self.redis, key.decode(),
+                                                cutoff)  # fmt: skip
+        if removed:
+            log.info("partition %s: compacted %s tombstone(s) older than %s s", self.p, removed,
+                     self.tombstone_ttl_s)  # fmt: skip
+        return removed
+
+    async def fill_compacted(
+        self, resource_type: str, group_key: str, known: dict[str, tuple[str, int]],
+        ids: list[str],
+    ) -> None:  # fmt: skip
+        """``ids`` the write model of a compacted scope lacks: those PostgreSQL has a
+        history for become tombstones with their last version in ``known``, so a
+        re-create continues the sequence. Their history is in PostgreSQL already: an id
+        leaves the write model only by compaction, long after its delete was applied."""
+        missing = [rid for rid in ids if rid not in known]
+        if missing:
+            for rid, v in (await self.resources.last_versions(resource_type, group_key,
+                                                              missing)).items():  # fmt: skip
+                known[rid] = ("", v)
 
     async def _last_id(self, stream: str) -> StreamId:
         if not await self.redis.exists(stream):

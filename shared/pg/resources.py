@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -54,7 +54,7 @@ WHERE r.resource_type = k.rt AND r.group_key = k.gk AND r.resource_id = k.rid
 UPSERT_SQL = """
 INSERT INTO resources (resource_type, group_key, resource_id, name, important_fields, data,
                        content_hash, version, created_at, updated_at, last_event_id)
-SELECT rt, gk, rid, nm, imp, dat, h, v, now(), now(), ev
+SELECT rt, gk, rid, nm, imp, dat, h, v, $10::timestamptz, $10::timestamptz, ev
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[],
             $7::text[], $8::int[], $9::text[]) AS x(rt, gk, rid, nm, imp, dat, h, v, ev)
 ON CONFLICT (resource_type, group_key, resource_id) DO UPDATE SET
@@ -63,59 +63,24 @@ ON CONFLICT (resource_type, group_key, resource_id) DO UPDATE SET
   updated_at = EXCLUDED.updated_at, last_event_id = EXCLUDED.last_event_id
 """
 #: the column order of BatchRows.history, .events and .issues (shared.projection)
-CHANGE_COLS = [
-    "resource_type",
-    "group_key",
-    "resource_id",
-    "version",
-    "op",
-    "event",
-    "actor",
-    "patch",
-    "after",
-    "event_id",
-    "received_at",
-    "applied_at",
-]
-EVENT_COLS = [
-    "event_id",
-    "integration_id",
-    "table_name",
-    "resource_type",
-    "group_key",
-    "kind",
-    "status",
-    "event",
-    "actor",
-    "created",
-    "updated",
-    "deleted",
-    "unchanged",
-    "rejected",
-    "skipped",
-    "ignored_ids",
-    "issues",
-    "issues_total",
-    "received_at",
-    "processed_at",
-    "idempotency_key",
-    "request_fingerprint",
-    "items",
-    "items_total",
-]
-ISSUE_COLS = [
-    "event_id",
-    "integration_id",
-    "table_name",
-    "resource_type",
-    "group_key",
-    "resource_id",
-    "item_index",
-    "code",
-    "message",
-    "pointer",
-    "created_at",
-]
+CHANGE_COLS = (
+    "resource_type group_key resource_id version op event actor patch after event_id"
+    " received_at applied_at name important_fields content_hash"
+).split()
+EVENT_COLS = (
+    "event_id integration_id table_name resource_type group_key kind status event actor"
+    " created updated deleted unchanged rejected skipped ignored_ids issues issues_total"
+    " received_at processed_at idempotency_key request_fingerprint items items_total"
+    " replay_of replay_item"
+).split()
+REJECTED_COLS = (
+    "event_id item_index integration_id table_name resource_type group_key resource_id"
+    " body created_at"
+).split()
+ISSUE_COLS = (
+    "event_id integration_id table_name resource_type group_key resource_id item_index"
+    " code message pointer created_at"
+).split()
 
 # ---- reads --------------------------------------------------------------------------
 
@@ -143,7 +108,7 @@ ISSUES_SQL = (
 RECEIPT_SQL = """
 SELECT event_id, integration_id, status, created, updated, deleted, unchanged, rejected,
        skipped, ignored_ids, issues, issues_total, kind, table_name, group_key, received_at,
-       processed_at, items, items_total
+       processed_at, items, items_total, replay_of
 FROM ingest_events WHERE event_id = $1
 """
 IDEMPOTENCY_SQL = """
@@ -155,6 +120,11 @@ POSITION_READ_SQL = "SELECT stream_ms, stream_seq FROM projector_positions WHERE
 SCOPE_LIVE_SQL = (
     "SELECT resource_id, content_hash, version FROM resources"
     " WHERE resource_type = $1 AND group_key = $2"
+)
+# the last version of each of these ids of the scope (ids compacted from the write model)
+LAST_VERSIONS_SQL = (
+    "SELECT resource_id, max(version) AS v FROM resource_changes WHERE resource_type = $1"
+    " AND group_key = $2 AND resource_id = ANY($3::text[]) GROUP BY resource_id"
 )
 SCOPE_TOMBSTONES_SQL = (
     "SELECT c.resource_id, max(c.version) AS v FROM resource_changes c"
@@ -245,6 +215,7 @@ class Receipt:
     skipped: int = 0
     items: list[dict[str, Any]] | None = None  # a batch event's per-item outcomes
     items_total: int | None = None
+    replay_of: str | None = None  # the event this one replays
 
 
 def _uuid_text(v: Any) -> str | None:
@@ -322,6 +293,7 @@ def _receipt(r: asyncpg.Record) -> Receipt:
         r["skipped"],
         r["items"],
         r["items_total"],
+        r["replay_of"],
     )
 
 
@@ -375,7 +347,7 @@ class Projection:
             for (rt, gk, rid), (name, imp, data, h, v, ev) in ups:
                 for i, val in enumerate((rt, gk, rid, name, imp, data, h, v, ev)):
                     cols[i].append(val)
-            await conn.execute(UPSERT_SQL, *cols)
+            await conn.execute(UPSERT_SQL, *cols, rows.now or datetime.now(UTC))
         if rows.history:
             await conn.copy_records_to_table(
                 "resource_changes", records=rows.history, columns=CHANGE_COLS
@@ -386,6 +358,10 @@ class Projection:
             )
         if rows.issues:
             await conn.copy_records_to_table("sync_issues", records=rows.issues, columns=ISSUE_COLS)
+        if rows.rejected:
+            await conn.copy_records_to_table(
+                "rejected_bodies", records=rows.rejected, columns=REJECTED_COLS
+            )
 
 
 class ResourceStore:
@@ -431,6 +407,13 @@ class ResourceStore:
                 yield r["resource_id"], r["content_hash"], r["version"]
             async for r in conn.cursor(SCOPE_TOMBSTONES_SQL, resource_type, group_key):
                 yield r["resource_id"], "", r["v"]
+
+    async def last_versions(
+        self, resource_type: str, group_key: str, ids: list[str]
+    ) -> dict[str, int]:
+        """The last version in history of those of ``ids`` the scope ever had."""
+        rows = await self._db.fetch(LAST_VERSIONS_SQL, resource_type, group_key, ids)
+        return {r["resource_id"]: r["v"] for r in rows}
 
     # ---- the read and ingest APIs ---------------------------------------------------
 

@@ -60,6 +60,19 @@ def state_key(p: int, resource_type: str, group_key: str) -> str:
     return f"{_tag(p)}:state:{resource_type}\x00{group_key}"
 
 
+def compacted_key(state: str) -> str:
+    """Set (for good) once tombstones of the scope whose write model is ``state`` were
+    compacted: an id missing from that write model may have had versions, and PostgreSQL
+    has the last one (same hash tag as ``state``)."""
+    tag, _, scope = state.partition(":state:")
+    return f"{tag}:compacted:{scope}"
+
+
+def compaction_due_key(p: int) -> str:
+    """Exists while partition ``p``'s tombstones were compacted recently (its TTL)."""
+    return f"{_tag(p)}:compaction-due"
+
+
 def partition_state_pattern(p: int) -> str:
     """Every scope's write model of partition ``p``."""
     return f"{_tag(p)}:state:*"

@@ -1,7 +1,12 @@
 """The write model: per scope, every resource id's current content hash and version.
 
 One hash per scope (:func:`keyspace.state_key`): field = resource id, value =
-``<hash>|<version>``; a deleted id keeps its version as a tombstone ``|<version>``.
+``<hash>|<version>``; a deleted id keeps its version as a tombstone
+``|<version>|<epoch ms of the delete>``. :func:`compact` removes the tombstones older
+than ``INGESTD_TOMBSTONE_TTL`` and marks the scope compacted
+(:func:`keyspace.compacted_key`): from then on an id the write model lacks may have had
+versions, and the worker asks PostgreSQL for its last one before it creates it again
+(a re-create continues the version sequence, never reviving version 1).
 Three more fields no id can take (ids never contain NUL): the marker that the
 scope was loaded from PostgreSQL (holding the format it was loaded in; an older
 format is loaded again) and the counts of live and of deleted ids, which every
@@ -12,6 +17,7 @@ home and the one place that reads or writes those hashes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,7 +25,10 @@ from redis.asyncio import Redis
 
 from shared.redis import keyspace as ks
 from shared.redis import wire
+from shared.redis.conn import HeldConnection
+from shared.redis.lease import Lease
 from shared.redis.scripts import Script
+from shared.redis.txn import commit_guarded
 
 Value = tuple[str, int]  # (content hash, version); hash "" marks a tombstone
 SEP = b"|"
@@ -31,6 +40,8 @@ OWN_FIELDS = ks.STATE_OWN_FIELDS
 
 
 def encode(value: Value) -> bytes:
+    if not value[0]:  # a tombstone: with the time it was written
+        return b"|%d|%d" % (value[1], time.time() * 1000)
     return b"%b|%d" % (value[0].encode(), value[1])
 
 
@@ -39,7 +50,15 @@ def decode(raw: bytes | str | None) -> Value | None:
         return None
     s = raw.decode() if isinstance(raw, bytes) else raw
     h, _, v = s.partition("|")
-    return h, int(v)
+    return h, int(v.partition("|")[0])
+
+
+def tombstone_ms(raw: bytes) -> int | None:
+    """When a tombstone was written (None: not a tombstone, or written without a time)."""
+    if not raw.startswith(SEP):
+        return None
+    _, _, ms = raw[1:].partition(SEP)
+    return int(ms) if ms else None
 
 
 def live_prefix(content_hash: bytes) -> bytes:
@@ -104,16 +123,54 @@ def loaded_fields(live: int, dead: int) -> dict[str, str]:
 
 async def lookup(
     redis: Redis, keys_ids: Iterable[tuple[str, list[str]]]
-) -> list[tuple[bool, list[Value | None]]]:
-    """For each (state key, ids): whether the scope is loaded, and each id's value."""
+) -> list[tuple[bool, list[Value | None], bool]]:
+    """For each (state key, ids): whether the scope is loaded, each id's value, and
+    whether the scope's tombstones were ever compacted."""
     wanted = list(keys_ids)
     pipe = redis.pipeline(transaction=False)
     for key, ids in wanted:
         pipe.hmget(key, [LOADED, *ids])
+        pipe.exists(ks.compacted_key(key))
+    replies = await pipe.execute()
     out = []
-    for values in await pipe.execute():
-        out.append((values[0] == FORMAT, [decode(v) for v in values[1:]]))
+    for values, compacted in zip(replies[::2], replies[1::2], strict=True):
+        out.append((values[0] == FORMAT, [decode(v) for v in values[1:]], bool(compacted)))
     return out
+
+
+async def is_compacted(redis: Redis, key: str) -> bool:
+    return bool(await redis.exists(ks.compacted_key(key)))
+
+
+COMPACT_CHUNK = 1000
+
+
+async def compact(
+    conn: HeldConnection, lease: Lease, redis: Redis, key: str, cutoff_ms: int
+) -> int:
+    """Remove the scope's tombstones written before ``cutoff_ms``, a chunk at a time,
+    each in the partition's guarded transaction (the drain holding ``lease`` is the only
+    writer of the scope); how many went."""
+    removed = 0
+    expired: list[bytes] = []
+
+    async def flush() -> None:
+        nonlocal removed, expired
+        if expired:
+            cmds = [wire.command("HDEL", key, *expired), *count_commands(key, 0, -len(expired))]
+            cmds.append(wire.command("SET", ks.compacted_key(key), b"1"))
+            await commit_guarded(conn, lease, {key: "hash", ks.compacted_key(key): "string"}, cmds)
+            removed += len(expired)
+            expired = []
+
+    async for field, raw in redis.hscan_iter(key, count=COMPACT_CHUNK):
+        ms = tombstone_ms(raw) if not field.startswith(b"\x00") else None
+        if ms is not None and ms < cutoff_ms:
+            expired.append(field)
+            if len(expired) >= COMPACT_CHUNK:
+                await flush()
+    await flush()
+    return removed
 
 
 async def is_loaded(redis: Redis, key: str) -> bool:

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from services.worker.drain import Drainer
 from shared.config import Settings
 from shared.redis import keyspace as ks
+from shared.redis import writemodel
 from shared.schema_rules import content_hash
 from tests.conftest import InlinePipeline, Seeded, seed_directory
 from tests.helpers import emp, post_bulk, receipt, wait_key_known
@@ -605,8 +606,9 @@ async def write_model(redis: Redis, settings: Settings, group_key: str) -> dict[
     out = {}
     for k, v in raw.items():
         if not k.startswith(b"\x00"):
-            h, _, ver = v.decode().partition("|")
-            out[k.decode()] = (h, int(ver))
+            value = writemodel.decode(v)  # a tombstone also carries its time
+            assert value is not None
+            out[k.decode()] = value
     if raw:
         live = sum(1 for h, _ in out.values() if h)
         assert int(raw[ks.STATE_LIVE_FIELD.encode()]) == live, "live count is off"

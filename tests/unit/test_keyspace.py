@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from shared.redis import keyspace as ks
 from shared.redis import sessions, writemodel
 from shared.redis.keyspace import SessionField, SessionState, SnapshotsField
@@ -54,6 +56,10 @@ def test_scripts_spell_no_field_of_their_own() -> None:
 
 def test_write_model_values() -> None:
     assert writemodel.encode(("ab", 3)) == b"ab|3"
-    assert writemodel.encode(("", 4)) == b"|4"
-    assert writemodel.decode(b"|4") == ("", 4)
+    before = int(time.time() * 1000)
+    tomb = writemodel.encode(("", 4))  # a tombstone carries when it was written
+    assert tomb.startswith(b"|4|") and before <= int(tomb[3:]) <= time.time() * 1000
+    assert writemodel.decode(tomb) == ("", 4) and writemodel.tombstone_ms(tomb) == int(tomb[3:])
+    assert writemodel.decode(b"|4") == ("", 4) and writemodel.tombstone_ms(b"|4") is None
+    assert writemodel.tombstone_ms(b"ab|3") is None
     assert ks.STATE_OWN_FIELDS == len({writemodel.LOADED, writemodel.LIVE, writemodel.DEAD})
