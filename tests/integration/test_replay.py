@@ -153,6 +153,31 @@ async def test_replayed_snapshot_items_are_upserts_that_delete_nothing(
     assert (await receipt(client, seeded, again["eventIds"][0]))["status"] == "rejected"
 
 
+async def test_rejected_batch_items_are_kept_and_replayed(
+    client: TestClient[Any, Any], seeded: Seeded, pipeline: InlinePipeline, pool: asyncpg.Pool,
+) -> None:  # fmt: skip
+    items = [emp("ba", active=True), emp("bb", active="no"), emp("bc", active=True)]
+    r = await client.post(
+        "/integration/custom-data/batch-event/employee",
+        json=items,
+        headers={"X-Ingest-Key": seeded.key},
+    )
+    assert r.status == 202, await r.text()
+    eid = (await r.json())["eventId"]
+    await pipeline.run()
+    rc = await receipt(client, seeded, eid)
+    assert (rc["created"], rc["rejected"]) == (2, 1)
+    assert [(i, rid) for i, rid, _ in await bodies(pool, eid)] == [(1, "bb")]
+    await fix_schema(client, seeded)
+    answer = await replay(client, eid)
+    await pipeline.run()
+    [one] = answer["eventIds"]
+    rc = await receipt(client, seeded, one)
+    assert (rc["status"], rc["created"], rc["replayOf"]) == ("applied", 1, eid)
+    assert await versions(pool, "bb") == [1]
+    assert (await replay(client, eid, 409))["code"] == "already_replayed"
+
+
 async def test_replaying_the_sync_issues_of_a_table(
     client: TestClient[Any, Any], seeded: Seeded, pipeline: InlinePipeline, redis: Redis,
     settings: Settings,
