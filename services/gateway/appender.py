@@ -47,6 +47,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError, ResponseError
 
+from shared import tasks
 from shared.codes import Code
 from shared.errors import ApiError
 from shared.redis import idempotency, wire
@@ -132,10 +133,7 @@ class Appender:
 
     async def stop(self) -> None:
         for t in (self._task, self._backlog_task):
-            if t:
-                t.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await t
+            await tasks.stop(t, log)
         await self._conn.drop()
 
     def append(
@@ -284,6 +282,7 @@ class Appender:
             try:
                 await self.poll_backlog()
             except Exception as e:  # transient; keep the last figures
+                tasks.reraise_if_cancelled()
                 log.debug("backlog poll failed: %s", e)
             await asyncio.sleep(0.25)
 

@@ -12,6 +12,7 @@ import asyncpg
 from redis.asyncio import Redis
 
 from services.projector.apply import apply_batch
+from shared import tasks
 from shared.config import Settings
 from shared.outage import UNREACHABLE, Outages
 from shared.pg import statistics
@@ -99,10 +100,13 @@ class Projector:
             except LostLease:
                 log.warning("partition %s: projector lease lost", p)
             except UNREACHABLE as e:
+                tasks.reraise_if_cancelled()
                 self.outages.failed(e)
             except asyncpg.PostgresError as e:  # e.g. a serialization failure: retried
+                tasks.reraise_if_cancelled()
                 log.warning("partition %s: %s; retrying", p, e)
             except Exception:
+                tasks.reraise_if_cancelled()
                 log.exception("partition %s: unexpected error; retrying", p)
             await asyncio.sleep(1)
 

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from redis.asyncio import Redis
 
 from services.sources.run import Run, RunContext
+from shared import tasks
 from shared.codes import Code
 from shared.config import Settings
 from shared.errors import ConfigError
@@ -126,8 +127,10 @@ class SourcesStage:
                 await self.tick()
                 self.outages.all_answered()
             except UNREACHABLE as e:
+                tasks.reraise_if_cancelled()
                 self.outages.failed(e)
             except Exception:
+                tasks.reraise_if_cancelled()
                 log.exception("sources: unexpected error; retrying")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), poll)

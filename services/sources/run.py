@@ -28,6 +28,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from shared import tasks
 from shared.codes import Code
 from shared.pg.sources import RunRow, SourceRow, SourceStore
 from shared.pull.http import Fetcher, parse_json
@@ -236,6 +237,7 @@ class Run:
             try:
                 ok = await self._beat()
             except Exception as e:  # PostgreSQL away: the next beat tries again
+                tasks.reraise_if_cancelled()
                 log.warning("source %s: heartbeat failed: %s", self.source.name, e)
                 continue
             if not ok:

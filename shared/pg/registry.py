@@ -15,7 +15,6 @@ and no admin write depends on Redis being up.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,7 +23,7 @@ from uuid import UUID
 
 import asyncpg
 
-from shared import keys
+from shared import keys, tasks
 from shared.codes import Code
 from shared.errors import ConflictError, NotFoundError
 from shared.integration_data import slug
@@ -494,10 +493,7 @@ class RegistryCache:
         self._task = asyncio.create_task(self._loop(), name="registry-poll")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await tasks.stop(self._task, log)
 
     async def refresh(self, force: bool = False) -> None:
         gen = await self._store.generation()
@@ -514,9 +510,11 @@ class RegistryCache:
             try:
                 await self.refresh()
             except UNREACHABLE as e:  # keep serving the last snapshot; one line per outage
+                tasks.reraise_if_cancelled()
                 outages.failed(e)
                 continue
             except Exception:
+                tasks.reraise_if_cancelled()
                 log.exception("registry refresh failed")
                 continue
             outages.all_answered()

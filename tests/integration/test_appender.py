@@ -69,3 +69,28 @@ async def test_unreachable_redis_is_503_not_a_hang() -> None:
     finally:
         await appender.stop()
         await redis.aclose()
+
+
+async def test_stop_ends_the_backlog_poll_even_when_the_driver_converts_the_cancel(
+    settings: Settings, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wedge behind hung gateway stops: cancelled inside redis-py, the backlog
+    poll got a connection error instead, took it for an outage and polled on."""
+    appender = Appender(redis, settings.partitions, receipt_ttl=60)
+    polled = asyncio.Event()
+
+    async def poll() -> None:
+        polled.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:  # as the driver does
+            raise ConnectionError("Connection closed by server.") from None
+
+    monkeypatch.setattr(appender, "poll_backlog", poll)
+    await appender.start()
+    await polled.wait()
+    backlog = appender._backlog_task
+    stopping = asyncio.ensure_future(appender.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=3)  # not wait_for: it would wait on
+    assert done, "the appender did not stop"  # the stuck task once more when it times out
+    assert backlog is not None and backlog.cancelled()
