@@ -214,6 +214,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
 
 
 TABLES = [
+    "pull_transfers",
     "integration_data_changes",
     "integration_data",
     "source_run_events",

@@ -14,18 +14,21 @@ from services.gateway import (
     admin,
     bulk,
     edit,
+    feed,
     ingest,
     integration_data,
     preview,
     read,
     receipts,
     sources,
+    transfer,
 )
 from services.gateway.appender import Appender
 from services.gateway.http import MAX_HEADERS, MAX_LINE, error_middleware, respond
 from services.gateway.state import (
     APPENDER,
     CURSOR_KEY,
+    FEED,
     INTEGRATION_DATA,
     PG,
     REDIS,
@@ -35,17 +38,20 @@ from services.gateway.state import (
     SESSIONS,
     SETTINGS,
     SOURCES,
+    TRANSFERS,
 )
 from shared import cursors
 from shared.codes import Code
 from shared.config import Settings
 from shared.errors import ConfigError
+from shared.pg.feed import ChangeSignal, FeedStore
 from shared.pg.integration_data import IntegrationDataStore
 from shared.pg.migrate import require_migrated
 from shared.pg.pool import create_pool, ping
 from shared.pg.registry import RegistryCache, RegistryStore
 from shared.pg.resources import ResourceStore
 from shared.pg.sources import SourceStore
+from shared.pg.transfer import TransferStore
 from shared.redis.sessions import SessionStore
 from shared.secrets import SecretBox
 
@@ -75,6 +81,10 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[INTEGRATION_DATA] = IntegrationDataStore(pool)
     box = SecretBox(settings.secret_key) if settings.secret_key else None
     app[SOURCES] = SourceStore(pool, box)
+    signal = ChangeSignal(dsn)
+    await signal.start()
+    app[FEED] = FeedStore(pool, signal)
+    app[TRANSFERS] = TransferStore(pool)
     registry = RegistryCache(app[REGISTRY_STORE], settings.registry_poll_ms)
     await registry.start()
     app[REGISTRY] = registry
@@ -87,6 +97,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     yield
     await appender.stop()
     await registry.stop()
+    await signal.stop()
     await pool.close()
     await appends.aclose()
     await redis.aclose()
@@ -148,5 +159,8 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(receipts.routes)
     app.router.add_routes(integration_data.routes)
     app.router.add_routes(read.routes)
+    app.router.add_routes(feed.routes)
+    app.router.add_routes(transfer.routes)
+    app.on_shutdown.append(feed.end_long_polls)
     app.router.add_routes(edit.routes)
     return app

@@ -8,10 +8,12 @@ from redis.asyncio import Redis
 
 from services.gateway.appender import Appender
 from shared.config import Settings
+from shared.pg.feed import FeedStore
 from shared.pg.integration_data import IntegrationDataStore
 from shared.pg.registry import RegistryCache, RegistryStore
 from shared.pg.resources import ResourceStore
 from shared.pg.sources import SourceStore
+from shared.pg.transfer import TransferStore
 from shared.redis.sessions import SessionStore
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -25,3 +27,5 @@ SESSIONS = web.AppKey("sessions", SessionStore)
 SOURCES = web.AppKey("sources", SourceStore)  # its box is None without INGESTD_SECRET_KEY
 CURSOR_KEY = web.AppKey("cursor_key", bytes)  # signs page cursors (shared/cursors.py)
 INTEGRATION_DATA = web.AppKey("integration_data", IntegrationDataStore)
+FEED = web.AppKey("feed", FeedStore)  # its signal LISTENs on a connection of its own
+TRANSFERS = web.AppKey("transfers", TransferStore)
