@@ -55,8 +55,10 @@ class Projector:
         self.applied = 0
         self.outages = Outages(log)
 
-    async def run(self) -> None:
-        await asyncio.gather(*(self._partition(p) for p in range(self.partitions)))
+    async def run(self, only: list[int] | None = None) -> None:
+        """Drain every partition (``only``: those), each while holding its lease."""
+        wanted = range(self.partitions) if only is None else only
+        await asyncio.gather(*(self._partition(p) for p in wanted))
 
     async def _partition(self, p: int) -> None:
         while True:
