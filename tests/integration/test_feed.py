@@ -18,7 +18,7 @@ from shared import feed
 from shared.config import Settings
 from tests import xmlread
 from tests.conftest import ADMIN, EMPLOYEE_SCHEMA, InlinePipeline, Seeded, seed_directory
-from tests.helpers import delete, emp, poll, post
+from tests.helpers import delete, emp, follow_feed, poll, post
 
 RT = "_directory_employee"
 CHANGES = "/api/v1/changes"
@@ -26,36 +26,6 @@ ITEM_KEYS = {
     "cursor", "resourceType", "groupKey", "id", "version", "op", "event", "actor", "patch",
     "after", "eventId", "appliedAt",
 }  # fmt: skip
-
-
-async def follow(
-    c: TestClient[Any, Any],
-    headers: dict[str, str],
-    expect: int,
-    limit: int = 100,
-    **query: str,
-) -> tuple[list[dict[str, Any]], str]:
-    """Every item from the start (or ``after``), following ``next`` until ``expect`` items
-    came (long polls: the feed shows a commit once every older transaction of the
-    PostgreSQL cluster ended, and the shared test server runs other databases' tests),
-    then one more page, which must be empty."""
-    items: list[dict[str, Any]] = []
-    params = {"limit": str(limit), **query}
-    deadline = time.monotonic() + 30
-    while True:
-        if len(items) >= expect:
-            params.pop("wait", None)
-        r = await c.get(CHANGES, params=params, headers=headers)
-        assert r.status == 200, await r.text()
-        body = await r.json()
-        items += body["items"]
-        params["after"] = body["next"]
-        if len(items) >= expect and not body["items"]:
-            assert len(items) == expect, items
-            return items, body["next"]
-        assert time.monotonic() < deadline, f"{len(items)} of {expect} items came"
-        if not body["items"]:
-            params["wait"] = "5"
 
 
 async def history_of(c: Any, seeded: Seeded, pipeline: InlinePipeline) -> None:
@@ -72,7 +42,7 @@ async def test_pages_list_every_change_once_in_order(
     client: TestClient[Any, Any], seeded: Seeded, pipeline: InlinePipeline
 ) -> None:
     await history_of(client, seeded, pipeline)
-    items, _ = await follow(client, ADMIN, 5, limit=2)
+    items, _ = await follow_feed(client, ADMIN, 5, limit=2)
     assert [(i["id"], i["version"], i["op"]) for i in items if i["id"] == "a"] == [
         ("a", 1, "created"),
         ("a", 2, "updated"),
@@ -91,7 +61,7 @@ async def test_pages_list_every_change_once_in_order(
     positions = [feed.decode(i["cursor"]) for i in items]
     assert positions == sorted(positions) and len(set(positions)) == len(positions)
     # a cursor in the middle reads on after it
-    rest, _ = await follow(client, ADMIN, 3, after=items[1]["cursor"])
+    rest, _ = await follow_feed(client, ADMIN, 3, after=items[1]["cursor"])
     assert rest == items[2:]
 
 
@@ -113,22 +83,22 @@ async def test_filters_by_type_and_group_key_combined(
 
     await poll("the table team to be known", accepted, 10, every=0.05)
     await history_of(client, seeded, pipeline)
-    by_type, _ = await follow(client, ADMIN, 1, resourceType="_directory_team")
+    by_type, _ = await follow_feed(client, ADMIN, 1, resourceType="_directory_team")
     assert [i["id"] for i in by_type] == ["t1"]
-    by_group, _ = await follow(client, ADMIN, 2, groupKey="x")
+    by_group, _ = await follow_feed(client, ADMIN, 2, groupKey="x")
     assert sorted(i["id"] for i in by_group) == ["b", "t1"]
-    both, _ = await follow(client, ADMIN, 1, groupKey="x", resourceType=RT)
+    both, _ = await follow_feed(client, ADMIN, 1, groupKey="x", resourceType=RT)
     assert [i["id"] for i in both] == ["b"]
-    empty_group, _ = await follow(client, ADMIN, 4, groupKey="", resourceType=RT)
+    empty_group, _ = await follow_feed(client, ADMIN, 4, groupKey="", resourceType=RT)
     assert sorted({i["id"] for i in empty_group}) == ["a", "c"]
-    await follow(client, ADMIN, 6)  # everything
+    await follow_feed(client, ADMIN, 6)  # everything
 
 
 async def test_a_filtered_reader_moves_past_rows_it_does_not_want(
     client: TestClient[Any, Any], seeded: Seeded, pipeline: InlinePipeline
 ) -> None:
     await history_of(client, seeded, pipeline)
-    _, end = await follow(client, ADMIN, 5)
+    _, end = await follow_feed(client, ADMIN, 5)
     r = await client.get(CHANGES, params={"groupKey": "nobody"}, headers=ADMIN)
     body = await r.json()
     assert body["items"] == [] and feed.decode(body["next"]) >= feed.decode(end)
@@ -140,9 +110,9 @@ async def test_ingest_keys_read_their_own_group_only(
     other = await seed_directory(client, prefix="_other")
     await post(client, other, emp("o1"))
     await history_of(client, seeded, pipeline)
-    mine, _ = await follow(client, {"X-Ingest-Key": seeded.key}, 5)
+    mine, _ = await follow_feed(client, {"X-Ingest-Key": seeded.key}, 5)
     assert {i["resourceType"] for i in mine} == {RT}
-    bearer, _ = await follow(client, {"Authorization": f"Bearer {other.key}"}, 1)
+    bearer, _ = await follow_feed(client, {"Authorization": f"Bearer {other.key}"}, 1)
     assert [(i["resourceType"], i["id"]) for i in bearer] == [("_other_employee", "o1")]
     r = await client.get(CHANGES, params={"resourceType": RT}, headers={"X-Ingest-Key": other.key})
     assert r.status == 404 and (await r.json())["code"] == "resource_type_not_found"
@@ -181,16 +151,16 @@ async def test_an_open_writing_transaction_holds_the_feed_back(
 ) -> None:
     await post(client, seeded, emp("before"))
     await pipeline.run()
-    _, start = await follow(client, ADMIN, 1)
+    _, start = await follow_feed(client, ADMIN, 1)
     async with pool.acquire() as conn, conn.transaction():
         await conn.fetchval("SELECT pg_current_xact_id()")  # holds an xid, as a writer does
         await post(client, seeded, emp("after"))
         await pipeline.run()  # committed, but after the open transaction began
         committed = await pool.fetchval("SELECT count(*) FROM resource_changes")
         assert committed == 2
-        held, _ = await follow(client, ADMIN, 0, after=start)
+        held, _ = await follow_feed(client, ADMIN, 0, after=start)
         assert held == []
-    items, _ = await follow(client, ADMIN, 1, after=start)
+    items, _ = await follow_feed(client, ADMIN, 1, after=start)
     assert [i["id"] for i in items] == ["after"]
 
 
@@ -199,7 +169,7 @@ async def test_a_long_poll_wakes_within_a_second_of_the_commit(
 ) -> None:
     await post(client, seeded, emp("a"))
     await pipeline.run()
-    _, start = await follow(client, ADMIN, 1)
+    _, start = await follow_feed(client, ADMIN, 1)
 
     async def poll_feed() -> tuple[float, dict[str, Any]]:
         r = await client.get(CHANGES, params={"after": start, "wait": "20"}, headers=ADMIN)
@@ -231,7 +201,7 @@ async def test_xml_answer(
     client: TestClient[Any, Any], seeded: Seeded, pipeline: InlinePipeline
 ) -> None:
     await history_of(client, seeded, pipeline)
-    await follow(client, ADMIN, 5)
+    await follow_feed(client, ADMIN, 5)
     as_json = await (await client.get(CHANGES, headers=ADMIN)).json()
     r = await client.get(CHANGES, headers={**ADMIN, "Accept": "application/xml"})
     assert r.status == 200 and r.content_type == "application/xml"
@@ -244,9 +214,9 @@ async def test_cursors_survive_a_restart_and_a_new_admin_token(
     client: TestClient[Any, Any], seeded: Seeded, pipeline: InlinePipeline, settings: Settings
 ) -> None:
     await history_of(client, seeded, pipeline)
-    items, _ = await follow(client, ADMIN, 5)
+    items, _ = await follow_feed(client, ADMIN, 5)
     other = replace(settings, admin_token="another-token")
     async with TestClient(TestServer(create_app(other))) as c2:
         token = {"Authorization": "Bearer another-token"}
-        rest, _ = await follow(c2, token, 4, after=items[0]["cursor"])
+        rest, _ = await follow_feed(c2, token, 4, after=items[0]["cursor"])
     assert rest == items[1:]
