@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from services.gateway.http import client_gone, is_admin, respond
+from services.gateway.http import client_gone, is_admin, respond, wants_xml
 from services.gateway.ingest import authenticate
 from services.gateway.read import _limit, _text
 from services.gateway.state import FEED, REGISTRY, SETTINGS
@@ -111,11 +111,12 @@ async def changes(request: web.Request) -> web.Response:
     start = _after(request)
     wait = _wait(request)
     store = request.app[FEED]
+    raw = not wants_xml(request)  # JSON embeds the stored JSON text as it is
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     while True:
         seen = store.generation()
-        items, start = await store.read_at(start, limit, types, group_key)
+        items, start = await store.read_at(start, limit, types, group_key, raw_json=raw)
         remaining = deadline - loop.time()
         if items or remaining <= 0 or store.closing or client_gone(request):
             break

@@ -58,6 +58,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+from orjson import Fragment
 
 from shared import feed
 from shared.feed import Position
@@ -71,17 +72,20 @@ NOTIFY_SQL = f"SELECT pg_notify('{CHANNEL}', '')"
 #: how often a waiter looks again without a notification (an xmin advance sends none)
 RECHECK_S = 0.5
 
-COLS = (
+_COLS = (
     "c.txid, c.id, c.resource_type, c.group_key, c.resource_id, c.version, c.op, c.event,"
-    " c.actor, c.patch, c.after, c.event_id, c.applied_at"
+    " {json}, c.event_id, c.applied_at"
 )
+_VALUES = "c.actor, c.patch, c.after"
+#: the JSON columns as their text, for an answer that embeds them as they are
+_TEXTS = "c.actor::text AS actor, c.patch::text AS patch, c.after::text AS after"
 #: xmin and the rows after ($1, $2) up to ($3, $4) below it, in ONE statement: the bound
 #: must come from the snapshot the rows are read with
-READ_SQL = f"""
-SELECT x.xmin, {COLS}
+_READ = """
+SELECT x.xmin, {cols}
 FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) x
 LEFT JOIN LATERAL (
-    SELECT {COLS} FROM resource_changes c
+    SELECT {inner} FROM resource_changes c
     WHERE c.txid < x.xmin AND (c.txid, c.id) > ($1::xid8, $2::bigint)
       AND (c.txid, c.id) <= ($3::xid8, $4::bigint)
       AND ($5::text[] IS NULL OR c.resource_type = ANY($5::text[]))
@@ -90,6 +94,9 @@ LEFT JOIN LATERAL (
     LIMIT $7
 ) c ON true
 """
+_OUTER = _COLS.format(json="c.actor, c.patch, c.after")
+READ_SQL = _READ.format(cols=_OUTER, inner=_COLS.format(json=_VALUES))
+READ_TEXT_SQL = _READ.format(cols=_OUTER, inner=_COLS.format(json=_TEXTS))
 HEAD_SQL = "SELECT pg_snapshot_xmin(pg_current_snapshot())"
 
 
@@ -106,14 +113,17 @@ class FeedChange:
     op: str
     event: str | None
     actor: Any
-    patch: list[dict[str, Any]]
-    after: dict[str, Any] | None
+    patch: Any  # a list of JSON Patch operations, or its orjson.Fragment
+    after: Any  # the resource after the change (None for a delete), or its orjson.Fragment
     event_id: str
     applied_at: datetime
 
 
-def _change(r: asyncpg.Record) -> FeedChange:
+def _change(r: asyncpg.Record, raw: bool) -> FeedChange:
     pos = (r["txid"], r["id"])
+    actor, patch, after = r["actor"], r["patch"], r["after"]
+    if raw:
+        actor, patch, after = (None if v is None else Fragment(v) for v in (actor, patch, after))
     return FeedChange(
         feed.encode(pos),
         pos,
@@ -123,9 +133,9 @@ def _change(r: asyncpg.Record) -> FeedChange:
         r["version"],
         r["op"],
         r["event"],
-        r["actor"],
-        r["patch"],
-        r["after"],
+        actor,
+        patch,
+        after,
         r["event_id"],
         r["applied_at"],
     )
@@ -146,14 +156,19 @@ class FeedStore:
         group_key: str | None = None,
         *,
         upto: Position | None = None,
+        raw_json: bool = False,
     ) -> tuple[list[FeedChange], str]:
         """Up to ``limit`` changes after the cursor ``after`` (None: from the start) whose
         resource type is one of ``resource_types`` and whose groupKey is ``group_key``
         (None: any), and the cursor to read on from. ``upto``: none past this position
-        (a replay of a range read before). :class:`shared.feed.BadCursor` for a bad
+        (a replay of a range read before). ``raw_json``: ``actor``, ``patch`` and ``after``
+        as ``orjson.Fragment`` of their stored JSON text, for an answer orjson writes
+        (not decoded and encoded again). :class:`shared.feed.BadCursor` for a bad
         ``after``."""
         start = feed.START if after is None else feed.decode(after)
-        items, pos = await self.read_at(start, limit, resource_types, group_key, upto=upto)
+        items, pos = await self.read_at(
+            start, limit, resource_types, group_key, upto=upto, raw_json=raw_json
+        )
         return items, feed.encode(pos)
 
     async def read_at(
@@ -164,13 +179,15 @@ class FeedStore:
         group_key: str | None = None,
         *,
         upto: Position | None = None,
+        raw_json: bool = False,
     ) -> tuple[list[FeedChange], Position]:
         """:meth:`read` with positions instead of cursors."""
         end = upto or (feed.MAX_TXID, feed.LAST_ID)
         rows = await self._db.fetch(
-            READ_SQL, start[0], start[1], end[0], end[1], resource_types, group_key, limit
-        )
-        items = [_change(r) for r in rows if r["id"] is not None]
+            READ_TEXT_SQL if raw_json else READ_SQL,
+            start[0], start[1], end[0], end[1], resource_types, group_key, limit,
+        )  # fmt: skip
+        items = [_change(r, raw_json) for r in rows if r["id"] is not None]
         if len(items) == limit:
             return items, items[-1].position
         # every matching row below xmin (and up to ``upto``) was returned

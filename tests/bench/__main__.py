@@ -26,6 +26,7 @@ from typing import Any
 
 from tests.bench import (
     fig_bulk,
+    fig_feed,
     fig_gateway,
     fig_integration_data,
     fig_pipeline,
@@ -49,8 +50,9 @@ FIGURES: dict[int, tuple[str, FigureFn]] = {
     8: ("pull full run records/s", fig_sources.figure8),
     9: ("shaped unchanged snapshot resources/s", fig_shaping.figure9),
     10: ("integration data GET / ingest req/s", fig_integration_data.figure10),
+    11: ("change feed read changes/s", fig_feed.figure11),
 }
-ORDER = [1, 2, 3, 6, 5, 4, 7, 8, 9, 10]  # 5 uses the maximum rates 1 and 3 measured
+ORDER = [1, 2, 3, 6, 5, 4, 7, 8, 9, 10, 11]  # 5 uses the maximum rates 1 and 3 measured
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
