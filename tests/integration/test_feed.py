@@ -16,6 +16,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from services.gateway.app import create_app
 from shared import feed
 from shared.config import Settings
+from shared.pg.feed import FeedStore
+from shared.pg.migrate import RECORD_SQL, migrate, migration_files
 from tests import xmlread
 from tests.conftest import ADMIN, EMPLOYEE_SCHEMA, InlinePipeline, Seeded, seed_directory
 from tests.helpers import delete, emp, follow_feed, poll, post
@@ -220,3 +222,32 @@ async def test_cursors_survive_a_restart_and_a_new_admin_token(
         token = {"Authorization": "Bearer another-token"}
         rest, _ = await follow_feed(c2, token, 4, after=items[0]["cursor"])
     assert rest == items[1:]
+
+
+async def test_history_from_before_migration_0009_is_read_first_in_id_order(
+    scratch_dsn: str,
+) -> None:
+    conn = await asyncpg.connect(scratch_dsn)
+    try:
+        for number, name, sql in migration_files():
+            if number < 9:
+                await conn.execute(sql)
+                await conn.execute(RECORD_SQL, number, name)
+        for rid in ("old2", "old1"):
+            await conn.execute(
+                "INSERT INTO resource_changes (resource_type, resource_id, version, op, patch,"
+                " event_id, received_at) VALUES ('_t_x', $1, 1, 'created', '[]', 'ev', now())",
+                rid,
+            )
+        assert await migrate(scratch_dsn) == ["0009_change_feed.sql"]
+        await conn.execute(
+            "INSERT INTO resource_changes (resource_type, resource_id, version, op, patch,"
+            " event_id, received_at) VALUES ('_t_x', 'new', 1, 'created', '[]', 'ev', now())"
+        )
+        store = FeedStore(conn)
+        items, _ = await store.read(None, 10)
+        assert [(c.resource_id, c.position[0]) for c in items][:2] == [("old2", 0), ("old1", 0)]
+        assert [c.resource_id for c in items] == ["old2", "old1", "new"]
+        assert items[2].position[0] > 0
+    finally:
+        await conn.close()

@@ -249,7 +249,7 @@ async def test_migration_0008_gives_existing_integrations_a_vendor_id(scratch_ds
                 gid,
                 n,
             )
-        assert await migrate(scratch_dsn) == ["0008_integration_data.sql"]
+        assert (await migrate(scratch_dsn))[0] == "0008_integration_data.sql"
         rows = await conn.fetch("SELECT id::text, vendor_id FROM integrations ORDER BY created_at")
     finally:
         await conn.close()
