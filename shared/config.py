@@ -124,6 +124,12 @@ class Settings:
     trust_proxy: bool = False
     #: where CLI clients reach a gateway (``ingestd sources …``); None: the local one
     url: str | None = None
+    #: webhooks may go to loopback/private/link-local addresses (tests, a private network)
+    webhook_allow_private: bool = False
+    webhook_timeout_ms: int = 10_000
+    webhook_retry_window_s: int = 86_400
+    webhook_retry_base_ms: int = 1000
+    webhook_lease_s: int = 30
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -154,6 +160,11 @@ class Settings:
             source_concurrency=_int(env, "INGESTD_SOURCE_CONCURRENCY", 4),
             trust_proxy=_flag(env, "INGESTD_TRUST_PROXY"),
             url=_url(env, "INGESTD_URL", ("http", "https")),
+            webhook_allow_private=_flag(env, "INGESTD_WEBHOOK_ALLOW_PRIVATE"),
+            webhook_timeout_ms=_int(env, "INGESTD_WEBHOOK_TIMEOUT_MS", 10_000),
+            webhook_retry_window_s=_int(env, "INGESTD_WEBHOOK_RETRY_WINDOW_S", 86_400),
+            webhook_retry_base_ms=_int(env, "INGESTD_WEBHOOK_RETRY_BASE_MS", 1000),
+            webhook_lease_s=_int(env, "INGESTD_WEBHOOK_LEASE_S", 30),
         )
 
     def gateway_url(self) -> str:
@@ -197,6 +208,11 @@ class Settings:
             "INGESTD_SOURCE_POLL_MS": str(self.source_poll_ms),
             "INGESTD_SOURCE_CONCURRENCY": str(self.source_concurrency),
             "INGESTD_TRUST_PROXY": "1" if self.trust_proxy else "0",
+            "INGESTD_WEBHOOK_ALLOW_PRIVATE": "1" if self.webhook_allow_private else "0",
+            "INGESTD_WEBHOOK_TIMEOUT_MS": str(self.webhook_timeout_ms),
+            "INGESTD_WEBHOOK_RETRY_WINDOW_S": str(self.webhook_retry_window_s),
+            "INGESTD_WEBHOOK_RETRY_BASE_MS": str(self.webhook_retry_base_ms),
+            "INGESTD_WEBHOOK_LEASE_S": str(self.webhook_lease_s),
         }
         if self.database_url:
             env["DATABASE_URL"] = self.database_url

@@ -22,6 +22,7 @@ from services.gateway import (
     receipts,
     sources,
     transfer,
+    webhooks,
 )
 from services.gateway.appender import Appender
 from services.gateway.http import MAX_HEADERS, MAX_LINE, error_middleware, respond
@@ -39,6 +40,7 @@ from services.gateway.state import (
     SETTINGS,
     SOURCES,
     TRANSFERS,
+    WEBHOOKS,
 )
 from shared import cursors
 from shared.codes import Code
@@ -52,6 +54,7 @@ from shared.pg.registry import RegistryCache, RegistryStore
 from shared.pg.resources import ResourceStore
 from shared.pg.sources import SourceStore
 from shared.pg.transfer import TransferStore
+from shared.pg.webhooks import WebhookStore
 from shared.redis.sessions import SessionStore
 from shared.secrets import SecretBox
 
@@ -81,6 +84,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[INTEGRATION_DATA] = IntegrationDataStore(pool)
     box = SecretBox(settings.secret_key) if settings.secret_key else None
     app[SOURCES] = SourceStore(pool, box)
+    if box is not None:
+        app[WEBHOOKS] = WebhookStore(pool, box)
     signal = ChangeSignal(dsn)
     await signal.start()
     app[FEED] = FeedStore(pool, signal)
@@ -161,6 +166,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(read.routes)
     app.router.add_routes(feed.routes)
     app.router.add_routes(transfer.routes)
+    app.router.add_routes(webhooks.routes)
     app.on_shutdown.append(feed.end_long_polls)
     app.router.add_routes(edit.routes)
     return app

@@ -13,7 +13,6 @@ ends.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from aiohttp import web
 
@@ -24,28 +23,11 @@ from services.gateway.state import FEED, REGISTRY, SETTINGS
 from shared import feed
 from shared.codes import Code
 from shared.errors import ApiError, NotFoundError
-from shared.pg.feed import RECHECK_S, FeedChange
+from shared.pg.feed import RECHECK_S, change_view
 from shared.registry import KeyInfo
 
 routes = web.RouteTableDef()
 MAX_WAIT_S = 30.0
-
-
-def change_view(c: FeedChange) -> dict[str, Any]:
-    return {
-        "cursor": c.cursor,
-        "resourceType": c.resource_type,
-        "groupKey": c.group_key,
-        "id": c.resource_id,
-        "version": c.version,
-        "op": c.op,
-        "event": c.event,
-        "actor": c.actor,
-        "patch": c.patch,
-        "after": c.after,
-        "eventId": c.event_id,
-        "appliedAt": c.applied_at.isoformat(),
-    }
 
 
 def _caller(request: web.Request) -> KeyInfo | None:

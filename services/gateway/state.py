@@ -14,6 +14,7 @@ from shared.pg.registry import RegistryCache, RegistryStore
 from shared.pg.resources import ResourceStore
 from shared.pg.sources import SourceStore
 from shared.pg.transfer import TransferStore
+from shared.pg.webhooks import WebhookStore
 from shared.redis.sessions import SessionStore
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -29,3 +30,4 @@ CURSOR_KEY = web.AppKey("cursor_key", bytes)  # signs page cursors (shared/curso
 INTEGRATION_DATA = web.AppKey("integration_data", IntegrationDataStore)
 FEED = web.AppKey("feed", FeedStore)  # its signal LISTENs on a connection of its own
 TRANSFERS = web.AppKey("transfers", TransferStore)
+WEBHOOKS = web.AppKey("webhooks", WebhookStore)  # only with INGESTD_SECRET_KEY

@@ -141,6 +141,24 @@ def _change(r: asyncpg.Record, raw: bool) -> FeedChange:
     )
 
 
+def change_view(c: FeedChange) -> dict[str, Any]:
+    """One change as the feed API and webhooks render it."""
+    return {
+        "cursor": c.cursor,
+        "resourceType": c.resource_type,
+        "groupKey": c.group_key,
+        "id": c.resource_id,
+        "version": c.version,
+        "op": c.op,
+        "event": c.event,
+        "actor": c.actor,
+        "patch": c.patch,
+        "after": c.after,
+        "eventId": c.event_id,
+        "appliedAt": c.applied_at.isoformat(),
+    }
+
+
 class FeedStore:
     """Reads of the change feed, and the wake-up of long polls (:class:`ChangeSignal`)."""
 
