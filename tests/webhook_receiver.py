@@ -1,0 +1,77 @@
+"""A real HTTP server receiving webhooks in tests: it verifies every request with the
+``standardwebhooks`` verifier and records what came, per path. A path can be told to
+fail its first N requests (500), or never to answer (a dead endpoint)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from standardwebhooks import Webhook, WebhookVerificationError
+
+
+@dataclass
+class Received:
+    body: dict[str, Any]
+    headers: dict[str, str]
+    at: float  # time.time() of receipt
+    verified: bool
+
+
+@dataclass
+class Path:
+    secret: str | None = None
+    fail_first: int = 0
+    dead: bool = False
+    requests: int = 0
+    received: list[Received] = field(default_factory=list)  # 2xx answered only
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def bodies(self) -> list[dict[str, Any]]:
+        return [r.body for r in self.received]
+
+
+class Receiver:
+    def __init__(self) -> None:
+        self.paths: dict[str, Path] = {}
+        app = web.Application()
+        app.router.add_post("/{name}", self._handle)
+        self.server = TestServer(app, host="127.0.0.1")
+
+    async def __aenter__(self) -> Receiver:
+        await self.server.start_server()
+        return self
+
+    async def __aexit__(self, *_: Any) -> None:
+        await self.server.close()
+
+    def url(self, name: str) -> str:
+        self.paths.setdefault(name, Path())
+        return str(self.server.make_url(f"/{name}"))
+
+    def path(self, name: str) -> Path:
+        return self.paths.setdefault(name, Path())
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        p = self.path(request.match_info["name"])
+        p.requests += 1
+        data = await request.read()
+        if p.dead:
+            await asyncio.sleep(3600)
+        if p.requests <= p.fail_first:
+            return web.Response(status=500)
+        verified = False
+        if p.secret is not None:
+            try:
+                Webhook(p.secret).verify(data, dict(request.headers))
+                verified = True
+            except WebhookVerificationError:
+                return web.Response(status=401, text="bad signature")
+        p.received.append(Received(orjson.loads(data), dict(request.headers), time.time(), verified))
+        p.arrived.set()
+        return web.Response(status=204)
