@@ -21,6 +21,7 @@ class Received:
     headers: dict[str, str]
     at: float  # time.time() of receipt
     verified: bool
+    raw: bytes
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Path:
 class Receiver:
     def __init__(self) -> None:
         self.paths: dict[str, Path] = {}
+        self.closing = asyncio.Event()
         app = web.Application()
         app.router.add_post("/{name}", self._handle)
         self.server = TestServer(app, host="127.0.0.1")
@@ -48,6 +50,7 @@ class Receiver:
         return self
 
     async def __aexit__(self, *_: Any) -> None:
+        self.closing.set()
         await self.server.close()
 
     def url(self, name: str) -> str:
@@ -61,8 +64,9 @@ class Receiver:
         p = self.path(request.match_info["name"])
         p.requests += 1
         data = await request.read()
-        if p.dead:
-            await asyncio.sleep(3600)
+        if p.dead:  # answers nothing until the receiver closes
+            await self.closing.wait()
+            return web.Response(status=503)
         if p.requests <= p.fail_first:
             return web.Response(status=500)
         verified = False
@@ -72,6 +76,7 @@ class Receiver:
                 verified = True
             except WebhookVerificationError:
                 return web.Response(status=401, text="bad signature")
-        p.received.append(Received(orjson.loads(data), dict(request.headers), time.time(), verified))
+        got = Received(orjson.loads(data), dict(request.headers), time.time(), verified, data)
+        p.received.append(got)
         p.arrived.set()
         return web.Response(status=204)
