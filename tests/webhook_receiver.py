@@ -29,6 +29,7 @@ class Path:
     secret: str | None = None
     fail_first: int = 0
     dead: bool = False
+    delay_s: float = 0.0  # before answering a request
     requests: int = 0
     received: list[Received] = field(default_factory=list)  # 2xx answered only
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
@@ -67,6 +68,8 @@ class Receiver:
         if p.dead:  # answers nothing until the receiver closes
             await self.closing.wait()
             return web.Response(status=503)
+        if p.delay_s:
+            await asyncio.sleep(p.delay_s)
         if p.requests <= p.fail_first:
             return web.Response(status=500)
         verified = False

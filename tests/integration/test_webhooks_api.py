@@ -48,7 +48,11 @@ async def test_create_shows_the_secret_once_then_get_list_put_delete(
     r = await strict.put(f"{W}/{made['id']}", json={"url": "http://93.184.215.15/"}, headers=ADMIN)
     assert r.status == 200
     put = await r.json()
-    assert (put["url"], put["resourceTypes"], put["events"]) == ("http://93.184.215.15/", None, None)
+    assert (put["url"], put["resourceTypes"], put["events"]) == (
+        "http://93.184.215.15/",
+        None,
+        None,
+    )
     assert (await strict.delete(f"{W}/{made['id']}", headers=ADMIN)).status == 204
     r = await strict.get(f"{W}/{made['id']}", headers=ADMIN)
     assert r.status == 404 and (await r.json())["code"] == "webhook_not_found"
