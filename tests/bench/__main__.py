@@ -32,6 +32,7 @@ from tests.bench import (
     fig_pipeline,
     fig_shaping,
     fig_sources,
+    fig_webhooks,
 )
 from tests.bench.core import FULL, QUICK, Bench, Figure, cpus
 from tests.bench.env import bench_settings, start_servers
@@ -51,8 +52,9 @@ FIGURES: dict[int, tuple[str, FigureFn]] = {
     9: ("shaped unchanged snapshot resources/s", fig_shaping.figure9),
     10: ("integration data GET / ingest req/s", fig_integration_data.figure10),
     11: ("change feed read changes/s", fig_feed.figure11),
+    14: ("commit -> webhook received latency", fig_webhooks.figure14),
 }
-ORDER = [1, 2, 3, 6, 5, 4, 7, 8, 9, 10, 11]  # 5 uses the maximum rates 1 and 3 measured
+ORDER = [1, 2, 3, 6, 5, 4, 7, 8, 9, 10, 11, 14]  # 5 uses the maximum rates 1 and 3 measured
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
