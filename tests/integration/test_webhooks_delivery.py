@@ -98,7 +98,10 @@ async def test_signed_deliveries_in_order_after_retries_and_the_listing(
 ) -> None:  # fmt: skip
     seeded = await seed_directory(gw)
     await post(gw, seeded, emp("old"))
-    await pipeline.run()  # before the endpoint exists: not delivered
+    await pipeline.run()
+    # the feed's head past "old" (a transaction open elsewhere on the server can hold it
+    # back): an endpoint created now starts after it
+    await poll("old in the feed", lambda: _in_feed(gw, "old"), 20)
     made = await hook(gw, receiver.url("flaky"))
     p = receiver.path("flaky")
     p.secret, p.fail_first = made["secret"], 3
@@ -130,6 +133,11 @@ async def test_signed_deliveries_in_order_after_retries_and_the_listing(
         "delivered", 4, 204, ids[0],
     )  # fmt: skip
     assert d["latencyMs"] >= 0 and d["nextAttemptAt"] is None
+
+
+async def _in_feed(c: Any, rid: str) -> bool:
+    body = await (await c.get("/api/v1/changes?limit=1000", headers=ADMIN)).json()
+    return any(i["id"] == rid for i in body["items"])
 
 
 async def _at_least(items: list[Any], n: int) -> bool:
