@@ -130,6 +130,8 @@ class Settings:
     webhook_retry_window_s: int = 86_400
     webhook_retry_base_ms: int = 1000
     webhook_lease_s: int = 30
+    #: changes one endpoint has in flight at once (never two of one resource)
+    webhook_inflight: int = 16
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -165,6 +167,7 @@ class Settings:
             webhook_retry_window_s=_int(env, "INGESTD_WEBHOOK_RETRY_WINDOW_S", 86_400),
             webhook_retry_base_ms=_int(env, "INGESTD_WEBHOOK_RETRY_BASE_MS", 1000),
             webhook_lease_s=_int(env, "INGESTD_WEBHOOK_LEASE_S", 30),
+            webhook_inflight=_int(env, "INGESTD_WEBHOOK_INFLIGHT", 16),
         )
 
     def gateway_url(self) -> str:
@@ -213,6 +216,7 @@ class Settings:
             "INGESTD_WEBHOOK_RETRY_WINDOW_S": str(self.webhook_retry_window_s),
             "INGESTD_WEBHOOK_RETRY_BASE_MS": str(self.webhook_retry_base_ms),
             "INGESTD_WEBHOOK_LEASE_S": str(self.webhook_lease_s),
+            "INGESTD_WEBHOOK_INFLIGHT": str(self.webhook_inflight),
         }
         if self.database_url:
             env["DATABASE_URL"] = self.database_url

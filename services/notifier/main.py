@@ -24,6 +24,8 @@ from shared.secrets import SecretBox
 
 log = logging.getLogger("ingestd.notifier")
 CLAIM_EVERY_S = 1.0
+#: how long endpoints have on a stop to record the answers they got, before they are cancelled
+STOP_GRACE_S = 2.0
 
 
 def limits_of(settings: Settings) -> Limits:
@@ -33,6 +35,7 @@ def limits_of(settings: Settings) -> Limits:
         retry_base_s=settings.webhook_retry_base_ms / 1000,
         lease_s=float(settings.webhook_lease_s),
         allow_private=settings.webhook_allow_private,
+        inflight=settings.webhook_inflight,
     )
 
 
@@ -79,8 +82,11 @@ class Notifier:
         await self.stop_tasks()
 
     async def stop_tasks(self) -> None:
-        """In-flight deliveries are dropped: their cursor has not moved, so they go again."""
+        """Endpoints see the stop too: they drop their in-flight deliveries (their cursor
+        has not moved past them, so they go again) and record the answers they got."""
         tasks = list(self.running.values())
+        if tasks:
+            await asyncio.wait(tasks, timeout=STOP_GRACE_S)
         for t in tasks:
             t.cancel()
         for t in tasks:

@@ -4,13 +4,15 @@ statement on ``webhooks`` and ``webhook_deliveries`` (migration 0012).
 Signing secrets are sealed with the :class:`~shared.secrets.SecretBox` before they reach
 PostgreSQL and opened on the way out (``WebhookRow.secrets``, left out of its ``repr``).
 
-The notifier's writes (:meth:`WebhookStore.delivered`, :meth:`~WebhookStore.failed`,
-:meth:`~WebhookStore.advance`, :meth:`~WebhookStore.renew`) are each ONE statement,
+The notifier's writes (:meth:`WebhookStore.acknowledged`, :meth:`~WebhookStore.failed`,
+:meth:`~WebhookStore.disable`) are each ONE statement,
 conditional on the caller holding the endpoint's lease (``lease_owner``), and each renews
 it and answers the endpoint as it is now (None: the lease is gone, or the endpoint was
 deleted or disabled): a notifier that lost an endpoint learns it at its next write and
-stops, and its position never moves under another notifier's feet. A delivery's row and
-the endpoint's cursor move in the same statement, after the 2xx.
+stops, and its position never moves under another notifier's feet. A group of 2xx
+answers is recorded in one statement with the endpoint's cursor, which moves only past
+changes that are all done (see services/notifier/window.py). ``failing_since`` is the
+earliest first failed attempt of a change the endpoint is still retrying.
 """
 
 from __future__ import annotations
@@ -77,6 +79,16 @@ class Attempt:
     latency_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """A change's delivery row as a notifier resuming an endpoint reads it."""
+
+    status: str
+    attempts: int
+    next_attempt_at: datetime | None
+    created_at: datetime
+
+
 def _uuid(value: str) -> UUID:
     try:
         return UUID(value)
@@ -113,14 +125,7 @@ RETURNING *
 """
 _MINE = "id = $1 AND lease_owner = $2 AND disabled_at IS NULL"
 _LEASE = "lease_until = now() + make_interval(secs => $3)"
-RENEW_SQL = f"UPDATE webhooks SET {_LEASE} WHERE {_MINE} RETURNING *"
 _FORWARD = "(cursor_txid, cursor_id) < ($4::xid8, $5::bigint)"
-ADVANCE_SQL = f"""
-UPDATE webhooks SET {_LEASE},
-    cursor_txid = CASE WHEN {_FORWARD} THEN $4::xid8 ELSE cursor_txid END,
-    cursor_id = CASE WHEN {_FORWARD} THEN $5::bigint ELSE cursor_id END
-WHERE {_MINE} RETURNING *
-"""
 RELEASE_SQL = (
     "UPDATE webhooks SET lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2"
 )
@@ -128,20 +133,34 @@ _DELIVERY_COLS = (
     "webhook_id, message_id, change_cursor, resource_type, resource_id, version, op, status,"
     " attempts, response_status, error, latency_ms, next_attempt_at"
 )
-_UPSERT = f"""
-INSERT INTO webhook_deliveries ({_DELIVERY_COLS})
-SELECT w.id, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17 FROM w
+_ON_CONFLICT = """
 ON CONFLICT (webhook_id, message_id) DO UPDATE SET status = EXCLUDED.status,
     attempts = EXCLUDED.attempts, response_status = EXCLUDED.response_status,
     error = EXCLUDED.error, latency_ms = EXCLUDED.latency_ms,
     next_attempt_at = EXCLUDED.next_attempt_at, updated_at = now()
 """
-#: the 2xx: the delivery's row and the cursor past the change, in one statement
-DELIVERED_SQL = f"""
+_UPSERT = f"""
+INSERT INTO webhook_deliveries ({_DELIVERY_COLS})
+SELECT w.id, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17 FROM w
+{_ON_CONFLICT}
+"""
+#: a group of 2xx answers: their delivery rows, the cursor (forward only: past the changes
+#: done so far, which may stop before some of them), the endpoint's failing_since and its
+#: lease, in one statement. Also the lease's renewal alone (no rows, the same cursor).
+ACKNOWLEDGED_SQL = f"""
 WITH w AS (
-    UPDATE webhooks SET {_LEASE}, cursor_txid = $4::xid8, cursor_id = $5, failing_since = NULL
+    UPDATE webhooks SET {_LEASE},
+        cursor_txid = CASE WHEN {_FORWARD} THEN $4::xid8 ELSE cursor_txid END,
+        cursor_id = CASE WHEN {_FORWARD} THEN $5::bigint ELSE cursor_id END,
+        failing_since = $6::timestamptz
     WHERE {_MINE} RETURNING *
-), d AS ({_UPSERT})
+), d AS (
+    INSERT INTO webhook_deliveries ({_DELIVERY_COLS})
+    SELECT w.id, u.m, u.c, u.rt, u.rid, u.v, u.op, 'delivered', u.n, u.rs, NULL, u.ms, NULL
+    FROM w, unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[],
+        $12::text[], $13::int[], $14::int[], $15::int[]) AS u(m, c, rt, rid, v, op, n, rs, ms)
+    {_ON_CONFLICT}
+)
 SELECT * FROM w
 """
 #: a failed attempt: the cursor stays; the endpoint is failing since its first one
@@ -161,8 +180,9 @@ WITH w AS (
 ), d AS ({_UPSERT})
 SELECT * FROM w
 """
-ATTEMPTS_SQL = """
-SELECT attempts, next_attempt_at FROM webhook_deliveries WHERE webhook_id = $1 AND message_id = $2
+RECORDED_SQL = """
+SELECT message_id, status, attempts, next_attempt_at, created_at FROM webhook_deliveries
+WHERE webhook_id = $1 AND message_id = ANY($2::text[])
 """
 
 
@@ -259,17 +279,6 @@ class WebhookStore:
     async def claim(self, owner: str, lease_s: float) -> list[WebhookRow]:
         return [self._row(r) for r in await self._db.fetch(CLAIM_SQL, owner, lease_s)]
 
-    async def renew(self, webhook_id: str, owner: str, lease_s: float) -> WebhookRow | None:
-        r = await self._db.fetchrow(RENEW_SQL, UUID(webhook_id), owner, lease_s)
-        return None if r is None else self._row(r)
-
-    async def advance(
-        self, webhook_id: str, owner: str, lease_s: float, pos: Position
-    ) -> WebhookRow | None:
-        """The cursor past changes the endpoint's filters skip (never backwards)."""
-        r = await self._db.fetchrow(ADVANCE_SQL, UUID(webhook_id), owner, lease_s, *pos)
-        return None if r is None else self._row(r)
-
     async def release(self, webhook_id: str, owner: str) -> None:
         await self._db.execute(RELEASE_SQL, UUID(webhook_id), owner)
 
@@ -283,11 +292,25 @@ class WebhookStore:
             a.response_status, a.error, a.latency_ms, next_at,
         ]  # fmt: skip
 
-    async def delivered(
-        self, webhook_id: str, owner: str, lease_s: float, c: FeedChange, msg_id: str, a: Attempt
-    ) -> WebhookRow | None:
-        args = self._args(webhook_id, owner, lease_s, c.position, c, msg_id, "delivered", a, None)
-        r = await self._db.fetchrow(DELIVERED_SQL, *args)
+    async def acknowledged(
+        self, webhook_id: str, owner: str, lease_s: float, pos: Position,
+        batch: list[tuple[FeedChange, str, Attempt]], failing_since: datetime | None,
+    ) -> WebhookRow | None:  # fmt: skip
+        """Record a group of 2xx answers (change, message id, attempt) and move the cursor
+        to ``pos`` (never backwards) in one statement; with no answers, the lease's
+        renewal (and the cursor past changes the filters skip)."""
+        cols: list[list[Any]] = [[] for _ in range(9)]
+        for c, msg_id, a in batch:
+            row = (
+                msg_id, c.cursor, c.resource_type, c.resource_id, c.version, c.op,
+                a.attempts, a.response_status, a.latency_ms,
+            )  # fmt: skip
+            for col, v in zip(cols, row, strict=True):
+                col.append(v)
+        r = await self._db.fetchrow(
+            ACKNOWLEDGED_SQL, UUID(webhook_id), owner, lease_s, pos[0], pos[1], failing_since,
+            *cols,
+        )  # fmt: skip
         return None if r is None else self._row(r)
 
     async def failed(
@@ -304,7 +327,12 @@ class WebhookStore:
         args = self._args(webhook_id, owner, 0.0, (0, 0), c, msg_id, "failed", a, None)
         await self._db.fetchrow(DISABLE_SQL, *args, reason)
 
-    async def attempts_of(self, webhook_id: str, msg_id: str) -> tuple[int, datetime | None]:
-        """How many attempts a change had for the endpoint, and when the next is due."""
-        r = await self._db.fetchrow(ATTEMPTS_SQL, UUID(webhook_id), msg_id)
-        return (0, None) if r is None else (r["attempts"], r["next_attempt_at"])
+    async def recorded(self, webhook_id: str, msg_ids: list[str]) -> dict[str, Recorded]:
+        """What is recorded of these changes (by message id) for the endpoint."""
+        rows = await self._db.fetch(RECORDED_SQL, UUID(webhook_id), msg_ids)
+        return {
+            r["message_id"]: Recorded(
+                r["status"], r["attempts"], r["next_attempt_at"], r["created_at"]
+            )
+            for r in rows
+        }
