@@ -12,8 +12,9 @@ at or before the first change not acknowledged. Order per resource: up to
 resource's change goes out only once every earlier change of it is recorded as delivered,
 so a failing change (retried with backoff until the retry window ends, then the endpoint
 is disabled with the reason) holds back its resource's later changes and the endpoint's
-cursor, not other resources (up to a window of changes) and never another endpoint. Every endpoint has its own task,
-HTTP session and timeouts, so a slow or dead one never delays another. One notifier per
+cursor, not other resources (up to a window of changes) and never another endpoint:
+every endpoint has its own task, HTTP session and timeouts, so a slow or dead one never
+delays another. One notifier per
 endpoint at a time: a lease row (``lease_owner``/``lease_until``) that every write of the
 notifier is conditional on; any number of notifiers may run.
 """
