@@ -1,5 +1,5 @@
-"""The ``ingestd`` command: dev, gateway, worker, projector, sources, migrate, psql,
-rebuild."""
+"""The ``ingestd`` command: dev, gateway, worker, projector, sources, notifier, migrate,
+psql, rebuild."""
 
 from __future__ import annotations
 
@@ -84,6 +84,14 @@ def worker() -> None:
 def projector() -> None:
     """Run the projector writing state and history to PostgreSQL."""
     from services.projector.main import serve
+
+    asyncio.run(serve(_settings()))
+
+
+@main.command()
+def notifier() -> None:
+    """Run the notifier delivering signed webhooks from the change feed."""
+    from services.notifier.main import serve
 
     asyncio.run(serve(_settings()))
 

@@ -4,8 +4,8 @@ Takes an exclusive lock on ``INGESTD_DATA_DIR`` (a second ``ingestd dev`` on the
 folder exits 2 naming the first), starts embedded PostgreSQL and Redis when
 ``DATABASE_URL`` / ``REDIS_URL`` are unset (data in that folder), generates the admin
 token and the secret key of pull sources into it when unset, applies migrations,
-then runs the gateway, the worker(s), the projector and one sources stage as child
-processes, exactly as ``ingestd gateway|worker|projector|sources`` run them, and says it
+then runs the gateway, the worker(s), the projector, one sources stage and one notifier as child
+processes, exactly as ``ingestd gateway|worker|projector|sources|notifier`` run them, and says it
 is ready once the gateway's ``/healthz`` answers 200.
 
 Children run in process groups of their own, so a Ctrl-C in the terminal reaches only
@@ -235,7 +235,7 @@ class Dev:
         settings = _secret_key(_admin_token(settings.with_servers(dsn, redis_url)))
         asyncio.run(migrate(dsn))
         env = {**Settings.process_env(), **settings.server_env()}
-        stages = ["gateway", "projector", *["worker"] * self.workers, "sources"]
+        stages = ["gateway", "projector", *["worker"] * self.workers, "sources", "notifier"]
         for stage in stages:
             if self.stopping:
                 return 0

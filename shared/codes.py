@@ -51,6 +51,10 @@ class Code(StrEnum):
     INVALID_SOURCE_SPEC = "invalid_source_spec"
     INVALID_SOURCE_PARAMS = "invalid_source_params"
     INVALID_SOURCE = "invalid_source"
+    # -- webhooks (400)
+    INVALID_WEBHOOK = "invalid_webhook"
+    INVALID_WEBHOOK_URL = "invalid_webhook_url"
+    WEBHOOK_URL_PRIVATE = "webhook_url_private"
     # -- authentication (401)
     UNAUTHORIZED = "unauthorized"
     MISSING_INGEST_KEY = "missing_ingest_key"
@@ -70,6 +74,7 @@ class Code(StrEnum):
     SOURCE_NOT_FOUND = "source_not_found"
     RUN_NOT_FOUND = "run_not_found"
     INTEGRATION_DATA_NOT_FOUND = "integration_data_not_found"
+    WEBHOOK_NOT_FOUND = "webhook_not_found"
     # -- method (405), other HTTP errors aiohttp raises, and defects (500)
     METHOD_NOT_ALLOWED = "method_not_allowed"
     HTTP_ERROR = "http_error"

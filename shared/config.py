@@ -165,6 +165,14 @@ class Settings:
     rejected_retention_days: int = 30
     #: seconds after which the write model's deleted ids are compacted
     tombstone_ttl_s: int = 7 * 86_400
+    #: webhooks may go to loopback/private/link-local addresses (tests, a private network)
+    webhook_allow_private: bool = False
+    webhook_timeout_ms: int = 10_000
+    webhook_retry_window_s: int = 86_400
+    webhook_retry_base_ms: int = 1000
+    webhook_lease_s: int = 30
+    #: changes one endpoint has in flight at once (never two of one resource)
+    webhook_inflight: int = 16
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -198,6 +206,12 @@ class Settings:
             durability=_choice(env, "INGESTD_DURABILITY", DURABILITY),
             rejected_retention_days=_int(env, "INGESTD_REJECTED_RETENTION_DAYS", 30),
             tombstone_ttl_s=_duration(env, "INGESTD_TOMBSTONE_TTL", 7 * 86_400),
+            webhook_allow_private=_flag(env, "INGESTD_WEBHOOK_ALLOW_PRIVATE"),
+            webhook_timeout_ms=_int(env, "INGESTD_WEBHOOK_TIMEOUT_MS", 10_000),
+            webhook_retry_window_s=_int(env, "INGESTD_WEBHOOK_RETRY_WINDOW_S", 86_400),
+            webhook_retry_base_ms=_int(env, "INGESTD_WEBHOOK_RETRY_BASE_MS", 1000),
+            webhook_lease_s=_int(env, "INGESTD_WEBHOOK_LEASE_S", 30),
+            webhook_inflight=_int(env, "INGESTD_WEBHOOK_INFLIGHT", 16),
         )
 
     @property
@@ -248,6 +262,12 @@ class Settings:
             "INGESTD_DURABILITY": self.durability,
             "INGESTD_REJECTED_RETENTION_DAYS": str(self.rejected_retention_days),
             "INGESTD_TOMBSTONE_TTL": f"{self.tombstone_ttl_s}s",
+            "INGESTD_WEBHOOK_ALLOW_PRIVATE": "1" if self.webhook_allow_private else "0",
+            "INGESTD_WEBHOOK_TIMEOUT_MS": str(self.webhook_timeout_ms),
+            "INGESTD_WEBHOOK_RETRY_WINDOW_S": str(self.webhook_retry_window_s),
+            "INGESTD_WEBHOOK_RETRY_BASE_MS": str(self.webhook_retry_base_ms),
+            "INGESTD_WEBHOOK_LEASE_S": str(self.webhook_lease_s),
+            "INGESTD_WEBHOOK_INFLIGHT": str(self.webhook_inflight),
         }
         if self.database_url:
             env["DATABASE_URL"] = self.database_url

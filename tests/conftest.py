@@ -214,6 +214,9 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
 
 
 TABLES = [
+    "webhook_deliveries",
+    "webhooks",
+    "pull_transfers",
     "integration_data_changes",
     "integration_data",
     "source_run_events",

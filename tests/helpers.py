@@ -161,3 +161,29 @@ def employee_schema(**changes: Any) -> dict[str, Any]:
         else:
             out[k] = v
     return out
+
+
+async def follow_feed(
+    c: Any, headers: dict[str, str], expect: int, limit: int = 100, **query: str
+) -> tuple[list[dict[str, Any]], str]:
+    """Every change feed item from the start (or ``after``), following ``next`` until
+    ``expect`` items came, then one more page, which must be empty. Long polls while
+    short: the feed shows a commit once every older transaction of the PostgreSQL cluster
+    has ended, and the shared test server runs other databases' tests."""
+    items: list[dict[str, Any]] = []
+    params = {"limit": str(limit), **query}
+    deadline = time.monotonic() + 30
+    while True:
+        if len(items) >= expect:
+            params.pop("wait", None)
+        r = await c.get("/api/v1/changes", params=params, headers=headers)
+        assert r.status == 200, await r.text()
+        body = await r.json()
+        items += body["items"]
+        params["after"] = body["next"]
+        if len(items) >= expect and not body["items"]:
+            assert len(items) == expect, items
+            return items, str(body["next"])
+        assert time.monotonic() < deadline, f"{len(items)} of {expect} items came"
+        if not body["items"]:
+            params["wait"] = "5"

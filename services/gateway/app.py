@@ -15,6 +15,7 @@ from services.gateway import (
     batch,
     bulk,
     edit,
+    feed,
     ingest,
     integration_data,
     preview,
@@ -22,6 +23,8 @@ from services.gateway import (
     receipts,
     replay,
     sources,
+    transfer,
+    webhooks,
 )
 from services.gateway.appender import Appender
 from services.gateway.group_read import GroupRead
@@ -29,6 +32,7 @@ from services.gateway.http import MAX_HEADERS, MAX_LINE, error_middleware, respo
 from services.gateway.state import (
     APPENDER,
     CURSOR_KEY,
+    FEED,
     IDATA_READS,
     INTEGRATION_DATA,
     PG,
@@ -40,11 +44,14 @@ from services.gateway.state import (
     SESSIONS,
     SETTINGS,
     SOURCES,
+    TRANSFERS,
+    WEBHOOKS,
 )
 from shared import cursors
 from shared.codes import Code
 from shared.config import Settings
 from shared.errors import ConfigError
+from shared.pg.feed import ChangeSignal, FeedStore
 from shared.pg.integration_data import IntegrationDataStore
 from shared.pg.migrate import require_migrated
 from shared.pg.pool import close_pool, create_pool, ping
@@ -52,6 +59,8 @@ from shared.pg.registry import RegistryCache, RegistryStore
 from shared.pg.repair import RepairStore
 from shared.pg.resources import ResourceStore
 from shared.pg.sources import SourceStore
+from shared.pg.transfer import TransferStore
+from shared.pg.webhooks import WebhookStore
 from shared.redis import durable
 from shared.redis.sessions import SessionStore
 from shared.secrets import SecretBox
@@ -92,6 +101,12 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[IDATA_READS] = GroupRead(app[INTEGRATION_DATA].instances)
     box = SecretBox(settings.secret_key) if settings.secret_key else None
     app[SOURCES] = SourceStore(pool, box)
+    if box is not None:
+        app[WEBHOOKS] = WebhookStore(pool, box)
+    signal = ChangeSignal(dsn)
+    await signal.start()
+    app[FEED] = FeedStore(pool, signal)
+    app[TRANSFERS] = TransferStore(pool)
     registry = RegistryCache(app[REGISTRY_STORE], settings.registry_poll_ms)
     await registry.start()
     app[REGISTRY] = registry
@@ -105,6 +120,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     await app[IDATA_READS].stop()
     await appender.stop()
     await registry.stop()
+    await signal.stop()
     await close_pool(pool, log)
     await appends.aclose()
     await redis.aclose()
@@ -168,5 +184,9 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(receipts.routes)
     app.router.add_routes(integration_data.routes)
     app.router.add_routes(read.routes)
+    app.router.add_routes(feed.routes)
+    app.router.add_routes(transfer.routes)
+    app.router.add_routes(webhooks.routes)
+    app.on_shutdown.append(feed.end_long_polls)
     app.router.add_routes(edit.routes)
     return app

@@ -9,11 +9,14 @@ from redis.asyncio import Redis
 from services.gateway.appender import Appender
 from services.gateway.group_read import GroupRead
 from shared.config import Settings
+from shared.pg.feed import FeedStore
 from shared.pg.integration_data import Entry, IntegrationDataStore
 from shared.pg.registry import RegistryCache, RegistryStore
 from shared.pg.repair import RepairStore
 from shared.pg.resources import ResourceStore
 from shared.pg.sources import SourceStore
+from shared.pg.transfer import TransferStore
+from shared.pg.webhooks import WebhookStore
 from shared.redis.sessions import SessionStore
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -32,3 +35,6 @@ IDATA_READS = web.AppKey(
     "idata_reads", GroupRead[tuple[str, str, str, str], tuple[bool, Entry | None]]
 )
 REPAIR = web.AppKey("repair", RepairStore)
+FEED = web.AppKey("feed", FeedStore)  # its signal LISTENs on a connection of its own
+TRANSFERS = web.AppKey("transfers", TransferStore)
+WEBHOOKS = web.AppKey("webhooks", WebhookStore)  # only with INGESTD_SECRET_KEY

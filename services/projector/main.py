@@ -67,10 +67,11 @@ class Projector:
         self.applied = 0
         self.outages = Outages(log)
 
-    async def run(self) -> None:
-        await asyncio.gather(
-            *(self._partition(p) for p in range(self.partitions)), self._purge_rejected()
-        )
+    async def run(self, only: list[int] | None = None) -> None:
+        """Drain every partition (``only``: those), each while holding its lease, and
+        purge rejected bodies past their retention."""
+        wanted = range(self.partitions) if only is None else only
+        await asyncio.gather(*(self._partition(p) for p in wanted), self._purge_rejected())
 
     async def _purge_rejected(self) -> None:
         """Every :data:`PURGE_EVERY_S`, delete the rejected bodies past their retention
@@ -82,6 +83,7 @@ class Projector:
                     log.info("purged %s rejected bodies older than %s days", n,
                              self.retention_days)  # fmt: skip
             except (*UNREACHABLE, asyncpg.PostgresError) as e:
+                tasks.reraise_if_cancelled()
                 log.warning("purging rejected bodies failed (%s); next try later", e)
             await asyncio.sleep(PURGE_EVERY_S)
 

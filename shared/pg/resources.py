@@ -24,15 +24,22 @@ from uuid import UUID
 
 import asyncpg
 
+from shared.pg.feed import NOTIFY_SQL
 from shared.pg.pool import Db, connection
 from shared.projection import BatchRows, Key
 
 # ---- the projector's batch ----------------------------------------------------------
 
+#: the partition's transaction-level advisory lock, taken before the transaction has an
+#: xid, then its position row: one round trip (the simple protocol; ``{p}`` is an int).
+#: The lock orders the xids of one partition's batches by commit (shared.pg.feed, step 3).
 POSITION_SQL = """
-INSERT INTO projector_positions (partition, stream_ms, stream_seq) VALUES ($1, 0, 0)
+SELECT pg_advisory_xact_lock({lock_class}, {p});
+INSERT INTO projector_positions (partition, stream_ms, stream_seq) VALUES ({p}, 0, 0)
 ON CONFLICT (partition) DO NOTHING
 """
+#: the advisory lock class of projector partitions (the migrations' lock is one number)
+PARTITION_LOCK_CLASS = 0x1D6E
 POSITION_LOCK_SQL = (
     "SELECT stream_ms, stream_seq FROM projector_positions WHERE partition = $1 FOR UPDATE"
 )
@@ -309,6 +316,7 @@ class Projection:
         self._conn = conn
         self.p = p
         self.position = position
+        self._wrote_history = False
 
     async def previous(self, keys: list[Key]) -> dict[Key, Any]:
         """The current data of those of ``keys`` that exist."""
@@ -334,8 +342,11 @@ class Projection:
         await self.record(upto)
 
     async def record(self, upto: tuple[int, int]) -> None:
-        """Record ``upto`` as the last stream id of the partition applied."""
+        """Record ``upto`` as the last stream id of the partition applied; when the batch
+        wrote history, notify the change feed's listeners (delivered at commit)."""
         await self._conn.execute(POSITION_UPDATE_SQL, self.p, upto[0], upto[1])
+        if self._wrote_history:
+            await self._conn.execute(NOTIFY_SQL)
 
     async def write_rows(self, rows: BatchRows) -> None:
         conn = self._conn
@@ -349,6 +360,7 @@ class Projection:
                     cols[i].append(val)
             await conn.execute(UPSERT_SQL, *cols, rows.now or datetime.now(UTC))
         if rows.history:
+            self._wrote_history = True
             await conn.copy_records_to_table(
                 "resource_changes", records=rows.history, columns=CHANGE_COLS
             )
@@ -377,7 +389,7 @@ class ResourceStore:
         """One transaction holding partition ``p``'s position row locked: committed when
         the block ends, rolled back when it raises."""
         async with connection(self._db) as conn, conn.transaction():
-            await conn.execute(POSITION_SQL, p)
+            await conn.execute(POSITION_SQL.format(lock_class=PARTITION_LOCK_CLASS, p=int(p)))
             pos = await conn.fetchrow(POSITION_LOCK_SQL, p)
             assert pos is not None
             yield Projection(conn, p, (pos["stream_ms"], pos["stream_seq"]))

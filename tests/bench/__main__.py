@@ -28,11 +28,13 @@ from tests.bench import (
     fig_batch,
     fig_bulk,
     fig_durability,
+    fig_feed,
     fig_gateway,
     fig_integration_data,
     fig_pipeline,
     fig_shaping,
     fig_sources,
+    fig_webhooks,
 )
 from tests.bench.core import FULL, QUICK, Bench, Figure, cpus
 from tests.bench.env import bench_settings, start_servers
@@ -51,10 +53,12 @@ FIGURES: dict[int, tuple[str, FigureFn]] = {
     8: ("pull full run records/s", fig_sources.figure8),
     9: ("shaped unchanged snapshot resources/s", fig_shaping.figure9),
     10: ("integration data GET / ingest req/s", fig_integration_data.figure10),
+    11: ("change feed read changes/s", fig_feed.figure11),
     12: ("batch-event items/s / single-event rate", fig_batch.figure12),
     13: ("strict durability / default 202 req/s", fig_durability.figure13),
+    14: ("commit -> webhook received latency", fig_webhooks.figure14),
 }
-ORDER = [1, 2, 3, 6, 5, 4, 7, 8, 9, 10, 12, 13]  # 5 uses the maximum rates 1 and 3 measured
+ORDER = [1, 2, 3, 6, 5, 4, 7, 8, 9, 10, 11, 12, 13, 14]  # 5 uses the maximum rates 1, 3 measured
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -44,7 +44,7 @@ def test_dev_starts_embedded_servers_stops_cleanly_and_keeps_data(
             "POST", "/admin/v1/schema-groups", token, {"name": "directory", "prefix": "_directory"}
         )
         assert group["prefix"] == "_directory"
-        assert stages_running(dev) == ["gateway", "projector", "sources", "worker"]
+        assert stages_running(dev) == ["gateway", "notifier", "projector", "sources", "worker"]
         assert dev.call("GET", "/admin/v1/source-specs", token) == {"items": []}  # key given
         probe = f"{ks.PREFIX}:test:probe"
         with redis.Redis.from_url(dev.wait_for(REDIS_AT)) as r:

@@ -45,9 +45,9 @@ K8S: list[dict[str, Any]] = [
 ]
 DOCKERFILE = (DEPLOY / "Dockerfile").read_text()
 IMAGE = "ingestd:latest"
-STAGES = {"gateway", "worker", "projector", "sources"}
+STAGES = {"gateway", "worker", "projector", "sources", "notifier"}
 SECRET_KEY = "INGESTD_SECRET_KEY"
-NEEDS_SECRET_KEY = {"gateway", "sources"}  # the sources routes seal, the stage opens
+NEEDS_SECRET_KEY = {"gateway", "sources", "notifier"}  # routes seal, the stages open
 EXAMPLE_KEY = SecretBox.generate_key()
 
 

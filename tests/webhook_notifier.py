@@ -1,0 +1,58 @@
+"""Webhook tests' helpers: an in-process notifier (the stage's own Notifier loop), the
+pipeline applying in the background, and an endpoint made through the admin API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+
+from services.notifier.main import Notifier, limits_of
+from shared.config import Settings
+from shared.pg.feed import ChangeSignal, FeedStore
+from shared.pg.webhooks import WebhookStore
+from shared.secrets import SecretBox
+from tests.conftest import ADMIN, InlinePipeline
+
+W = "/admin/v1/webhooks"
+
+
+@contextlib.asynccontextmanager
+async def notifier(s: Settings, pool: asyncpg.Pool) -> AsyncIterator[Notifier]:
+    assert s.database_url and s.secret_key
+    signal = ChangeSignal(s.database_url)
+    await signal.start()
+    n = Notifier(WebhookStore(pool, SecretBox(s.secret_key)), FeedStore(pool, signal), limits_of(s))
+    stop = asyncio.Event()
+    task = asyncio.create_task(n.serve(stop))
+    try:
+        yield n
+    finally:
+        stop.set()
+        await task
+        await signal.stop()
+
+
+@contextlib.asynccontextmanager
+async def applying(pipeline: InlinePipeline) -> AsyncIterator[None]:
+    async def loop() -> None:
+        while True:
+            await pipeline.run()
+            await asyncio.sleep(0.02)
+
+    task = asyncio.create_task(loop())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def hook(c: Any, url: str, **extra: Any) -> dict[str, Any]:
+    r = await c.post(W, json={"url": url, **extra}, headers=ADMIN)
+    assert r.status == 201, await r.text()
+    return dict(await r.json())
