@@ -249,6 +249,7 @@ class ChangeSignal:
         self.generation = 0
         self.closing = False
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def close(self) -> None:
         """The process is shutting down: wake every waiter now, and later ones at once."""
@@ -272,16 +273,25 @@ class ChangeSignal:
         return True
 
     async def start(self) -> None:
+        self._stopping = asyncio.Event()
         self._task = asyncio.create_task(self._listen())
 
     async def stop(self) -> None:
-        if self._task is not None:
+        """End the LISTEN loop. It is asked to stop rather than cancelled: a cancelled
+        ``asyncpg.connect`` can be left waiting forever (seen as a gateway that never
+        finished its cleanup when it stopped right after starting)."""
+        if self._task is None:
+            return
+        self._stopping.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), STOP_S)
+        except TimeoutError:
+            log.warning("change feed: LISTEN loop did not stop within %s s", STOP_S)
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
     async def _listen(self) -> None:
-        while True:
+        stopping = self._stopping
+        while not stopping.is_set():
             lost = asyncio.Event()
             conn: asyncpg.Connection | None = None
             try:
@@ -289,12 +299,28 @@ class ChangeSignal:
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(CHANNEL, self._wake)
                 self._wake()  # whatever committed while we were not listening
-                await lost.wait()
-                log.warning("change feed: LISTEN connection lost; reconnecting")
+                await _first(lost.wait(), stopping.wait())
+                if lost.is_set() and not stopping.is_set():
+                    log.warning("change feed: LISTEN connection lost; reconnecting")
             except (OSError, TimeoutError, asyncpg.PostgresError) as e:
                 log.warning("change feed: cannot LISTEN (%s); retrying", e)
             finally:
                 if conn is not None and not conn.is_closed():
                     with contextlib.suppress(Exception):
-                        await asyncio.shield(conn.close(timeout=2))
-            await asyncio.sleep(1)
+                        await conn.close(timeout=2)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), 1)
+
+
+#: how long a stopping gateway waits for its LISTEN loop (a connect under way: <= 5 s)
+STOP_S = 8.0
+
+
+async def _first(*waits: Any) -> None:
+    """Until the first of ``waits`` is done; the others are cancelled (Event.wait only)."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()

@@ -245,7 +245,12 @@ async def test_history_from_before_migration_0009_is_read_first_in_id_order(
             " event_id, received_at) VALUES ('_t_x', 'new', 1, 'created', '[]', 'ev', now())"
         )
         store = FeedStore(conn)
-        items, _ = await store.read(None, 10)
+
+        async def all_three() -> Any:  # the new row shows once older transactions ended
+            items, _ = await store.read(None, 10)
+            return items if len(items) == 3 else None
+
+        items = await poll("the three rows in the feed", all_three, 20, every=0.05)
         assert [(c.resource_id, c.position[0]) for c in items][:2] == [("old2", 0), ("old1", 0)]
         assert [c.resource_id for c in items] == ["old2", "old1", "new"]
         assert items[2].position[0] > 0
