@@ -33,12 +33,19 @@ def reraise_if_cancelled() -> None:
 async def stop(task: asyncio.Task[Any] | None, log: logging.Logger) -> None:
     """Cancel ``task`` and wait for it to end, at most :data:`STOP_TIMEOUT_S` (then it is
     left behind, with a warning: stopping never waits for ever)."""
-    timeout = STOP_TIMEOUT_S
-    if task is None or task.done():
+    await stop_all([] if task is None else [task], log)
+
+
+async def stop_all(tasks: list[asyncio.Task[Any]], log: logging.Logger) -> None:
+    """:func:`stop` for several tasks at once (one bound for them all)."""
+    live = [t for t in tasks if not t.done()]
+    if not live:
         return
-    task.cancel()
-    done, _ = await asyncio.wait({task}, timeout=timeout)
-    if not done:
-        log.warning("task %s did not stop within %.0f s of its cancellation", task, timeout)
-    elif not task.cancelled() and task.exception() is not None:
-        log.warning("task %s ended with %r", task.get_name(), task.exception())
+    for t in live:
+        t.cancel()
+    done, left = await asyncio.wait(live, timeout=STOP_TIMEOUT_S)
+    for t in left:
+        log.warning("task %s did not stop within %.0f s of its cancellation", t, STOP_TIMEOUT_S)
+    for t in done:
+        if not t.cancelled() and t.exception() is not None:
+            log.warning("task %s ended with %r", t.get_name(), t.exception())

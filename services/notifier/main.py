@@ -13,6 +13,7 @@ import signal
 import socket
 
 from services.notifier.endpoint import Endpoint, Limits
+from shared import tasks
 from shared.config import Settings
 from shared.errors import ConfigError
 from shared.outage import UNREACHABLE, Outages
@@ -84,14 +85,10 @@ class Notifier:
     async def stop_tasks(self) -> None:
         """Endpoints see the stop too: they drop their in-flight deliveries (their cursor
         has not moved past them, so they go again) and record the answers they got."""
-        tasks = list(self.running.values())
-        if tasks:
-            await asyncio.wait(tasks, timeout=STOP_GRACE_S)
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(BaseException):
-                await t
+        running = list(self.running.values())
+        if running:
+            await asyncio.wait(running, timeout=STOP_GRACE_S)
+        await tasks.stop_all(running, log)
 
 
 async def serve(settings: Settings) -> None:

@@ -139,12 +139,8 @@ class SourcesStage:
     async def stop_runs(self) -> None:
         """Stopping: runs in flight are cancelled; their rows go stale and another stage
         fails them (``run_abandoned``) and aborts their sessions."""
-        tasks = list(self.running.values())
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(BaseException):
-                await t
+        running = list(self.running.values())
+        await tasks.stop_all(running, log)
 
 
 async def serve(settings: Settings) -> None:
