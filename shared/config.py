@@ -171,6 +171,8 @@ class Settings:
     webhook_retry_window_s: int = 86_400
     webhook_retry_base_ms: int = 1000
     webhook_lease_s: int = 30
+    #: days a finished delivery's row is kept for GET …/deliveries (0: for ever)
+    webhook_delivery_retention_days: int = 7
     #: changes one endpoint has in flight at once (never two of one resource)
     webhook_inflight: int = 16
 
@@ -211,6 +213,7 @@ class Settings:
             webhook_retry_window_s=_int(env, "INGESTD_WEBHOOK_RETRY_WINDOW_S", 86_400),
             webhook_retry_base_ms=_int(env, "INGESTD_WEBHOOK_RETRY_BASE_MS", 1000),
             webhook_lease_s=_int(env, "INGESTD_WEBHOOK_LEASE_S", 30),
+            webhook_delivery_retention_days=_int(env, "INGESTD_WEBHOOK_DELIVERY_RETENTION_DAYS", 7),
             webhook_inflight=_int(env, "INGESTD_WEBHOOK_INFLIGHT", 16),
         )
 
@@ -267,6 +270,7 @@ class Settings:
             "INGESTD_WEBHOOK_RETRY_WINDOW_S": str(self.webhook_retry_window_s),
             "INGESTD_WEBHOOK_RETRY_BASE_MS": str(self.webhook_retry_base_ms),
             "INGESTD_WEBHOOK_LEASE_S": str(self.webhook_lease_s),
+            "INGESTD_WEBHOOK_DELIVERY_RETENTION_DAYS": str(self.webhook_delivery_retention_days),
             "INGESTD_WEBHOOK_INFLIGHT": str(self.webhook_inflight),
         }
         if self.database_url:

@@ -11,6 +11,9 @@ import os
 import secrets
 import signal
 import socket
+import time
+
+import asyncpg
 
 from services.notifier.endpoint import Endpoint, Limits
 from shared import tasks
@@ -25,6 +28,7 @@ from shared.secrets import SecretBox
 
 log = logging.getLogger("ingestd.notifier")
 CLAIM_EVERY_S = 1.0
+PURGE_EVERY_S = 600.0
 #: how long endpoints have on a stop to record the answers they got, before they are cancelled
 STOP_GRACE_S = 2.0
 
@@ -48,6 +52,7 @@ class Notifier:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.running: dict[str, asyncio.Task[None]] = {}
         self.outages = Outages(log)
+        self._purged = -PURGE_EVERY_S  # the first turn purges
 
     async def claim(self, stop: asyncio.Event) -> None:
         for row in await self.store.claim(self.owner, self.limits.lease_s):
@@ -71,13 +76,27 @@ class Notifier:
         except Exception:
             log.exception("webhook %s: unexpected error; will claim again", ep.row.id)
 
-    async def serve(self, stop: asyncio.Event) -> None:
+    async def purge(self, retention_days: int) -> None:
+        """At most every :data:`PURGE_EVERY_S`: finished deliveries past their retention
+        leave ``webhook_deliveries`` (one notifier doing it twice deletes nothing more)."""
+        now = time.monotonic()
+        if retention_days <= 0 or now - self._purged < PURGE_EVERY_S:
+            return
+        self._purged = now
+        n = await self.store.purge_deliveries(retention_days)
+        if n:
+            log.info("purged %s webhook deliveries older than %s days", n, retention_days)
+
+    async def serve(self, stop: asyncio.Event, retention_days: int = 0) -> None:
         while not stop.is_set():
             try:
                 await self.claim(stop)
+                await self.purge(retention_days)
                 self.outages.all_answered()
             except UNREACHABLE as e:
                 self.outages.failed(e)
+            except asyncpg.PostgresError as e:
+                log.warning("notifier: %s; retrying", e)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), CLAIM_EVERY_S)
         await self.stop_tasks()
@@ -107,7 +126,7 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     log.info("notifier %s delivering webhooks", notifier.owner)
     try:
-        await notifier.serve(stop)
+        await notifier.serve(stop, settings.webhook_delivery_retention_days)
     finally:
         await change_signal.stop()
         await pool.close()

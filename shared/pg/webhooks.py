@@ -186,10 +186,31 @@ WHERE webhook_id = $1 AND message_id = ANY($2::text[])
 """
 
 
+#: finished deliveries (delivered, or given up) older than the retention, a batch at a time;
+#: a delivery still being retried carries its attempts and is never purged
+PURGE_DELIVERIES_SQL = """
+DELETE FROM webhook_deliveries WHERE id IN (
+    SELECT id FROM webhook_deliveries
+    WHERE status IN ('delivered', 'failed') AND updated_at < now() - make_interval(days => $1)
+    ORDER BY id LIMIT $2)
+"""
+
+
 class WebhookStore:
     def __init__(self, db: Db, box: SecretBox) -> None:
         self._db = db
         self._box = box
+
+    async def purge_deliveries(self, retention_days: int, batch: int = 5000) -> int:
+        """Delete finished deliveries older than ``retention_days``, ``batch`` rows per
+        statement (no long lock, no huge transaction); how many went."""
+        total = 0
+        while True:
+            status = await self._db.execute(PURGE_DELIVERIES_SQL, retention_days, batch)
+            n = int(status.split()[-1])
+            total += n
+            if n < batch:
+                return total
 
     def _row(self, r: asyncpg.Record) -> WebhookRow:
         sealed = self._box.open(r["secrets"]).get("secrets", [])
