@@ -8,14 +8,15 @@ with a gateway process's base URL: both answer ``get`` / ``post`` / ``delete`` a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
 
-from tests.conftest import EMPLOYEE_SCHEMA, Seeded
+from tests.conftest import EMPLOYEE_SCHEMA, InlinePipeline, Seeded
 
 INGEST = "/integration/custom-data"
 OPS = ("created", "updated", "deleted", "unchanged", "rejected")
@@ -187,3 +188,21 @@ async def follow_feed(
         assert time.monotonic() < deadline, f"{len(items)} of {expect} items came"
         if not body["items"]:
             params["wait"] = "5"
+
+
+@contextlib.asynccontextmanager
+async def applying(pipeline: InlinePipeline, every: float = 0.02) -> AsyncIterator[None]:
+    """Worker and projector (``pipeline``) applying in the background for the block."""
+
+    async def loop() -> None:
+        while True:
+            await pipeline.run()
+            await asyncio.sleep(every)
+
+    task = asyncio.create_task(loop())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -15,7 +15,7 @@ from shared.config import Settings
 from shared.pg.feed import ChangeSignal, FeedStore
 from shared.pg.webhooks import WebhookStore
 from shared.secrets import SecretBox
-from tests.conftest import ADMIN, InlinePipeline
+from tests.conftest import ADMIN
 
 W = "/admin/v1/webhooks"
 
@@ -34,22 +34,6 @@ async def notifier(s: Settings, pool: asyncpg.Pool) -> AsyncIterator[Notifier]:
         stop.set()
         await task
         await signal.stop()
-
-
-@contextlib.asynccontextmanager
-async def applying(pipeline: InlinePipeline) -> AsyncIterator[None]:
-    async def loop() -> None:
-        while True:
-            await pipeline.run()
-            await asyncio.sleep(0.02)
-
-    task = asyncio.create_task(loop())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def hook(c: Any, url: str, **extra: Any) -> dict[str, Any]:

@@ -4,9 +4,6 @@ receiver at least once, and each resource's versions arrive in order."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,27 +14,11 @@ from services.gateway.app import create_app
 from shared.config import Settings
 from tests.conftest import ADMIN, InlinePipeline, seed_directory
 from tests.e2e.procs import Stage, stage_env
-from tests.helpers import emp, poll, post
+from tests.helpers import applying, emp, poll, post
 from tests.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.slow
 RESOURCES, VERSIONS = 8, 25
-
-
-@contextlib.asynccontextmanager
-async def applying(pipeline: InlinePipeline) -> AsyncIterator[None]:
-    async def loop() -> None:
-        while True:
-            await pipeline.run()
-            await asyncio.sleep(0.02)
-
-    task = asyncio.create_task(loop())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def test_a_notifier_killed_mid_stream_loses_nothing(

@@ -6,7 +6,6 @@ what the README shows."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from typing import Any
 
@@ -15,15 +14,10 @@ from aiohttp.test_utils import TestClient
 
 from tests.conftest import ADMIN_TOKEN, InlinePipeline
 from tests.e2e.readme import ROOT, block, output_matches
+from tests.helpers import applying
 
 MARK = "--- next example ---"
 pytestmark = pytest.mark.slow  # the walkthrough waits on receipts: ~20 s
-
-
-async def _apply_continuously(pipeline: InlinePipeline) -> None:
-    while True:
-        await pipeline.run()
-        await asyncio.sleep(0.02)
 
 
 async def test_the_feed_and_pull_transfer_examples(
@@ -37,17 +31,12 @@ async def test_the_feed_and_pull_transfer_examples(
         "B": str(client.make_url("")).rstrip("/"),
         "INGESTD_ADMIN_TOKEN": ADMIN_TOKEN,
     }
-    applying = asyncio.create_task(_apply_continuously(pipeline))
-    try:
+    async with applying(pipeline):
         proc = await asyncio.create_subprocess_exec(
             "bash", "-c", script, cwd=ROOT, env=env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         out, err = await asyncio.wait_for(proc.communicate(), 120)
-    finally:
-        applying.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await applying
     assert proc.returncode == 0 and not err, out.decode() + err.decode()
     feed_out, pull_out = out.decode().split(MARK + "\n")
     output_matches(block("text", before="The feed example prints"), feed_out)

@@ -5,7 +5,6 @@ in-process gateway (after the walkthrough, which the example builds on), and
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from typing import Any
 
@@ -14,6 +13,7 @@ from aiohttp.test_utils import TestClient
 from shared.config import Settings
 from tests.conftest import ADMIN_TOKEN, InlinePipeline
 from tests.e2e.readme import ROOT, block, output_matches
+from tests.helpers import applying
 
 
 async def _bash(script: str, env: dict[str, str]) -> str:
@@ -26,12 +26,6 @@ async def _bash(script: str, env: dict[str, str]) -> str:
     return out.decode()
 
 
-async def _keep_processing(pipeline: InlinePipeline) -> None:
-    while True:
-        await pipeline.run()
-        await asyncio.sleep(0.05)
-
-
 async def test_the_readme_replay_example(
     client: TestClient[Any, Any], pipeline: InlinePipeline
 ) -> None:
@@ -39,13 +33,8 @@ async def test_the_readme_replay_example(
     shown = block("text", before="prints", containing="already_replayed")
     base = str(client.make_url("")).rstrip("/")
     script = f". examples/walkthrough.sh > /dev/null\n{example}"
-    worker = asyncio.create_task(_keep_processing(pipeline))
-    try:
+    async with applying(pipeline, every=0.05):
         printed = await _bash(script, {"B": base, "INGESTD_ADMIN_TOKEN": ADMIN_TOKEN})
-    finally:
-        worker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await worker
     output_matches(shown, printed)
 
 

@@ -18,8 +18,8 @@ from standardwebhooks import Webhook
 from services.gateway.app import create_app
 from shared.config import Settings
 from tests.conftest import ADMIN, InlinePipeline, seed_directory
-from tests.helpers import delete, emp, poll, post
-from tests.webhook_notifier import applying, hook, notifier
+from tests.helpers import applying, delete, emp, poll, post
+from tests.webhook_notifier import hook, notifier
 from tests.webhook_receiver import Receiver
 
 W = "/admin/v1/webhooks"

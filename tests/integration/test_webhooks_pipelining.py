@@ -18,8 +18,8 @@ from services.gateway.app import create_app
 from shared import feed
 from shared.config import Settings
 from tests.conftest import ADMIN, InlinePipeline, seed_directory
-from tests.helpers import emp, poll, post
-from tests.webhook_notifier import W, applying, hook, notifier
+from tests.helpers import applying, emp, poll, post
+from tests.webhook_notifier import W, hook, notifier
 from tests.webhook_receiver import Receiver
 
 RESOURCES, VERSIONS = 6, 8
