@@ -23,7 +23,7 @@ from aiohttp import web
 
 from services.gateway.http import json_object, require_admin, respond
 from services.gateway.ingest import append_raw
-from services.gateway.state import REGISTRY, REPAIR, SETTINGS
+from services.gateway.state import REGISTRY, REGISTRY_STORE, REPAIR, SETTINGS
 from shared.codes import ISSUES, Code
 from shared.errors import ApiError
 from shared.pg.repair import RejectedBody, RejectedEvent
@@ -64,9 +64,11 @@ async def _submit(
             Code.TABLE_NOT_FOUND, f"the table of {event.event_id!r} no longer exists", status=404
         )
     params = (event.group_key, event.event, event.actor)
+    # decided under the schema current now, however late a worker's registry poll is
+    generation = await request.app[REGISTRY_STORE].generation()
     out = []
     for b in todo:
-        extra: dict[str, Any] = {"replayOf": event.event_id}
+        extra: dict[str, Any] = {"replayOf": event.event_id, "registryGeneration": generation}
         if b.index is not None:
             extra["replayItem"] = b.index
         eid = await append_raw(

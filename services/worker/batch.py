@@ -69,7 +69,7 @@ class BatchCommit:
                 "the batch's body is no longer stored (Redis lost it); send the batch again",
             )
         self.seq = head.seq
-        table = await self.ctx.table(self.meta.resource_type)
+        table = await self.ctx.table(self.meta.resource_type, self.meta)
         if table is None:
             return self._refused(Code.TABLE_NOT_FOUND, "the table no longer exists")
         schema = self.ctx.registry.snapshot.compiled(table)

@@ -164,7 +164,7 @@ class BulkCommit:
                 "a snapshot of this scope opened after this one has already been applied; "
                 "this older one is discarded so it cannot overwrite newer data",
             )
-        table = await self.ctx.table(self.meta.resource_type)
+        table = await self.ctx.table(self.meta.resource_type, self.meta)
         if table is None:
             return self._refused(Code.TABLE_NOT_FOUND, "the table no longer exists")
         fx = FastExtractor(self.ctx.registry.snapshot.compiled(table))

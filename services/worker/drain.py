@@ -199,7 +199,7 @@ class Drainer:
         write model knows it, so the merged result is validated against its real state."""
         m = e.meta
         states = await self._load_states([e])
-        table = await self.ctx.table(m.resource_type)
+        table = await self.ctx.table(m.resource_type, m)
         try:
             if table is None:
                 raise LookupError(f"no table {m.resource_type!r} anymore")
@@ -252,7 +252,7 @@ class Drainer:
     async def _prepare(self, e: Entry) -> Prepared:
         """The pure step, fenced: an entry it cannot handle is rejected with a sync issue
         (a dead letter with its position), never retried forever."""
-        table = await self.ctx.table(e.meta.resource_type)
+        table = await self.ctx.table(e.meta.resource_type, e.meta)
         if table is None:
             issue = Issue(Code.TABLE_NOT_FOUND, f"no table {e.meta.resource_type!r} anymore")
             return Prepared({}, None, [issue])

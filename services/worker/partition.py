@@ -159,8 +159,13 @@ class Partition:
     def state_key(self, resource_type: str, group_key: str) -> str:
         return ks.state_key(self.p, resource_type, group_key)
 
-    async def table(self, resource_type: str) -> TableInfo | None:
-        """The table of ``resource_type``, asking PostgreSQL again before saying none."""
+    async def table(self, resource_type: str, meta: RawMeta | None = None) -> TableInfo | None:
+        """The table of ``resource_type``, asking PostgreSQL again before saying none. An
+        event that names the registry generation it was submitted under (a replay: under
+        the table's CURRENT schema) is never decided under an older one."""
+        wanted = (meta.extra or {}).get("registryGeneration") if meta is not None else None
+        if isinstance(wanted, int):
+            await self.registry.at_least(wanted)
         table = self.registry.snapshot.by_type.get(resource_type)
         if table is None:
             await self.registry.refresh(force=True)

@@ -495,6 +495,11 @@ class RegistryCache:
     async def stop(self) -> None:
         await tasks.stop(self._task, log)
 
+    async def at_least(self, generation: int) -> None:
+        """Refresh now unless this cache already holds ``generation`` (or a later one)."""
+        if self._gen is None or self._gen < generation:
+            await self.refresh()
+
     async def refresh(self, force: bool = False) -> None:
         gen = await self._store.generation()
         if force or gen != self._gen:

@@ -106,6 +106,28 @@ async def test_a_rejected_event_is_kept_and_replayed_under_the_current_schema(
     assert await queued(redis, settings) == 0
 
 
+async def test_a_replay_is_decided_under_the_schema_current_when_it_was_asked_for(
+    client: TestClient[Any, Any], seeded: Seeded, pipeline: InlinePipeline, pool: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A worker whose registry has not polled since the schema was fixed still decides
+    the replay under the fixed schema (the replay names the registry generation)."""
+    bad = await post(client, seeded, emp("g1", active="yes"))
+    await pipeline.run()  # the worker's registry now holds the old schema
+    stale = pipeline.registry.refresh
+
+    async def refresh(force: bool = False) -> None:
+        if not force:  # the pipeline's own refresh at each run stands for a late poll
+            await stale()
+
+    monkeypatch.setattr(pipeline.registry, "refresh", refresh)
+    await fix_schema(client, seeded)
+    [eid] = (await replay(client, bad))["eventIds"]
+    await pipeline.run()
+    rc = await receipt(client, seeded, eid)
+    assert (rc["status"], rc["created"]) == ("applied", 1), rc
+
+
 async def test_a_replay_never_creates_a_second_version_of_an_applied_change(
     client: TestClient[Any, Any], seeded: Seeded, pipeline: InlinePipeline, pool: asyncpg.Pool,
 ) -> None:  # fmt: skip
