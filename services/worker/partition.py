@@ -36,6 +36,9 @@ RECOVERY_TTL = 7 * 86_400
 StreamId = tuple[int, int]
 
 
+SCAN_COUNT = 5000  # keys Redis visits per SCAN call of a compaction
+
+
 @dataclass(slots=True)
 class Entry:
     """One raw event read from the partition's ingest stream."""
@@ -106,7 +109,10 @@ class Partition:
             return 0
         cutoff = int(time.time() * 1000) - self.tombstone_ttl_s * 1000
         removed = 0
-        async for key in self.redis.scan_iter(match=ks.partition_state_pattern(self.p)):
+        # the keyspace holds a receipt per recent event: ask for hashes only, many a call
+        async for key in self.redis.scan_iter(
+            match=ks.partition_state_pattern(self.p), count=SCAN_COUNT, _type="hash"
+        ):
             removed += await writemodel.compact(self.conn, self.lease, self.redis, key.decode(),
                                                 cutoff)  # fmt: skip
         if removed:
