@@ -41,43 +41,61 @@ def refused_for_good(e: BaseException) -> bool:
     return isinstance(e, asyncpg.PostgresError) and state[:2] in DATA_CLASSES
 
 
+Part = tuple[int, list[tuple[bytes, bytes]]]  # (partition, its entries in stream order)
+
+
 async def apply_batch(store: ResourceStore, p: int, entries: list[tuple[bytes, bytes]]) -> int:
     """Apply entries (stream id, encoded change) past the recorded position; return how many."""
     try:
-        return await _apply(store, p, entries, fenced=False)
+        (n,) = await _apply(store, [(p, entries)], fenced=False)
+        return n
     except asyncpg.PostgresError as e:
         if not refused_for_good(e):
             raise
         log.warning("partition %s: PostgreSQL refused a batch (%s); applying it change by change",
                     p, e)  # fmt: skip
-    return await _apply(store, p, entries, fenced=True)
+    (n,) = await _apply(store, [(p, entries)], fenced=True)
+    return n
 
 
-async def _apply(
-    store: ResourceStore, p: int, entries: list[tuple[bytes, bytes]], fenced: bool
-) -> int:
-    async with store.projection(p) as tx:
-        fresh = [
-            (ks.stream_id_tuple(sid), raw)
-            for sid, raw in entries
-            if ks.stream_id_tuple(sid) > tx.position
-        ]
-        if not fresh:
-            return 0
-        changes = await _not_applied(
-            tx, p, [c for _, raw in fresh for c in Change.decode_many(raw)]
-        )
+async def apply_group(store: ResourceStore, parts: list[Part]) -> list[int]:
+    """Apply the batches of several partitions (one part each) in ONE transaction; how
+    many entries of each part were applied. Any failure fails the whole group: the caller
+    then applies each part alone (:func:`apply_batch`), so that one partition's input
+    never holds up another's."""
+    return await _apply(store, parts, fenced=False)
+
+
+async def _apply(store: ResourceStore, parts: list[Part], fenced: bool) -> list[int]:
+    async with store.projection([p for p, _ in parts]) as tx:
+        counts: list[int] = []
+        uptos: dict[int, tuple[int, int]] = {}
+        decoded: list[Change] = []
+        for p, entries in parts:
+            position = tx.positions[p]
+            fresh = [
+                (ks.stream_id_tuple(sid), raw)
+                for sid, raw in entries
+                if ks.stream_id_tuple(sid) > position
+            ]
+            counts.append(len(fresh))
+            if fresh:
+                uptos[p] = fresh[-1][0]
+                decoded += [c for _, raw in fresh for c in Change.decode_many(raw)]
+        if not uptos:
+            return counts
+        changes = await _not_applied(tx, sorted(uptos), decoded)
         prev = await tx.previous(list(keys_of(changes)))
         now = datetime.now(UTC)
         if fenced:
-            await _one_by_one(tx, p, changes, prev, now)
-            await tx.record(fresh[-1][0])
+            await _one_by_one(tx, sorted(uptos), changes, prev, now)
+            await tx.record(uptos)
         else:
-            await tx.write(build_rows(changes, prev, now), fresh[-1][0])
-    return len(fresh)
+            await tx.write(build_rows(changes, prev, now), uptos)
+    return counts
 
 
-async def _not_applied(tx: Projection, p: int, changes: list[Change]) -> list[Change]:
+async def _not_applied(tx: Projection, ps: list[int], changes: list[Change]) -> list[Change]:
     """Changes a worker decided while recovering from a Redis tail loss may belong to
     events PostgreSQL holds already (the worker checks too; this is the second fence)."""
     suspects = list({c.meta.id for c in changes if c.recheck})
@@ -87,12 +105,16 @@ async def _not_applied(tx: Projection, p: int, changes: list[Change]) -> list[Ch
     if not done:
         return changes
     log.warning("partition %s: %s event(s) already applied came again (Redis lost the tail of "
-                "its writes?); skipped by event id", p, len(done))  # fmt: skip
+                "its writes?); skipped by event id", _named(ps), len(done))  # fmt: skip
     return [c for c in changes if c.meta.id not in done]
 
 
+def _named(ps: list[int]) -> str:
+    return ", ".join(map(str, ps))
+
+
 async def _one_by_one(
-    tx: Projection, p: int, changes: list[Change], prev: dict[Key, object], now: datetime
+    tx: Projection, ps: list[int], changes: list[Change], prev: dict[Key, object], now: datetime
 ) -> None:
     current = dict(prev)
     for ch in changes:
@@ -103,7 +125,8 @@ async def _one_by_one(
         except asyncpg.PostgresError as e:
             if not refused_for_good(e):
                 raise
-            log.error("partition %s: event %s refused by PostgreSQL: %s", p, ch.meta.id, e)
+            log.error("partition %s: event %s refused by PostgreSQL: %s", _named(ps), ch.meta.id,
+                      e)  # fmt: skip
             async with tx.savepoint():
                 await tx.write_rows(build_rows([refusal(ch, str(e))], {}, now))
             continue

@@ -12,6 +12,7 @@ import asyncpg
 from redis.asyncio import Redis
 
 from services.projector.apply import apply_batch
+from services.projector.group import GroupCommit
 from shared import tasks
 from shared.config import Settings
 from shared.outage import UNREACHABLE, Outages
@@ -66,12 +67,16 @@ class Projector:
         self.consumer = consumer_name()
         self.applied = 0
         self.outages = Outages(log)
+        self.group = GroupCommit(resources, TXN_BYTES)
 
     async def run(self, only: list[int] | None = None) -> None:
         """Drain every partition (``only``: those), each while holding its lease, and
         purge rejected bodies past their retention."""
         wanted = range(self.partitions) if only is None else only
-        await asyncio.gather(*(self._partition(p) for p in wanted), self._purge_rejected())
+        try:
+            await asyncio.gather(*(self._partition(p) for p in wanted), self._purge_rejected())
+        finally:
+            await self.group.stop()
 
     async def _purge_rejected(self) -> None:
         """Every :data:`PURGE_EVERY_S`, delete the rejected bodies past their retention
@@ -126,15 +131,20 @@ class Projector:
         return True
 
     async def _drain(self, p: int, lease: Lease, idle_exit: bool = False) -> None:
+        """Apply partition ``p``'s batches while holding ``lease``: through the group commit
+        when the projector runs, each alone for :meth:`drain_idle` (no task left behind)."""
         stream = ks.changes_stream(p)
         reader = GroupReader(
             self.redis, stream, ks.PROJECTOR_GROUP, self.consumer, lease, self.batch
         )
         async for rows in reader.batches(idle_exit=idle_exit):
             for chunk in transactions(rows):
-                await lease.keep()
+                await lease.keep_due()
                 entries = [(sid, f[ks.F_CHANGE]) for sid, f in chunk if f]
-                self.applied += await apply_batch(self.resources, p, entries)
+                if idle_exit:
+                    self.applied += await apply_batch(self.resources, p, entries)
+                else:
+                    self.applied += await self.group.apply(p, entries)
                 await ack(self.redis, stream, ks.PROJECTOR_GROUP, [sid for sid, _ in chunk])
                 self.outages.all_answered()
 

@@ -222,5 +222,5 @@ class Partition:
             position = await self.resources.position(self.p)
             if position is not None and position >= last_id:
                 return
-            await self.lease.keep()
+            await self.lease.keep_due()
             await asyncio.sleep(0.05)

@@ -30,23 +30,27 @@ from shared.projection import BatchRows, Key
 
 # ---- the projector's batch ----------------------------------------------------------
 
-#: the partition's transaction-level advisory lock, taken before the transaction has an
-#: xid, then its position row: one round trip (the simple protocol; ``{p}`` is an int).
-#: The lock orders the xids of one partition's batches by commit (shared.pg.feed, step 3).
-POSITION_SQL = """
-SELECT pg_advisory_xact_lock({lock_class}, {p});
-INSERT INTO projector_positions (partition, stream_ms, stream_seq) VALUES ({p}, 0, 0)
-ON CONFLICT (partition) DO NOTHING
-"""
+#: each partition's transaction-level advisory lock, taken (in ascending partition order,
+#: so two batches never wait on each other in a cycle) before the transaction has an
+#: xid, then their position rows: one round trip (the simple protocol; every value is an
+#: int). The lock orders the xids of one partition's batches by commit (shared.pg.feed,
+#: step 3).
+POSITION_LOCK_STEP_SQL = "SELECT pg_advisory_xact_lock({lock_class}, {p});"
+POSITION_ROWS_SQL = (
+    "INSERT INTO projector_positions (partition, stream_ms, stream_seq) VALUES {rows}"
+    " ON CONFLICT (partition) DO NOTHING"
+)
 #: the advisory lock class of projector partitions (the migrations' lock is one number)
 PARTITION_LOCK_CLASS = 0x1D6E
 POSITION_LOCK_SQL = (
-    "SELECT stream_ms, stream_seq FROM projector_positions WHERE partition = $1 FOR UPDATE"
+    "SELECT partition, stream_ms, stream_seq FROM projector_positions"
+    " WHERE partition = ANY($1::int[]) ORDER BY partition FOR UPDATE"
 )
-POSITION_UPDATE_SQL = (
-    "UPDATE projector_positions SET stream_ms = $2, stream_seq = $3, updated_at = now()"
-    " WHERE partition = $1"
-)
+POSITION_UPDATE_SQL = """
+UPDATE projector_positions AS pp SET stream_ms = u.ms, stream_seq = u.seq, updated_at = now()
+FROM unnest($1::int[], $2::bigint[], $3::bigint[]) AS u(p, ms, seq)
+WHERE pp.partition = u.p
+"""
 PREV_SQL = """
 SELECT r.resource_type, r.group_key, r.resource_id, r.data
 FROM resources r
@@ -308,15 +312,28 @@ def _cols(keys: list[Key]) -> tuple[list[str], list[str], list[str]]:
     return [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
 
 
-class Projection:
-    """Partition ``p``'s projector transaction, open for the ``async with`` block of
-    :meth:`ResourceStore.projection`; ``position`` is the last stream id applied."""
+def position_lock_sql(partitions: list[int]) -> str:
+    """The advisory locks and position rows of ``partitions`` (ascending), one script."""
+    ps = sorted({int(p) for p in partitions})
+    steps = [POSITION_LOCK_STEP_SQL.format(lock_class=PARTITION_LOCK_CLASS, p=p) for p in ps]
+    rows = ", ".join(f"({p}, 0, 0)" for p in ps)
+    return "\n".join(steps) + "\n" + POSITION_ROWS_SQL.format(rows=rows)
 
-    def __init__(self, conn: asyncpg.Connection, p: int, position: tuple[int, int]) -> None:
+
+class Projection:
+    """One projector transaction over one or more partitions, open for the ``async with``
+    block of :meth:`ResourceStore.projection`; ``positions`` maps each partition to the
+    last stream id of it applied (``position``: that of the only one)."""
+
+    def __init__(self, conn: asyncpg.Connection, positions: dict[int, tuple[int, int]]) -> None:
         self._conn = conn
-        self.p = p
-        self.position = position
+        self.positions = positions
         self._wrote_history = False
+
+    @property
+    def position(self) -> tuple[int, int]:
+        (only,) = self.positions.values()
+        return only
 
     async def previous(self, keys: list[Key]) -> dict[Key, Any]:
         """The current data of those of ``keys`` that exist."""
@@ -336,15 +353,23 @@ class Projection:
         """A nested transaction: a statement that fails inside it undoes only its block."""
         return self._conn.transaction()
 
-    async def write(self, rows: BatchRows, upto: tuple[int, int]) -> None:
-        """Write the batch's rows and record ``upto`` as the partition's position."""
+    async def write(self, rows: BatchRows, upto: tuple[int, int] | dict[int, Any]) -> None:
+        """Write the batch's rows and record the partitions' new positions (``upto``: a
+        stream id of the only partition, or one per partition)."""
         await self.write_rows(rows)
         await self.record(upto)
 
-    async def record(self, upto: tuple[int, int]) -> None:
-        """Record ``upto`` as the last stream id of the partition applied; when the batch
-        wrote history, notify the change feed's listeners (delivered at commit)."""
-        await self._conn.execute(POSITION_UPDATE_SQL, self.p, upto[0], upto[1])
+    async def record(self, upto: tuple[int, int] | dict[int, Any]) -> None:
+        """Record the last stream id applied of each partition (a bare stream id: of the
+        only one); when the batch wrote history, notify the change feed's listeners
+        (delivered at commit)."""
+        if not isinstance(upto, dict):
+            (p,) = self.positions
+            upto = {p: upto}
+        ps = sorted(upto)
+        await self._conn.execute(
+            POSITION_UPDATE_SQL, ps, [upto[p][0] for p in ps], [upto[p][1] for p in ps]
+        )
         if self._wrote_history:
             await self._conn.execute(NOTIFY_SQL)
 
@@ -385,14 +410,16 @@ class ResourceStore:
     # ---- the projector ---------------------------------------------------------------
 
     @asynccontextmanager
-    async def projection(self, p: int) -> AsyncIterator[Projection]:
-        """One transaction holding partition ``p``'s position row locked: committed when
-        the block ends, rolled back when it raises."""
+    async def projection(self, p: int | list[int]) -> AsyncIterator[Projection]:
+        """One transaction holding the position rows of partition ``p`` (or of each of a
+        list) locked: committed when the block ends, rolled back when it raises."""
+        ps = sorted({int(x) for x in ([p] if isinstance(p, int) else p)})
         async with connection(self._db) as conn, conn.transaction():
-            await conn.execute(POSITION_SQL.format(lock_class=PARTITION_LOCK_CLASS, p=int(p)))
-            pos = await conn.fetchrow(POSITION_LOCK_SQL, p)
-            assert pos is not None
-            yield Projection(conn, p, (pos["stream_ms"], pos["stream_seq"]))
+            await conn.execute(position_lock_sql(ps))
+            rows = await conn.fetch(POSITION_LOCK_SQL, ps)
+            positions = {r["partition"]: (r["stream_ms"], r["stream_seq"]) for r in rows}
+            assert len(positions) == len(ps)
+            yield Projection(conn, positions)
 
     async def applied_events(self, event_ids: list[str]) -> set[str]:
         """Those of ``event_ids`` whose receipt is stored: their effect is in PostgreSQL."""

@@ -68,7 +68,7 @@ class GroupReader:
                 return
             if rows:
                 yield rows
-            await self.lease.keep()
+            await self.lease.keep_due()
 
     async def _read(self, block: int | None) -> list[Row]:
         """One round trip: XAUTOCLAIM of entries pending for any consumer of the group

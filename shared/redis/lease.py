@@ -50,6 +50,9 @@ return 1
 )
 
 DEFAULT_TTL_MS = 10_000
+#: :meth:`Lease.keep_due` refreshes at most this often (a tenth of the default TTL): a
+#: refresh per batch is a round trip per batch, which small live batches pay in full
+KEEP_EVERY_S = DEFAULT_TTL_MS / 10_000
 
 
 class LostLease(Exception):
@@ -62,9 +65,13 @@ class Lease:
         self.key = key
         self.ttl_ms = ttl_ms
         self.token = uuid.uuid4().hex
+        self._kept_at = 0.0  # monotonic time of the last successful acquire or refresh
 
     async def acquire(self) -> bool:
-        return bool(await self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms))
+        got = bool(await self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms))
+        if got:
+            self._kept_at = time.monotonic()
+        return got
 
     async def refresh(self, ttl_ms: int | None = None) -> bool:
         """Extend the lease (by ``ttl_ms``, default its own TTL) while it is held."""
@@ -75,6 +82,15 @@ class Lease:
         """:meth:`refresh`, raising :class:`LostLease` when the lease is gone."""
         if not await self.refresh(ttl_ms):
             raise LostLease(self.key)
+        self._kept_at = time.monotonic()
+
+    async def keep_due(self) -> None:
+        """:meth:`keep`, unless this holder kept the lease less than :data:`KEEP_EVERY_S`
+        ago. Between batches that is enough: every write a holder makes is fenced on its
+        own (a guarded transaction checks the token; the projector's position row), so a
+        lost lease is noticed at the next refresh, at most that much later."""
+        if time.monotonic() - self._kept_at >= KEEP_EVERY_S:
+            await self.keep()
 
     async def release(self) -> None:
         await RELEASE.run(self.redis, [self.key], self.token)
