@@ -5,8 +5,13 @@ follows a warm-up, and the CPU the generator and the server used in it.
 A body with ``@N@`` gets a number unique across the run in every request: the Python
 generator counts, and wrk's Lua ``request()`` replaces it with a prefix unique to the
 wrk invocation and its thread, then a per-thread counter (``<run>t<thread>n<count>``),
-so the warm-up and the measured run never send the same id. Fixed-rate load (``rate``)
-is the Python generator's only: wrk has no rate."""
+so the warm-up and the measured run never send the same id. Fixed-rate load (``rate``):
+the Python generator's open-loop schedule, or wrk (one thread) with a Lua ``delay()``
+that holds each request to the next slot of a fixed schedule (``1/rate`` apart, a
+monotonic clock through LuaJIT's ffi; wrk rounds delays down to whole milliseconds,
+so a request may leave up to 1 ms early, and the schedule never runs more than 100 ms
+behind: a server slower than the rate gets no burst). wrk's latency is then from send,
+not from the scheduled start (figure 5's Python run keeps the open-loop one)."""
 
 from __future__ import annotations
 
@@ -63,7 +68,7 @@ async def run_load(
 ) -> dict[str, Any]:
     """``window``: a context entered and exited around the measured phase only (after
     the warm-up), e.g. more CPU meters."""
-    if generator == "wrk" and load.rate == 0:
+    if generator == "wrk":
         return await _run_wrk(load, server, workdir, window)
     return await _run_python(load, server, workdir, window)
 
@@ -128,6 +133,30 @@ end
 """
 
 
+_RATE_LUA = """
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+int clock_gettime(int, bench_timespec *);
+]]
+local ts = ffi.new("bench_timespec")
+local function now_ms()
+  ffi.C.clock_gettime(1, ts)  -- CLOCK_MONOTONIC
+  return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+end
+local slot = nil
+function delay()
+  local t = now_ms()
+  if slot == nil then slot = t end
+  slot = slot + INTERVAL_MS
+  if slot < t - 100 then slot = t - 100 end
+  local d = slot - t
+  if d < 0 then return 0 end
+  return d
+end
+"""
+
+
 def _lua(load: Load, body_path: str) -> str:
     lines = [f"wrk.method = {json.dumps(load.method)}", f'local f = io.open("{body_path}", "rb")']
     lines += ["wrk.body = f:read('*a')", "f:close()"]
@@ -139,6 +168,9 @@ def _lua(load: Load, body_path: str) -> str:
         prefix = f"{os.getpid():x}r{next(_RUNS)}"
         lines.append(f"PREFIX = {json.dumps(prefix)}")
         lines.append(_TEMPLATE_LUA)
+    if load.rate > 0:  # one wrk thread: its schedule is the whole rate
+        lines.append(f"INTERVAL_MS = {1000.0 / load.rate!r}")
+        lines.append(_RATE_LUA)
     return "\n".join(lines) + "\n"
 
 

@@ -35,6 +35,11 @@ async def _listening(port: int, proc: subprocess.Popen[bytes], within: float = 2
     raise TimeoutError("the peer is not listening")
 
 
+def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    with open(log_path, "wb") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+
+
 @pytest.fixture
 async def peer(settings: Settings, tmp_path: Path) -> AsyncIterator[str]:
     dsn = settings.database_url
@@ -46,8 +51,7 @@ async def peer(settings: Settings, tmp_path: Path) -> AsyncIterator[str]:
         await conn.close()
     port = free_port()
     argv = [sys.executable, "-m", "tests.bench.peer", "--port", str(port), "--dsn", dsn]
-    with open(tmp_path / "peer.log", "wb") as log:
-        proc = subprocess.Popen([*argv, "--key", KEY], stdout=log, stderr=subprocess.STDOUT)
+    proc = _spawn([*argv, "--key", KEY], tmp_path / "peer.log")
     try:
         await _listening(port, proc)
         yield f"http://127.0.0.1:{port}{PATH}"
