@@ -129,6 +129,9 @@ def _summary(w: Window, client: dict[str, Any], applied: int, commits: int) -> d
     if "gateway" in secs:
         per["gateway"] = _us(secs["gateway"], client["ok"])
     machine_s = w.machine.busy_pct / 100 * cpus() * w.wall
+    gen_s = (client.get("cpu_pct", {}).get("generator") or 0.0) / 100 * w.wall
+    # busy CPU no measured process (nor the generator) used: other work on the machine
+    other_pct = 100 * (machine_s - sum(secs.values()) - gen_s) / (cpus() * w.wall)
     return {
         "accepted_per_s": round(client["rps"], 1),
         "applied_per_s": round(applied / (w.t1 - w.t0), 1),
@@ -137,6 +140,7 @@ def _summary(w: Window, client: dict[str, Any], applied: int, commits: int) -> d
         "cpu_us_per_event": per,
         "machine_us_per_event": _us(machine_s, applied),
         "machine_busy_pct": w.machine.busy_pct,
+        "other_busy_pct": round(other_pct, 1),
         "events_per_commit": round(applied / commits, 1) if commits else None,
         "client": {k: client.get(k) for k in ("rps", "ok", "non_2xx", "errors", "late")}
         | {"latency_ms": client.get("latency_ms"), "generator": client.get("generator")}
@@ -229,7 +233,7 @@ def _brief(r: dict[str, Any]) -> str:
     return (
         f"accepted {r['accepted_per_s']:,.0f}/s, applied {r['applied_per_s']:,.0f}/s; "
         f"CPU us/event {cpu}; machine {r['machine_us_per_event']:.0f} us/event at "
-        f"{r['machine_busy_pct']:.0f}% busy{tx}{lat_s}"
+        f"{r['machine_busy_pct']:.0f}% busy ({r['other_busy_pct']:.0f}% by other work){tx}{lat_s}"
     )
 
 
