@@ -31,6 +31,7 @@ from tests.bench import (
     fig_feed,
     fig_gateway,
     fig_integration_data,
+    fig_live,
     fig_pipeline,
     fig_shaping,
     fig_sources,
@@ -57,8 +58,11 @@ FIGURES: dict[int, tuple[str, FigureFn]] = {
     12: ("batch-event items/s / single-event rate", fig_batch.figure12),
     13: ("strict durability / default 202 req/s", fig_durability.figure13),
     14: ("commit -> webhook received latency", fig_webhooks.figure14),
+    15: ("live applied events/s, ingestd / direct synchronous peer", fig_live.figure15),
+    16: ("live CPU per event at 50% / 90% of max vs backlog", fig_live.figure16),
 }
-ORDER = [1, 2, 3, 6, 5, 4, 7, 8, 9, 10, 11, 12, 13, 14]  # 5 uses the maximum rates 1, 3 measured
+# 5 uses the maximum rates 1, 3 measured; 16 the maximum live rate 15 measured (and 3's costs)
+ORDER = [1, 2, 3, 6, 5, 4, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -73,6 +77,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--events", type=int, help="backlog size for figures 3 and 6")
     ap.add_argument("--profile", type=Path, help="also profile worker+projector into DIR")
     ap.add_argument("--data-dir", type=Path, default=Path(".ingestd/bench"))
+    ap.add_argument(
+        "--redis-url",
+        help="an external Redis (its db 14) instead of the private redis-server as deployed "
+        "(appendonly yes, appendfsync everysec) the bench starts when redis-server is on PATH",
+    )
     ap.add_argument("--logs", type=Path, help="keep the stages' logs in DIR (default: dropped)")
     return ap.parse_args(argv)
 
@@ -172,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes = replace(sizes, backlog=args.events)
     generator = pick_generator(args.generator)
     started = time.monotonic()
-    servers = start_servers(args.data_dir)
+    servers = start_servers(args.data_dir, args.redis_url)
     try:
         with tempfile.TemporaryDirectory(prefix="ingestd-bench-") as tmp:
             if args.logs is not None:

@@ -24,6 +24,8 @@ class Sizes:
     snapshot: int  # figure 4 resources
     bulk_items: int  # resources per bulk request in figure 2
     pull_records: int  # figure 8: records the demo API serves to one full source run
+    live_duration: float = 10  # figures 15 and 16: seconds of live load per run
+    live_rounds: int = 2  # figure 15: alternating ingestd / peer pairs per workload
 
 
 FULL = Sizes(
@@ -45,6 +47,8 @@ QUICK = Sizes(
     snapshot=10_000,
     bulk_items=200,
     pull_records=20_000,
+    live_duration=3,
+    live_rounds=1,
 )
 
 

