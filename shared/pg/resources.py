@@ -36,6 +36,9 @@ from shared.projection import BatchRows, Key
 #: int). The lock orders the xids of one partition's batches by commit (shared.pg.feed,
 #: step 3).
 POSITION_LOCK_STEP_SQL = "SELECT pg_advisory_xact_lock({lock_class}, {p});"
+#: first in the same script: every statement of the projector's transaction reaches rows
+#: by key, so the planner is told not to scan (statistics lag a table that grows fast)
+POSITION_PLANNER_SQL = "SET LOCAL enable_seqscan = off;"
 POSITION_ROWS_SQL = (
     "INSERT INTO projector_positions (partition, stream_ms, stream_seq) VALUES {rows}"
     " ON CONFLICT (partition) DO NOTHING"
@@ -51,11 +54,19 @@ UPDATE projector_positions AS pp SET stream_ms = u.ms, stream_seq = u.seq, updat
 FROM unnest($1::int[], $2::bigint[], $3::bigint[]) AS u(p, ms, seq)
 WHERE pp.partition = u.p
 """
+#: the previous state of the batch's keys: one primary-key probe per key, whatever the
+#: statistics say (LATERAL fixes the keys as the outer side, OFFSET 0 keeps the probe a
+#: parameterized subquery, and :data:`POSITION_PLANNER_SQL` leaves it the index). A plan
+#: made while a fresh table's statistics said it was empty seq-scanned all of it on every
+#: batch, for as long as the plan stayed cached.
 PREV_SQL = """
 SELECT r.resource_type, r.group_key, r.resource_id, r.data
-FROM resources r
-JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(rt, gk, rid)
-  ON r.resource_type = k.rt AND r.group_key = k.gk AND r.resource_id = k.rid
+FROM unnest($1::text[], $2::text[], $3::text[]) AS k(rt, gk, rid)
+CROSS JOIN LATERAL (
+  SELECT r.resource_type, r.group_key, r.resource_id, r.data FROM resources r
+  WHERE r.resource_type = k.rt AND r.group_key = k.gk AND r.resource_id = k.rid
+  OFFSET 0
+) r
 """
 DELETE_SQL = """
 DELETE FROM resources r
@@ -317,7 +328,7 @@ def position_lock_sql(partitions: list[int]) -> str:
     ps = sorted({int(p) for p in partitions})
     steps = [POSITION_LOCK_STEP_SQL.format(lock_class=PARTITION_LOCK_CLASS, p=p) for p in ps]
     rows = ", ".join(f"({p}, 0, 0)" for p in ps)
-    return "\n".join(steps) + "\n" + POSITION_ROWS_SQL.format(rows=rows)
+    return "\n".join([POSITION_PLANNER_SQL, *steps, POSITION_ROWS_SQL.format(rows=rows)])
 
 
 class Projection:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncpg
 
 from shared.pg import statistics
-from shared.pg.resources import PREV_SQL
+from shared.pg.resources import PREV_SQL, ResourceStore
 
 FILL_SQL = """
 INSERT INTO resources (resource_type, group_key, resource_id, name, important_fields, data,
@@ -51,3 +51,26 @@ async def test_small_tables_are_left_to_autovacuum(pool: asyncpg.Pool) -> None:
         await conn.execute(FILL_SQL, statistics.MIN_ROWS - 1)
         await conn.execute("SELECT pg_stat_force_next_flush()")
     assert await statistics.refresh_if_grown(pool) == []
+
+
+async def test_the_projector_probes_by_key_even_while_statistics_say_empty(
+    pool: asyncpg.Pool,
+) -> None:
+    """The fresh installation's case, without waiting for any ANALYZE: inside the
+    projector's transaction the lookup is prepared and cached while ``resources`` is
+    empty (and analyzed so), the table then holds 100,000 rows, and the cached plan is
+    still one index probe per key."""
+    async with pool.acquire() as conn:
+        await conn.execute("ANALYZE resources")
+    store = ResourceStore(pool)
+    async with store.projection(0) as tx:
+        conn = tx._conn
+        await conn.execute(f"PREPARE prev(text[], text[], text[]) AS {PREV_SQL}")
+        for _ in range(7):  # past five runs PostgreSQL settles on a generic plan
+            assert await conn.fetch(f"EXECUTE prev{KEYS}") == []
+        await conn.execute(FILL_SQL, 100_000)
+        shown = await plan(conn)
+        assert "Index Scan using resources_pkey" in shown, shown
+        assert "Seq Scan on resources" not in shown, shown
+        assert len(await conn.fetch(f"EXECUTE prev{KEYS}")) == 3
+        await conn.execute("DEALLOCATE prev")
