@@ -71,13 +71,14 @@ class Drainer:
         consumer: str,
         keeper: LeaseKeeper | None = None,
         tombstone_ttl_s: int = 7 * 86_400,
+        linger_s: float = 0.0,
     ) -> None:
         self.ctx = Partition(
             redis, resources, registry, p, Lease(redis, ks.drain_lock(p)), tombstone_ttl_s
         )
         self.p = p
         self.reader = GroupReader(
-            redis, self.ctx.stream, ks.INGEST_GROUP, consumer, self.ctx.lease, batch
+            redis, self.ctx.stream, ks.INGEST_GROUP, consumer, self.ctx.lease, batch, linger_s
         )
         self.processed = 0
         self.keeper = keeper

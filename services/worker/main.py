@@ -69,7 +69,7 @@ async def drain(ctx: dict[str, Any], p: int) -> int:
     settings: Settings = ctx["settings"]
     d = Drainer(
         ctx["streams"], ctx["resources"], ctx["registry"], p, settings.drain_batch,
-        ctx["consumer"], ctx["keeper"], settings.tombstone_ttl_s,
+        ctx["consumer"], ctx["keeper"], settings.tombstone_ttl_s, settings.read_linger_ms / 1000,
     )  # fmt: skip
     outages: Outages = ctx["outages"]
     try:

@@ -147,9 +147,12 @@ def start_servers(data_dir: Path, redis_url: str | None = None) -> Servers:
     return Servers(dsn, redis_url, embedded, f"{pg_desc}; {rd_desc}")
 
 
+TUNABLES = ("INGESTD_READ_LINGER_MS",)  # taken from the bench's environment when set
+
+
 def bench_settings(servers: Servers) -> Settings:
     return replace(
-        Settings.from_env({}),
+        Settings.from_env({k: os.environ[k] for k in TUNABLES if k in os.environ}),
         database_url=servers.dsn,
         redis_url=servers.redis_url,
         admin_token=ADMIN_TOKEN,
