@@ -40,23 +40,24 @@ async def _trickle(redis: Redis, started: asyncio.Event) -> None:
         await asyncio.sleep(0.02)
 
 
-async def test_a_short_read_lingers_and_the_next_batch_carries_what_arrived(redis: Redis) -> None:
-    reader = await _reader(redis, count=100, linger_s=0.5)
+async def _trickled_batches(redis: Redis, linger_s: float) -> list[int]:
+    """The batch sizes a reader sees of one entry, then five trickling in."""
+    reader = await _reader(redis, count=100, linger_s=linger_s)
     await redis.xadd(STREAM, {"n": "first"})
     started = asyncio.Event()
     trickle = asyncio.create_task(_trickle(redis, started))
     sizes = await _batches(reader, 6, started)
     await trickle
+    return sizes
+
+
+async def test_a_short_read_lingers_and_the_next_batch_carries_what_arrived(redis: Redis) -> None:
+    sizes = await _trickled_batches(redis, linger_s=0.5)
     assert sizes == [1, 5]
 
 
 async def test_without_linger_each_arrival_is_its_own_batch(redis: Redis) -> None:
-    reader = await _reader(redis, count=100, linger_s=0.0)
-    await redis.xadd(STREAM, {"n": "first"})
-    started = asyncio.Event()
-    trickle = asyncio.create_task(_trickle(redis, started))
-    sizes = await _batches(reader, 6, started)
-    await trickle
+    sizes = await _trickled_batches(redis, linger_s=0.0)
     assert len(sizes) >= 4  # the read returns as soon as an entry is there
 
 
