@@ -11,14 +11,26 @@ again with the real size. :func:`refresh_if_grown` analyzes a table once it hold
 than twice the rows its statistics say (and at least :data:`MIN_ROWS`): a handful of
 ANALYZE runs over a table's life (1k, 2k, 4k … rows), each one sampling at most 30,000
 rows. The projector calls it every few seconds; of several callers at once, one runs it.
+
+It analyzes only the columns those statements look rows up by (:data:`TABLES`); the
+row count the planner sizes a table by is updated whatever the columns. The whole
+table's statistics (its jsonb documents sorted and compared to find common values) cost
+10-13 times more: 508 and 778 ms for ``resources`` and ``resource_changes`` at 25,000
+rows, against 46 and 59 ms, and they were 41 % of PostgreSQL's CPU in a 10 s live bench
+run from a fresh database. The other columns are autovacuum's, as on any table.
 """
 
 from __future__ import annotations
 
 from shared.pg.pool import Db, connection
 
-#: the tables whose growth the pipeline's hot statements join against
-TABLES = ("resources", "resource_changes", "integration_data")
+#: the tables whose growth the pipeline's hot statements join against, and the columns
+#: they join on (their keys)
+TABLES = {
+    "resources": ("resource_type", "group_key", "resource_id"),
+    "resource_changes": ("resource_type", "group_key", "resource_id", "version", "txid"),
+    "integration_data": ("resource_type", "group_key", "resource_id", "vendor_id"),
+}
 MIN_ROWS = 1000
 #: one analyzer at a time, whatever number of projector processes call
 LOCK_KEY = 0x1D57_0A7A
@@ -41,6 +53,5 @@ async def refresh_if_grown(db: Db) -> list[str]:
         if not grown or not await conn.fetchval(TRY_LOCK_SQL, LOCK_KEY):
             return []
         for name in grown:  # names from TABLES only: never a caller's text
-            assert name in TABLES
-            await conn.execute(f"ANALYZE {name}")
+            await conn.execute(f"ANALYZE {name} ({', '.join(TABLES[name])})")
         return grown
