@@ -103,11 +103,23 @@ class Partition:
 
     async def compact_tombstones(self) -> int:
         """Remove the partition's tombstones older than the TTL, at most once per quarter
-        of the TTL (an hour at most) across workers; how many went."""
+        of the TTL (an hour at most) across workers; how many went.
+
+        The walk visits the whole keyspace (a receipt per recent event included), so it
+        runs when the partition's clock says it is due, never merely because a worker
+        started: a partition seen for the first time (a fresh Redis, or one that lost
+        the clock) starts the clock instead. Postponing is always safe: compaction only
+        frees memory."""
         every = max(1, min(3600, self.tombstone_ttl_s // 4))
-        if not await self.redis.set(ks.compaction_due_key(self.p), b"1", nx=True, ex=every):
+        key = ks.compaction_due_key(self.p)
+        now_ms = int(time.time() * 1000)
+        due = await self.redis.get(key)
+        if due is None or int(due) > now_ms:
+            if due is None:
+                await self.redis.set(key, now_ms + every * 1000)
             return 0
-        cutoff = int(time.time() * 1000) - self.tombstone_ttl_s * 1000
+        await self.redis.set(key, now_ms + every * 1000)
+        cutoff = now_ms - self.tombstone_ttl_s * 1000
         removed = 0
         # the keyspace holds a receipt per recent event: ask for hashes only, many a call
         async for key in self.redis.scan_iter(

@@ -69,7 +69,8 @@ def compacted_key(state: str) -> str:
 
 
 def compaction_due_key(p: int) -> str:
-    """Exists while partition ``p``'s tombstones were compacted recently (its TTL)."""
+    """When partition ``p``'s tombstones are next due for compaction (epoch ms; set for
+    good, and moved on by each compaction)."""
     return f"{_tag(p)}:compaction-due"
 
 

@@ -69,6 +69,30 @@ async def test_a_recreate_after_compaction_continues_the_version_sequence(
     assert row is not None and row["version"] == 3
 
 
+async def test_a_worker_start_does_not_walk_the_keyspace_before_compaction_is_due(
+    client: TestClient[Any, Any], seeded: Seeded, settings: Settings, pipeline: InlinePipeline,
+    redis: Redis,
+) -> None:  # fmt: skip
+    """The first drain of a partition starts its compaction clock (an hour at the default
+    TTL); later drains compact only once it is due, however old the tombstones."""
+    await post(client, seeded, emp("c1"))
+    await delete(client, seeded, "c1")
+    await pipeline.run()
+    key = state_key(settings)
+    p = ks.partition_of(RT, "", settings.partitions)
+    due = int(await redis.get(ks.compaction_due_key(p)))
+    now_ms = time.time() * 1000
+    assert now_ms + 3_500_000 < due <= now_ms + 3_600_000
+    old = int(now_ms) - 8 * 86_400_000  # past the 7 days' TTL
+    await redis.hset(key, "c1", b"|2|%d" % old)  # type: ignore[misc]
+    await pipeline.run()
+    assert await redis.hexists(key, "c1")  # type: ignore[misc]  # not due yet
+    await redis.set(ks.compaction_due_key(p), 0)
+    await pipeline.run()
+    assert not await redis.hexists(key, "c1")  # type: ignore[misc]
+    assert int(await redis.get(ks.compaction_due_key(p))) > time.time() * 1000 + 3_500_000
+
+
 async def test_compaction_removes_only_tombstones_older_than_the_cutoff(
     client: TestClient[Any, Any], seeded: Seeded, settings: Settings, pipeline: InlinePipeline,
     redis: Redis,
