@@ -145,7 +145,8 @@ async def backlog_run(
     bench: Bench, n: int, workers: int, profile: Path | None = None
 ) -> dict[str, Any]:
     seeded = await fresh(bench.settings)
-    preload_s = await preload(bench, seeded, n)
+    with ServerCpu() as accepting:  # the appends a gateway makes (figure 16 counts them)
+        preload_s = await preload(bench, seeded, n)
     with procs(bench.settings, bench.workdir) as ps:
         t_spawn = time.monotonic()
         proj, _ = ps.stage("projector")
@@ -181,6 +182,7 @@ async def backlog_run(
         "cpu_us_per_event": {
             k: round(1e6 * v / n, 1) for k, v in {**cpu.seconds, **servers.seconds}.items()
         },
+        "accept_us_per_event": {k: round(1e6 * v / n, 1) for k, v in accepting.seconds.items()},
         "counts": counts,
     }
 
