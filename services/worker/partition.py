@@ -111,14 +111,14 @@ class Partition:
         the clock) starts the clock instead. Postponing is always safe: compaction only
         frees memory."""
         every = max(1, min(3600, self.tombstone_ttl_s // 4))
-        key = ks.compaction_due_key(self.p)
+        clock = ks.compaction_due_key(self.p)
         now_ms = int(time.time() * 1000)
-        due = await self.redis.get(key)
-        if due is None or int(due) > now_ms:
-            if due is None:
-                await self.redis.set(key, now_ms + every * 1000)
+        due = await self.redis.get(clock)
+        if due is not None and int(due) > now_ms:
             return 0
-        await self.redis.set(key, now_ms + every * 1000)
+        await self.redis.set(clock, now_ms + every * 1000)
+        if due is None:  # first seen: the clock starts
+            return 0
         cutoff = now_ms - self.tombstone_ttl_s * 1000
         removed = 0
         # the keyspace holds a receipt per recent event: ask for hashes only, many a call
