@@ -5,12 +5,14 @@ and a part that fails never takes another partition's batch down with it."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import pytest
 
 from services.projector.group import GroupCommit
-from shared.pg.resources import ResourceStore
+from shared.pg.resources import PARTITION_LOCK_CLASS, ResourceStore
+from tests.helpers import poll
 from tests.integration.test_pg_stores import RT, change
 
 
@@ -100,5 +102,88 @@ async def test_the_group_respects_its_byte_bound(resource_store: ResourceStore, 
         )
         assert got == [1, 1, 1]
         assert group.transactions == 3
+    finally:
+        await group.stop()
+
+
+def _queued(group: GroupCommit, n: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return len(group._queue) >= n
+
+    return check
+
+
+async def _blocked_then_other(
+    resource_store: ResourceStore, pool: asyncpg.Pool, group: GroupCommit, tag: str
+) -> list[str]:
+    """Partition 11's transaction waits on its advisory lock (held here) while partitions
+    12 and 13 queue a batch each; the lock is released once 12 and 13 are done or, when
+    they wait for 11, once they are queued. The order the three finished in."""
+    order: list[str] = []
+    parts = {p: change([("created", f"{tag}{p}", 1)], group_key=f"g{tag}{p}") for p in (11, 12, 13)}
+
+    async def one(p: int) -> None:
+        await group.apply(p, [(f"{60 + p}-0".encode(), parts[p].encode())])
+        order.append(str(p))
+
+    async with pool.acquire() as holder:
+        await holder.execute("SELECT pg_advisory_lock($1, 11)", PARTITION_LOCK_CLASS)
+        first = asyncio.create_task(one(11))
+        waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        # the barrier: 11's transaction is waiting on the lock
+        await poll("11 waiting on its lock", lambda: holder.fetchval(waiting), 10, 0.01)
+        others = asyncio.gather(one(12), one(13))
+        if group.overlap_bytes <= 1:
+            await asyncio.wait_for(others, 10)  # done beside the blocked transaction
+        else:
+            await poll("12 and 13 queued", _queued(group, 2), 10, 0.01)  # behind it
+        await holder.execute("SELECT pg_advisory_unlock($1, 11)", PARTITION_LOCK_CLASS)
+        await asyncio.wait_for(asyncio.gather(first, others), 10)
+    return order
+
+
+async def test_a_second_transaction_overlaps_a_running_one_for_other_partitions(
+    resource_store: ResourceStore, pool: asyncpg.Pool
+) -> None:
+    """Waiting parts that weigh enough start a transaction beside the running one (over
+    other partitions): they commit while the first still waits."""
+    group = GroupCommit(resource_store, 2 << 20, overlap_bytes=1)
+    try:
+        order = await _blocked_then_other(resource_store, pool, group, "ov")
+    finally:
+        await group.stop()
+    assert order[-1] == "11" and sorted(order[:2]) == ["12", "13"]
+    assert group.overlapped == 1 and group.transactions == 2  # 12 and 13 shared one
+    for p in (11, 12, 13):
+        assert await resource_store.position(p) == (60 + p, 0)
+
+
+async def test_light_waiting_parts_wait_for_the_running_transaction(
+    resource_store: ResourceStore, pool: asyncpg.Pool
+) -> None:
+    """Below ``overlap_bytes`` (live traffic) one transaction at a time: the parts that
+    queued meanwhile go together once it is done."""
+    group = GroupCommit(resource_store, 2 << 20)
+    try:
+        order = await _blocked_then_other(resource_store, pool, group, "lt")
+    finally:
+        await group.stop()
+    assert order[0] == "11" and sorted(order[1:]) == ["12", "13"]
+    assert group.overlapped == 0 and group.transactions == 2
+
+
+async def test_overlap_never_puts_one_partition_in_two_transactions(
+    resource_store: ResourceStore,
+) -> None:
+    group = GroupCommit(resource_store, 2 << 20, overlap_bytes=1)
+    cs = [change([("created" if v == 1 else "updated", "y", v)], group_key="gy") for v in (1, 2, 3)]
+    try:
+        got = await asyncio.gather(
+            *(group.apply(14, [(f"{70 + i}-0".encode(), c.encode())]) for i, c in enumerate(cs))
+        )
+        assert got == [1, 1, 1]
+        assert group.overlapped == 0 and group.transactions == 3
+        h = await resource_store.history(RT, "gy", "y")
+        assert [e.version for e in h] == [1, 2, 3]
     finally:
         await group.stop()
