@@ -3,7 +3,10 @@
 Read with the ingest key of the integration that sent it (any of its keys), or with the
 admin token, which reads every receipt. Pending until the projector wrote its outcome
 to ``ingest_events``; while pending, a session upload's receipt shows the session's
-progress (or why it will never apply).
+progress (or why it will never apply). The pending marker in Redis (who sent it, its
+session) lives only that long: the projector unlinks it once PostgreSQL holds the
+receipt, so Redis keeps one per event in flight, not one per event of the past 7 days
+(the marker's TTL, now only a bound for an event that never gets a receipt).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from services.gateway.ingest import authenticate
 from services.gateway.state import REDIS, RESOURCES, SESSIONS, SETTINGS
 from shared.codes import Code
 from shared.errors import ApiError
+from shared.pg.resources import Receipt
 from shared.redis import keyspace as ks
 
 routes = web.RouteTableDef()
@@ -35,18 +39,30 @@ def _reader(request: web.Request) -> str | None:
     return authenticate(request).integration_id
 
 
+def _applied(
+    request: web.Request, applied: Receipt, reader: str | None, event_id: str
+) -> web.Response:
+    if reader is not None and applied.integration_id != reader:
+        raise ApiError(Code.EVENT_NOT_FOUND, f"no event {event_id!r}", status=404)
+    return respond(request, views.receipt_view(applied), root="receipt")
+
+
 @routes.get("/integration/custom-data/events/{eventId}")
 async def get_receipt(request: web.Request) -> web.Response:
     reader = _reader(request)
     event_id = request.match_info["eventId"]
     applied = await request.app[RESOURCES].receipt(event_id)
     if applied is not None:
-        if reader is not None and applied.integration_id != reader:
-            raise ApiError(Code.EVENT_NOT_FOUND, f"no event {event_id!r}", status=404)
-        return respond(request, views.receipt_view(applied), root="receipt")
+        return _applied(request, applied, reader, event_id)
 
     redis = request.app[REDIS]
     raw = await redis.get(ks.receipt_key(event_id))
+    if raw is None:
+        # the projector unlinks a marker only once PostgreSQL holds the receipt: one that
+        # went between the two reads is there now
+        applied = await request.app[RESOURCES].receipt(event_id)
+        if applied is not None:
+            return _applied(request, applied, reader, event_id)
     marker = orjson.loads(raw) if raw is not None else {}
     if not marker or (reader is not None and marker.get("i") != reader):
         raise ApiError(Code.EVENT_NOT_FOUND, f"no event {event_id!r}", status=404)

@@ -44,29 +44,44 @@ def refused_for_good(e: BaseException) -> bool:
 Part = tuple[int, list[tuple[bytes, bytes]]]  # (partition, its entries in stream order)
 
 
-async def apply_batch(store: ResourceStore, p: int, entries: list[tuple[bytes, bytes]]) -> int:
-    """Apply entries (stream id, encoded change) past the recorded position; return how many."""
+async def apply_batch(
+    store: ResourceStore,
+    p: int,
+    entries: list[tuple[bytes, bytes]],
+    receipts: list[str] | None = None,
+) -> int:
+    """Apply entries (stream id, encoded change) past the recorded position; return how
+    many. ``receipts``: gets the ids of the events whose receipt the commit stored."""
+    outs = None if receipts is None else [receipts]
     try:
-        (n,) = await _apply(store, [(p, entries)], fenced=False)
+        (n,) = await _apply(store, [(p, entries)], fenced=False, receipts=outs)
         return n
     except asyncpg.PostgresError as e:
         if not refused_for_good(e):
             raise
         log.warning("partition %s: PostgreSQL refused a batch (%s); applying it change by change",
                     p, e)  # fmt: skip
-    (n,) = await _apply(store, [(p, entries)], fenced=True)
+    (n,) = await _apply(store, [(p, entries)], fenced=True, receipts=outs)
     return n
 
 
-async def apply_group(store: ResourceStore, parts: list[Part]) -> list[int]:
+async def apply_group(
+    store: ResourceStore, parts: list[Part], receipts: list[list[str]] | None = None
+) -> list[int]:
     """Apply the batches of several partitions (one part each) in ONE transaction; how
-    many entries of each part were applied. Any failure fails the whole group: the caller
-    then applies each part alone (:func:`apply_batch`), so that one partition's input
-    never holds up another's."""
-    return await _apply(store, parts, fenced=False)
+    many entries of each part were applied (``receipts``: one list per part, see
+    :func:`apply_batch`). Any failure fails the whole group: the caller then applies
+    each part alone (:func:`apply_batch`), so that one partition's input never holds up
+    another's."""
+    return await _apply(store, parts, fenced=False, receipts=receipts)
 
 
-async def _apply(store: ResourceStore, parts: list[Part], fenced: bool) -> list[int]:
+async def _apply(
+    store: ResourceStore, parts: list[Part], fenced: bool, receipts: list[list[str]] | None
+) -> list[int]:
+    """``receipts`` (one list per part) is extended only once the transaction committed:
+    with the events whose receipt it stored, or found stored already."""
+    got: list[list[str]] = []
     async with store.projection([p for p, _ in parts]) as tx:
         counts: list[int] = []
         uptos: dict[int, tuple[int, int]] = {}
@@ -79,9 +94,11 @@ async def _apply(store: ResourceStore, parts: list[Part], fenced: bool) -> list[
                 if ks.stream_id_tuple(sid) > position
             ]
             counts.append(len(fresh))
+            mine = [c for _, raw in fresh for c in Change.decode_many(raw)]
+            got.append([c.meta.id for c in mine if c.last])
             if fresh:
                 uptos[p] = fresh[-1][0]
-                decoded += [c for _, raw in fresh for c in Change.decode_many(raw)]
+                decoded += mine
         if not uptos:
             return counts
         changes = await _not_applied(tx, sorted(uptos), decoded)
@@ -92,6 +109,9 @@ async def _apply(store: ResourceStore, parts: list[Part], fenced: bool) -> list[
             await tx.record(uptos)
         else:
             await tx.write(build_rows(changes, prev, now), uptos)
+    if receipts is not None:
+        for out, ids in zip(receipts, got, strict=True):
+            out.extend(ids)
     return counts
 
 

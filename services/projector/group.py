@@ -41,6 +41,7 @@ log = logging.getLogger("ingestd.projector")
 class _Waiting:
     part: Part
     size: int
+    receipts: list[str] | None
     done: asyncio.Future[int] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -70,12 +71,15 @@ class GroupCommit:
         self.transactions = 0  # groups applied (for tests and figures)
         self.overlapped = 0  # transactions started while another ran (for tests, figures)
 
-    async def apply(self, p: int, entries: list[tuple[bytes, bytes]]) -> int:
+    async def apply(
+        self, p: int, entries: list[tuple[bytes, bytes]], receipts: list[str] | None = None
+    ) -> int:
         """Apply partition ``p``'s entries in the next transaction; how many were applied
-        (those past its recorded position)."""
+        (those past its recorded position). ``receipts``: gets the ids of the events whose
+        receipt is stored once the entries are applied."""
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="group-commit")
-        w = _Waiting((p, entries), sum(len(raw) for _, raw in entries))
+        w = _Waiting((p, entries), sum(len(raw) for _, raw in entries), receipts)
         self._queue.append(w)
         self._wake.set()
         return await w.done
@@ -140,7 +144,8 @@ class GroupCommit:
 
     async def _apply(self, group: list[_Waiting]) -> None:
         try:
-            counts = await apply_group(self.store, [w.part for w in group])
+            outs: list[list[str]] = [[] for _ in group]
+            counts = await apply_group(self.store, [w.part for w in group], outs)
         except Exception as e:
             tasks.reraise_if_cancelled()
             if len(group) == 1:
@@ -149,7 +154,7 @@ class GroupCommit:
             log.debug("a group of %s partitions failed (%s); applying each alone", len(group), e)
             for w in group:
                 try:
-                    _settle(w, await apply_batch(self.store, *w.part))
+                    _settle(w, await apply_batch(self.store, *w.part, w.receipts))
                 except Exception as alone:
                     tasks.reraise_if_cancelled()
                     _settle(w, exc=alone)
@@ -161,7 +166,9 @@ class GroupCommit:
                     w.done.cancel()
             raise
         self.transactions += 1
-        for w, n in zip(group, counts, strict=True):
+        for w, n, ids in zip(group, counts, outs, strict=True):
+            if w.receipts is not None:
+                w.receipts.extend(ids)
             _settle(w, n)
 
 

@@ -112,9 +112,14 @@ def ack_commands(stream: str, group: str, ids: list[bytes]) -> list[bytes]:
     return [wire.command("XACK", stream, group, *ids), wire.command("XDEL", stream, *ids)]
 
 
-async def ack(redis: Redis, stream: str, group: str, ids: list[bytes]) -> None:
-    """XACK and XDEL of ``ids`` in one MULTI, after their effect is committed elsewhere."""
+async def ack(
+    redis: Redis, stream: str, group: str, ids: list[bytes], forget: list[str] | None = None
+) -> None:
+    """XACK and XDEL of ``ids`` in one MULTI, after their effect is committed elsewhere;
+    ``forget``: keys that effect made obsolete, unlinked in the same MULTI."""
     pipe = redis.pipeline(transaction=True)
     pipe.xack(stream, group, *ids)
     pipe.xdel(stream, *ids)
+    if forget:
+        pipe.unlink(*forget)
     await pipe.execute()

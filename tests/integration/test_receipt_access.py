@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
 
+from shared.redis import keyspace as ks
 from tests.conftest import ADMIN, ADMIN_TOKEN, InlinePipeline, Seeded, seed_directory
-from tests.helpers import INGEST, emp, post
+from tests.helpers import INGEST, delete, emp, post, post_bulk
 
 Client = TestClient[Any, Any]
 
@@ -46,3 +48,27 @@ async def test_ingest_keys_still_read_only_their_own(client: Client, seeded: See
     assert status == 401 and body["code"] == "invalid_ingest_key"
     status, body = await get(client, eid, {})
     assert status == 401 and body["code"] == "missing_ingest_key"
+
+
+async def test_a_receipts_pending_marker_leaves_redis_once_postgresql_holds_it(
+    client: Client, seeded: Seeded, pipeline: InlinePipeline, redis: Redis
+) -> None:
+    """Redis keeps a pending marker per event in flight only: one per accepted event for
+    the marker's 7-day TTL grew Redis by every event of a week."""
+    single = await post(client, seeded, emp("m1"))
+    snapshot = str((await post_bulk(client, seeded, [emp("m2"), emp("m3")]))["eventId"])
+    gone = await delete(client, seeded, "m1")
+    refused = await post(client, seeded, {"no": "id"})  # rejected: a receipt too
+    events = (single, snapshot, gone, refused)
+    keys = [ks.receipt_key(e) for e in events]
+    assert await redis.exists(*keys) == len(keys)  # pending: the markers answer
+    for eid in events:
+        status, body = await get(client, eid, {"X-Ingest-Key": seeded.key})
+        assert status == 200 and body["status"] == "pending", body
+    await pipeline.run()
+    assert await redis.exists(*keys) == 0
+    other = await seed_directory(client, prefix="_other")
+    for eid in events:  # from PostgreSQL, with the same access rule
+        status, body = await get(client, eid, {"X-Ingest-Key": seeded.key})
+        assert status == 200 and body["status"] in ("applied", "rejected"), body
+        assert (await get(client, eid, {"X-Ingest-Key": other.key}))[0] == 404
