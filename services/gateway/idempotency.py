@@ -9,7 +9,8 @@ with another request is 422 ``idempotency_key_reused``.
 Where a key is remembered (the guarantee the README states):
 
 - Redis holds an entry per key (:mod:`shared.redis.idempotency`), claimed in the same
-  script as the event's XADD, for ``INGESTD_RECEIPT_TTL`` seconds. Two concurrent
+  script as the event's XADD, until the projector has committed the event's
+  ``ingest_events`` row (7 days at most; a session part's entry for those 7 days). Two concurrent
   requests with one key: one claim wins and appends; the other finds its entry and
   replays it (the winner's response is known when it claims).
 - PostgreSQL keeps the key on the event's ``ingest_events`` row (unique per
@@ -40,7 +41,6 @@ from services.gateway.state import REDIS, RESOURCES, SETTINGS
 from shared.codes import Code
 from shared.errors import ApiError
 from shared.redis import idempotency
-from shared.redis import keyspace as ks
 
 HEADER = "Idempotency-Key"
 MAX_KEY = 255
@@ -94,8 +94,7 @@ def claim_for(request: web.Request, integration: str, key: str | None, table: st
               body: bytes) -> Claim | None:  # fmt: skip
     if key is None:
         return None
-    digest = hashlib.sha256(key.encode()).hexdigest()
-    return Claim(key, ks.idempotency_key(integration, digest), fingerprint(request, table, body))
+    return Claim(key, idempotency.entry_key(integration, key), fingerprint(request, table, body))
 
 
 def replay(request: web.Request, claim: Claim, raw: bytes) -> web.Response:

@@ -27,6 +27,7 @@ import asyncpg
 from shared.events import Change
 from shared.pg.resources import Projection, ResourceStore
 from shared.projection import Key, build_rows, keys_of, refusal
+from shared.redis import idempotency
 from shared.redis import keyspace as ks
 
 log = logging.getLogger("ingestd.projector")
@@ -34,6 +35,19 @@ log = logging.getLogger("ingestd.projector")
 # SQLSTATE classes a change's own data causes: data exception, integrity constraint
 # violation, program limit exceeded (an index row too large). Retrying cannot help.
 DATA_CLASSES = ("22", "23", "54")
+
+
+def settled_keys(ch: Change, with_key: bool = True) -> list[str]:
+    """The Redis keys an event's stored receipt makes obsolete: its pending marker and,
+    for a request with an Idempotency-Key answered ``202 {"eventId"}``, the key's entry
+    (PostgreSQL answers both from now on). ``with_key`` False: the receipt may have been
+    stored without its key (a change PostgreSQL refused, :func:`refusal`), so the entry
+    stays for its TTL."""
+    out = [ks.receipt_key(ch.meta.id)]
+    idem, _ = ch.meta.idempotency()
+    if with_key and idem is not None and ch.meta.integration is not None:
+        out.append(idempotency.entry_key(ch.meta.integration, idem))
+    return out
 
 
 def refused_for_good(e: BaseException) -> bool:
@@ -48,39 +62,39 @@ async def apply_batch(
     store: ResourceStore,
     p: int,
     entries: list[tuple[bytes, bytes]],
-    receipts: list[str] | None = None,
+    settled: list[str] | None = None,
 ) -> int:
     """Apply entries (stream id, encoded change) past the recorded position; return how
-    many. ``receipts``: gets the ids of the events whose receipt the commit stored."""
-    outs = None if receipts is None else [receipts]
+    many. ``settled``: gets the Redis keys the commit made obsolete (:func:`settled_keys`)."""
+    outs = None if settled is None else [settled]
     try:
-        (n,) = await _apply(store, [(p, entries)], fenced=False, receipts=outs)
+        (n,) = await _apply(store, [(p, entries)], fenced=False, settled=outs)
         return n
     except asyncpg.PostgresError as e:
         if not refused_for_good(e):
             raise
         log.warning("partition %s: PostgreSQL refused a batch (%s); applying it change by change",
                     p, e)  # fmt: skip
-    (n,) = await _apply(store, [(p, entries)], fenced=True, receipts=outs)
+    (n,) = await _apply(store, [(p, entries)], fenced=True, settled=outs)
     return n
 
 
 async def apply_group(
-    store: ResourceStore, parts: list[Part], receipts: list[list[str]] | None = None
+    store: ResourceStore, parts: list[Part], settled: list[list[str]] | None = None
 ) -> list[int]:
     """Apply the batches of several partitions (one part each) in ONE transaction; how
-    many entries of each part were applied (``receipts``: one list per part, see
+    many entries of each part were applied (``settled``: one list per part, see
     :func:`apply_batch`). Any failure fails the whole group: the caller then applies
     each part alone (:func:`apply_batch`), so that one partition's input never holds up
     another's."""
-    return await _apply(store, parts, fenced=False, receipts=receipts)
+    return await _apply(store, parts, fenced=False, settled=settled)
 
 
 async def _apply(
-    store: ResourceStore, parts: list[Part], fenced: bool, receipts: list[list[str]] | None
+    store: ResourceStore, parts: list[Part], fenced: bool, settled: list[list[str]] | None
 ) -> list[int]:
-    """``receipts`` (one list per part) is extended only once the transaction committed:
-    with the events whose receipt it stored, or found stored already."""
+    """``settled`` (one list per part) is extended only once the transaction committed,
+    with the :func:`settled_keys` of the events whose receipt it stored."""
     got: list[list[str]] = []
     async with store.projection([p for p, _ in parts]) as tx:
         counts: list[int] = []
@@ -95,7 +109,7 @@ async def _apply(
             ]
             counts.append(len(fresh))
             mine = [c for _, raw in fresh for c in Change.decode_many(raw)]
-            got.append([c.meta.id for c in mine if c.last])
+            got.append([k for c in mine if c.last for k in settled_keys(c, not fenced)])
             if fresh:
                 uptos[p] = fresh[-1][0]
                 decoded += mine
@@ -109,8 +123,8 @@ async def _apply(
             await tx.record(uptos)
         else:
             await tx.write(build_rows(changes, prev, now), uptos)
-    if receipts is not None:
-        for out, ids in zip(receipts, got, strict=True):
+    if settled is not None:
+        for out, ids in zip(settled, got, strict=True):
             out.extend(ids)
     return counts
 

@@ -41,7 +41,7 @@ log = logging.getLogger("ingestd.projector")
 class _Waiting:
     part: Part
     size: int
-    receipts: list[str] | None
+    settled: list[str] | None
     done: asyncio.Future[int] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -72,14 +72,14 @@ class GroupCommit:
         self.overlapped = 0  # transactions started while another ran (for tests, figures)
 
     async def apply(
-        self, p: int, entries: list[tuple[bytes, bytes]], receipts: list[str] | None = None
+        self, p: int, entries: list[tuple[bytes, bytes]], settled: list[str] | None = None
     ) -> int:
         """Apply partition ``p``'s entries in the next transaction; how many were applied
-        (those past its recorded position). ``receipts``: gets the ids of the events whose
-        receipt is stored once the entries are applied."""
+        (those past its recorded position). ``settled``: gets the Redis keys their commit made
+        obsolete (:func:`services.projector.apply.settled_keys`)."""
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="group-commit")
-        w = _Waiting((p, entries), sum(len(raw) for _, raw in entries), receipts)
+        w = _Waiting((p, entries), sum(len(raw) for _, raw in entries), settled)
         self._queue.append(w)
         self._wake.set()
         return await w.done
@@ -154,7 +154,7 @@ class GroupCommit:
             log.debug("a group of %s partitions failed (%s); applying each alone", len(group), e)
             for w in group:
                 try:
-                    _settle(w, await apply_batch(self.store, *w.part, w.receipts))
+                    _settle(w, await apply_batch(self.store, *w.part, w.settled))
                 except Exception as alone:
                     tasks.reraise_if_cancelled()
                     _settle(w, exc=alone)
@@ -167,8 +167,8 @@ class GroupCommit:
             raise
         self.transactions += 1
         for w, n, ids in zip(group, counts, outs, strict=True):
-            if w.receipts is not None:
-                w.receipts.extend(ids)
+            if w.settled is not None:
+                w.settled.extend(ids)
             _settle(w, n)
 
 

@@ -141,14 +141,14 @@ class Projector:
             for chunk in transactions(rows):
                 await lease.keep_due()
                 entries = [(sid, f[ks.F_CHANGE]) for sid, f in chunk if f]
-                receipts: list[str] = []
+                settled: list[str] = []
                 if idle_exit:
-                    self.applied += await apply_batch(self.resources, p, entries, receipts)
+                    self.applied += await apply_batch(self.resources, p, entries, settled)
                 else:
-                    self.applied += await self.group.apply(p, entries, receipts)
-                # PostgreSQL holds these receipts now: their pending markers can go
-                forget = [ks.receipt_key(e) for e in receipts]
-                await ack(self.redis, stream, ks.PROJECTOR_GROUP, [sid for sid, _ in chunk], forget)
+                    self.applied += await self.group.apply(p, entries, settled)
+                # PostgreSQL answers for these events now (receipt, Idempotency-Key)
+                ids = [sid for sid, _ in chunk]
+                await ack(self.redis, stream, ks.PROJECTOR_GROUP, ids, settled)
                 self.outages.all_answered()
 
 

@@ -6,17 +6,23 @@ An entry (:func:`keyspace.idempotency_key`) holds the request's fingerprint, eve
 status and response body (JSON, :func:`entry`). A claim script either finds an entry
 (and appends nothing: the caller replays or refuses with 422) or stores the entry and
 appends the event, atomically: a Redis that loses the tail of its writes loses both or
-neither. Entries live ``INGESTD_RECEIPT_TTL`` seconds; PostgreSQL keeps the key on the
-event's ``ingest_events`` row for as long as the row lives, and the gateway looks
-there on a miss (:mod:`services.gateway.idempotency`).
+neither. PostgreSQL keeps the key on the event's ``ingest_events`` row for as long as
+the row lives, and the gateway looks there on a miss
+(:mod:`services.gateway.idempotency`), so an entry whose answer is the plain
+``202 {"eventId"}`` is only needed until that row is committed: the projector then
+unlinks it (:func:`entry_key`; an entry lives 7 days at most, the receipt TTL).
+A session part's entry records another answer and stays for its TTL.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from shared.redis import keyspace as ks
 
 #: the claim, at the top of every script that appends a keyed event. The caller's script
 #: names ``$key`` (the entry's key), ``$value`` and ``$ttl`` (its value and TTL) and
@@ -64,3 +70,8 @@ def claim_reply(reply: list[Any]) -> tuple[bool, bytes]:
     """A claim script's reply: (claimed, stream id or seq | the entry found)."""
     won, value = reply
     return bool(int(won)), value if isinstance(value, bytes) else str(value).encode()
+
+
+def entry_key(integration: str, key: str) -> str:
+    """The Redis key of an integration's Idempotency-Key entry (the key's SHA-256)."""
+    return ks.idempotency_key(integration, hashlib.sha256(key.encode()).hexdigest())

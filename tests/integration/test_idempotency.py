@@ -234,3 +234,46 @@ async def test_xml_bodies_and_answers_replay_too(client: Client, seeded: Seeded)
     r = await client.post(EVENT, data=orjson.dumps(emp("x1", active=True)),
                           headers=keyed(seeded, "xml-1"))  # fmt: skip
     assert (await answer(r))[1]["code"] == "idempotency_key_reused"
+
+
+async def test_an_applied_events_key_leaves_redis_and_still_replays_from_postgresql(
+    client: Client, seeded: Seeded, redis: Redis, settings: Settings, pipeline: InlinePipeline
+) -> None:
+    """Once PostgreSQL holds the event's row the projector unlinks the key's Redis entry
+    (Redis kept one per keyed request for 7 days): a retry is answered from PostgreSQL,
+    the first answer again, and enqueues nothing. A session part's entry records another
+    answer than the event's and stays."""
+    cases = [
+        ("POST", f"{EVENT}?groupKey=acme", emp("u1")),
+        ("POST", f"{BULK}?groupKey=snap", [emp("u2")]),
+        ("POST", f"{BATCH}?groupKey=acme", [emp("u3")]),
+        ("DELETE", f"{INGEST}/employee?groupKey=acme&resourceIds=u1", None),
+    ]
+    firsts = []
+    for n, (method, url, body) in enumerate(cases):
+        r = await client.request(method, url, json=body, headers=keyed(seeded, f"u-{n}"))
+        firsts.append(await answer(r))
+    part = await client.post(
+        f"{BULK}?session=s9&part=1&final=true&groupKey=parts",
+        json=[emp("u9")],
+        headers=keyed(seeded, "part-9"),
+    )
+    part_answer = await answer(part)
+    assert part_answer[0] == 202, part_answer
+    assert len(await redis.keys(f"{ks.PREFIX}:idem:*")) == len(cases) + 1
+    await pipeline.run()
+    for first in firsts:
+        assert (await wait_receipt(client, seeded, first[1]["eventId"]))["status"] == "applied"
+    left = await redis.keys(f"{ks.PREFIX}:idem:*")
+    assert len(left) == 1  # the session part's
+    for n, (method, url, body) in enumerate(cases):
+        r = await client.request(method, url, json=body, headers=keyed(seeded, f"u-{n}"))
+        assert await answer(r) == firsts[n]
+        assert r.headers["Idempotent-Replayed"] == "true"
+    again = await client.post(
+        f"{BULK}?session=s9&part=1&final=true&groupKey=parts",
+        json=[emp("u9")],
+        headers=keyed(seeded, "part-9"),
+    )
+    assert await answer(again) == part_answer
+    assert await raw_events(redis, settings) == 0
