@@ -105,11 +105,11 @@ class Partition:
         """Remove the partition's tombstones older than the TTL, at most once per quarter
         of the TTL (an hour at most) across workers; how many went.
 
-        The walk visits the whole keyspace (a receipt per recent event included), so it
-        runs when the partition's clock says it is due, never merely because a worker
-        started: a partition seen for the first time (a fresh Redis, or one that lost
-        the clock) starts the clock instead. Postponing is always safe: compaction only
-        frees memory."""
+        The walk visits the whole keyspace (every scope's write model, and a receipt
+        marker per event in flight), so it runs when the partition's clock says it is
+        due, never merely because a worker started: a partition seen for the first time
+        (a fresh Redis, or one that lost the clock) starts the clock instead. Postponing
+        is always safe: compaction only frees memory."""
         every = max(1, min(3600, self.tombstone_ttl_s // 4))
         clock = ks.compaction_due_key(self.p)
         now_ms = int(time.time() * 1000)
@@ -121,7 +121,7 @@ class Partition:
             return 0
         cutoff = now_ms - self.tombstone_ttl_s * 1000
         removed = 0
-        # the keyspace holds a receipt per recent event: ask for hashes only, many a call
+        # the keyspace holds every partition's keys: ask for hashes only, many a call
         async for key in self.redis.scan_iter(
             match=ks.partition_state_pattern(self.p), count=SCAN_COUNT, _type="hash"
         ):

@@ -91,6 +91,8 @@ def state_pattern() -> str:
 
 
 def receipt_key(event_id: str) -> str:
+    """An accepted event's pending marker (who sent it; a session upload's place), set
+    with its append and unlinked by the projector once PostgreSQL holds its receipt."""
     return f"{PREFIX}:receipt:{event_id}"
 
 
