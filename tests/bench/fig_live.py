@@ -43,6 +43,7 @@ from typing import Any
 
 import asyncpg
 import psutil
+from redis.asyncio import Redis
 
 from shared.embedded import free_port
 from tests.bench.core import Bench, Figure, cpus, single_body
@@ -172,6 +173,7 @@ async def ingestd_run(
         window = Window(gateway=gw.target(), worker=wk.target(), projector=proj.target())
         client = await run_load(load, generator or bench.generator, None, bench.workdir, window)
         await wait_drained(bench, within=300)
+        redis_keys = await _redis_keys(bench)
     assert bench.settings.database_url
     conn = await asyncpg.connect(bench.settings.database_url)
     try:
@@ -186,7 +188,20 @@ async def ingestd_run(
     out["latency_ms"] = {k: round(float(lat[k] or 0), 1) for k in ("p50", "p99")}
     out["resources_scans"] = _delta(scans, scans0)
     out["rate"] = rate
+    out["redis_keys_after"] = redis_keys
     return out
+
+
+async def _redis_keys(bench: Bench) -> int:
+    """Keys Redis holds once everything accepted is applied: what it keeps per event
+    in flight (receipt markers, Idempotency-Key entries) is gone by then, so this stays
+    near the partitions' own keys however many events the run sent."""
+    assert bench.settings.redis_url
+    r = Redis.from_url(bench.settings.redis_url)
+    try:
+        return int(await r.dbsize())
+    finally:
+        await r.aclose()
 
 
 async def peer_run(bench: Bench, workload: str) -> dict[str, Any]:
@@ -234,6 +249,8 @@ def _brief(r: dict[str, Any]) -> str:
     sc = r.get("resources_scans") or {}
     if sc.get("seq_scan"):
         tx += f"; {sc['seq_scan']} seq scans of resources reading {sc['seq_tup_read']:,} rows"
+    if r.get("redis_keys_after") is not None:
+        tx += f"; {r['redis_keys_after']} Redis keys once drained"
     return (
         f"accepted {r['accepted_per_s']:,.0f}/s, applied {r['applied_per_s']:,.0f}/s; "
         f"CPU us/event {cpu}; machine {r['machine_us_per_event']:.0f} us/event at "
