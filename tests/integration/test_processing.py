@@ -496,8 +496,7 @@ async def test_projector_replay_after_commit_before_ack_is_a_no_op(
     """A projector that committed a batch to PostgreSQL and died before XACK: the next one
     re-reads the entries (pending) and skips them by the recorded position."""
     # two worker batches: one change entry holding versions 1-2, one holding version 3
-    for i in range(2):
-        await post(client, seeded, emp("a", employee={"age": i}))
+    first = [await post(client, seeded, emp("a", employee={"age": i})) for i in range(2)]
     await _drain_workers_only(pipeline)
     await post(client, seeded, emp("a", employee={"age": 2}))
     await _drain_workers_only(pipeline)
@@ -518,6 +517,8 @@ async def test_projector_replay_after_commit_before_ack_is_a_no_op(
     assert await pool.fetchval("SELECT count(*) FROM ingest_events") == 3
     assert await redis.xlen(stream) == 0
     assert (await redis.xpending(stream, ks.PROJECTOR_GROUP))["pending"] == 0
+    # the replayed entry's receipts were stored by "dead": their pending markers went too
+    assert await redis.exists(*(ks.receipt_key(e) for e in first)) == 0
 
 
 async def test_worker_redelivers_entries_a_dead_consumer_read(
