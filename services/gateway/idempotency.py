@@ -10,9 +10,9 @@ Where a key is remembered (the guarantee the README states):
 
 - Redis holds an entry per key (:mod:`shared.redis.idempotency`), claimed in the same
   script as the event's XADD, until the projector has committed the event's
-  ``ingest_events`` row (7 days at most; a session part's entry for those 7 days). Two concurrent
-  requests with one key: one claim wins and appends; the other finds its entry and
-  replays it (the winner's response is known when it claims).
+  ``ingest_events`` row (7 days at most; a session part's entry for those 7 days).
+  Two concurrent requests with one key: one claim wins and appends; the other finds
+  its entry and replays it (the winner's response is known when it claims).
 - PostgreSQL keeps the key on the event's ``ingest_events`` row (unique per
   integration) for as long as that row lives. A key Redis does not know (its entry
   expired, or Redis was flushed or lost data) is looked up there before anything is

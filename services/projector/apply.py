@@ -50,6 +50,10 @@ def settled_keys(ch: Change, with_key: bool = True) -> list[str]:
     return out
 
 
+def _settled(changes: list[Change], with_key: bool) -> list[str]:
+    return [k for c in changes if c.last for k in settled_keys(c, with_key)]
+
+
 def refused_for_good(e: BaseException) -> bool:
     state = getattr(e, "sqlstate", None) or ""
     return isinstance(e, asyncpg.PostgresError) and state[:2] in DATA_CLASSES
@@ -102,25 +106,20 @@ async def _apply(
         decoded: list[Change] = []
         for p, entries in parts:
             position = tx.positions[p]
-            fresh = [
-                (ks.stream_id_tuple(sid), raw)
-                for sid, raw in entries
-                if ks.stream_id_tuple(sid) > position
-            ]
+            fresh: list[tuple[tuple[int, int], bytes]] = []
+            stale: list[bytes] = []  # applied before, by a projector that died before XACK
+            for sid, raw in entries:
+                at = ks.stream_id_tuple(sid)
+                if at > position:
+                    fresh.append((at, raw))
+                else:
+                    stale.append(raw)
             counts.append(len(fresh))
             mine = [c for _, raw in fresh for c in Change.decode_many(raw)]
-            got.append([k for c in mine if c.last for k in settled_keys(c, not fenced)])
-            if len(fresh) < len(entries) and settled is not None:
-                # applied before, by a projector that died before its XACK: their
-                # markers are obsolete too (their keys' entries, maybe not: see settled_keys)
-                stale = [raw for sid, raw in entries if ks.stream_id_tuple(sid) <= position]
-                got[-1] += [
-                    k
-                    for raw in stale
-                    for c in Change.decode_many(raw)
-                    if c.last
-                    for k in settled_keys(c, with_key=False)
-                ]
+            if settled is not None:
+                # a stale entry's key entry may not be obsolete: see settled_keys
+                old = [c for raw in stale for c in Change.decode_many(raw)]
+                got.append(_settled(mine, not fenced) + _settled(old, False))
             if fresh:
                 uptos[p] = fresh[-1][0]
                 decoded += mine
