@@ -50,15 +50,25 @@ async def test_the_refresh_analyzes_the_key_columns_only(pool: asyncpg.Pool) -> 
     """Statistics of the jsonb documents cost 10-13 times the keys' (statistics.py):
     the refresh leaves them to autovacuum, and still gives the planner the row count."""
     async with pool.acquire() as conn:
-        await conn.execute(FILL_SQL, 20_000)
-        await conn.execute("SELECT pg_stat_force_next_flush()")
-        assert await statistics.refresh_if_grown(pool) == ["resources"]
-        cols = await conn.fetch(
-            "SELECT attname FROM pg_stats WHERE tablename = 'resources' ORDER BY attname"
-        )
-        assert [r["attname"] for r in cols] == sorted(statistics.TABLES["resources"])
-        sized = await conn.fetchval("SELECT reltuples FROM pg_class WHERE relname = 'resources'")
-        assert sized == 20_000
+        # the statistics must be the refresh's alone: earlier tests' rows left autovacuum's
+        # (of every column; TRUNCATE keeps them), and autovacuum would analyze these
+        # 20,000 rows too at its next round
+        await conn.execute("ALTER TABLE resources SET (autovacuum_enabled = false)")
+        try:
+            await conn.execute("DELETE FROM pg_statistic WHERE starelid = 'resources'::regclass")
+            await conn.execute(FILL_SQL, 20_000)
+            await conn.execute("SELECT pg_stat_force_next_flush()")
+            assert await statistics.refresh_if_grown(pool) == ["resources"]
+            cols = await conn.fetch(
+                "SELECT attname FROM pg_stats WHERE tablename = 'resources' ORDER BY attname"
+            )
+            assert [r["attname"] for r in cols] == sorted(statistics.TABLES["resources"])
+            sized = await conn.fetchval(
+                "SELECT reltuples FROM pg_class WHERE relname = 'resources'"
+            )
+            assert sized == 20_000
+        finally:
+            await conn.execute("ALTER TABLE resources RESET (autovacuum_enabled)")
 
 
 async def test_small_tables_are_left_to_autovacuum(pool: asyncpg.Pool) -> None:
