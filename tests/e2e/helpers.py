@@ -40,10 +40,22 @@ SEQ_SCHEMA: dict[str, Any] = {
 }
 
 
+#: how long a test client keeps an idle connection for reuse: well inside the gateway's
+#: INGESTD_HTTP_IDLE_TIMEOUT_MS (15 s). aiohttp's client default is 15 s too, so a
+#: connection idle that long could be reused just as the gateway closed it, and the
+#: request failed with ServerDisconnectedError (a flake of the kill tests' long polls)
+CLIENT_KEEPALIVE_S = 5.0
+
+
+def connector(limit: int = 200) -> aiohttp.TCPConnector:
+    """A client connection pool that drops idle connections before the gateway does."""
+    return aiohttp.TCPConnector(limit=limit, keepalive_timeout=CLIENT_KEEPALIVE_S)
+
+
 @asynccontextmanager
 async def gateway_client(stage: Stage) -> AsyncIterator[aiohttp.ClientSession]:
     """An HTTP client for a gateway process (base URL and a connection pool of 200)."""
-    conn = aiohttp.TCPConnector(limit=200)
+    conn = connector(200)
     async with aiohttp.ClientSession(f"http://127.0.0.1:{port(stage)}", connector=conn) as c:
         yield c
 

@@ -43,7 +43,7 @@ from redis.asyncio import Redis
 from shared.config import Settings
 from shared.redis import keyspace as ks
 from tests.conftest import ADMIN, ADMIN_TOKEN, seed_directory
-from tests.e2e.helpers import PREFIX, RT, SEQ_SCHEMA, TABLE, pending_by_consumer
+from tests.e2e.helpers import PREFIX, RT, SEQ_SCHEMA, TABLE, connector, pending_by_consumer
 from tests.e2e.procs import INGESTD, Stage, port, stage_env, stages
 from tests.faults.producer import Accepted, Producer, doc
 from tests.faults.servers import PrivatePostgres, PrivateRedis
@@ -178,7 +178,9 @@ class Run:
         )
         self.gateway = self.s["gateway"][0]
         self.base = f"http://127.0.0.1:{port(self.gateway)}"
-        self.http = aiohttp.ClientSession(self.base, timeout=aiohttp.ClientTimeout(total=10))
+        self.http = aiohttp.ClientSession(
+            self.base, connector=connector(), timeout=aiohttp.ClientTimeout(total=10)
+        )
         seeded = await seed_directory(self.http, PREFIX, TABLE, SEQ_SCHEMA)
         self.key, self.group_id = seeded.key, seeded.group_id
         await wait_key_known(self.http, self.key)

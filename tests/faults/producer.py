@@ -24,7 +24,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.e2e.helpers import TABLE
+from tests.e2e.helpers import TABLE, connector
 
 INGEST = "/integration/custom-data"
 RETRIED_STATUS = {429, 500, 502, 503, 504}
@@ -97,7 +97,7 @@ class Producer:
         return self._task is not None and not self._task.done()
 
     async def _run(self) -> None:
-        conn = aiohttp.TCPConnector(limit=self.senders * 2)
+        conn = connector(self.senders * 2)
         timeout = aiohttp.ClientTimeout(total=self.timeout)
         async with aiohttp.ClientSession(self.base_url, connector=conn, timeout=timeout) as c:
             mine: list[list[tuple[str, str]]] = [[] for _ in range(self.senders)]
