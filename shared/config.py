@@ -145,6 +145,7 @@ class Settings:
     drain_batch: int = 500
     drain_slice_s: int = 30
     read_linger_ms: int = 10
+    append_linger_ms: int = 2
     log_level: str = "INFO"
     redis_timeout_ms: int = 2000
     http_idle_timeout_ms: int = 15_000
@@ -194,6 +195,7 @@ class Settings:
             drain_batch=_int(env, "INGESTD_DRAIN_BATCH", 500),
             drain_slice_s=_int(env, "INGESTD_DRAIN_SLICE_S", 30),
             read_linger_ms=_int(env, "INGESTD_READ_LINGER_MS", 10, minimum=0),
+            append_linger_ms=_int(env, "INGESTD_APPEND_LINGER_MS", 2, minimum=0),
             log_level=_log_level(env, "INGESTD_LOG_LEVEL", "INFO"),
             redis_timeout_ms=_int(env, "INGESTD_REDIS_TIMEOUT_MS", 2000),
             http_idle_timeout_ms=_int(env, "INGESTD_HTTP_IDLE_TIMEOUT_MS", 15_000),
@@ -255,6 +257,7 @@ class Settings:
             "INGESTD_SESSION_TTL": str(self.session_ttl),
             "INGESTD_LOG_LEVEL": self.log_level,
             "INGESTD_READ_LINGER_MS": str(self.read_linger_ms),
+            "INGESTD_APPEND_LINGER_MS": str(self.append_linger_ms),
             "INGESTD_REDIS_TIMEOUT_MS": str(self.redis_timeout_ms),
             "INGESTD_HTTP_IDLE_TIMEOUT_MS": str(self.http_idle_timeout_ms),
             "INGESTD_HTTP_BODY_TIMEOUT_MS": str(self.http_body_timeout_ms),

@@ -26,11 +26,12 @@ from services.gateway import (
     transfer,
     webhooks,
 )
-from services.gateway.appender import Appender
+from services.gateway.appender import Appender, Connections
 from services.gateway.group_read import GroupRead
 from services.gateway.http import MAX_HEADERS, MAX_LINE, error_middleware, respond
 from services.gateway.state import (
     APPENDER,
+    CONNECTIONS,
     CURSOR_KEY,
     FEED,
     IDATA_READS,
@@ -113,6 +114,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     appender = Appender(
         redis, settings.partitions, settings.receipt_ttl,
         timeout_ms=settings.redis_timeout_ms, appends=appends, guard=guard,
+        linger_ms=settings.append_linger_ms, connections=app[CONNECTIONS],
     )  # fmt: skip
     await appender.start()
     app[APPENDER] = appender
@@ -170,6 +172,7 @@ def create_app(settings: Settings) -> web.Application:
         },
     )
     app[SETTINGS] = settings
+    app[CONNECTIONS] = Connections()
     app[CURSOR_KEY] = cursors.key_for(settings.admin_token)
     app.cleanup_ctx.append(_resources)
     app.router.add_get("/healthz", healthz)

@@ -4,7 +4,16 @@ Requests put their event on a queue and await a future; one task drains the
 queue and sends everything queued so far as ONE pipelined write (XADD + receipt
 marker per event). While a batch is in flight, newly arriving events
 accumulate for the next one, so under load many requests share one round
-trip and with no load an event is sent at once (no timer, no added latency).
+trip and with no load an event is sent at once.
+
+Under live traffic that is one round trip per one or two events, each costing Redis a
+wakeup, a read and an AOF write. So when events arrive faster than one per
+``linger_ms`` (an average of the gaps between appends) and fewer than half of the
+open connections wait on an append (the others' clients may send without waiting for an
+answer), the appender holds a small batch up to ``linger_ms`` from its first event
+for more to join (Kafka's ``linger.ms``). It sends at once when half of the open
+connections have an event waiting here: a closed-loop client's connections each wait for
+an answer before sending again, so holding them would only idle the gateway.
 
 A future resolves with the stream id only after Redis has answered that
 event's XADD; on any error the event's request fails (503) and nothing is
@@ -57,6 +66,24 @@ from shared.redis.durable import Guard, NotDurable
 
 log = logging.getLogger("ingestd.gateway.appender")
 MAX_BATCH = 512
+#: a batch this large is sent without lingering
+LINGER_BELOW = 64
+#: a batch is sent at once when 1/WAITING_SHARE of the open connections have an event
+#: waiting here: the clients seem to wait for their answers (closed loop), and the
+#: others' next requests are in transit or being read
+WAITING_SHARE = 2
+#: weight of the newest gap between appends in their running average
+GAP_WEIGHT = 0.2
+
+
+class Connections:
+    """The gateway's open client connections (counted by its HTTP server): the senders
+    that could add to a lingering batch."""
+
+    __slots__ = ("open",)
+
+    def __init__(self) -> None:
+        self.open = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +134,18 @@ class Appender:
         timeout_ms: int = 2000,
         appends: Redis | None = None,
         guard: Guard | None = None,
+        linger_ms: float = 0.0,
+        connections: Connections | None = None,
     ) -> None:
         self._redis = redis
+        self._linger = linger_ms / 1000 if connections is not None else 0.0
+        self._connections = connections or Connections()
+        self._lingering = False
+        self._waiting = 0  # events queued or in the batch in flight
+        self._last_append = 0.0
+        self._gap = 1.0  # running average of the gaps between appends, s (each capped at 1)
+        self.lingered = 0  # batches held for more events (counters for tests and ops)
+        self.flushes = 0  # batches sent
         self._queue: list[Pending] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -144,18 +181,61 @@ class Appender:
         a ``claim`` whose key another request holds, with :class:`Found`)."""
         loop = self._loop or asyncio.get_running_loop()
         fut: asyncio.Future[bytes | Found] = loop.create_future()
-        deadline = loop.time() + self._timeout
+        now = loop.time()
+        deadline = now + self._timeout
         self._queue.append(Pending(partition, fields, receipt_key, receipt, fut, deadline, claim))
-        self._wake.set()
+        self._waiting += 1
+        if self._linger:
+            self._gap += GAP_WEIGHT * (min(now - self._last_append, 1.0) - self._gap)
+            self._last_append = now
+        if not self._lingering or not self._may_grow():
+            self._wake.set()
         return fut
 
+    def _may_grow(self) -> bool:
+        """More events may join a small batch soon: they have been arriving faster than
+        one per linger, and fewer than half of the open connections are waiting on an
+        append (a closed-loop client's would soon all wait, idle until answered)."""
+        senders = self._connections.open
+        return (
+            len(self._queue) < LINGER_BELOW
+            and self._gap < self._linger
+            and self._waiting * WAITING_SHARE < senders
+        )
+
     async def _run(self) -> None:
+        try:
+            await self._drain()
+        except asyncio.CancelledError:  # stopping: what waits here will not be sent
+            self._fail(self._queue, _unavailable("the gateway is stopping; retry"))
+            raise
+
+    async def _drain(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self._linger and self._queue and self._may_grow():
+                await self._hold()
             while self._queue:
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-                await self._flush(batch)
+                try:
+                    await self._flush(batch)
+                finally:
+                    self._waiting -= len(batch)
+
+    async def _hold(self) -> None:
+        """Wait until ``linger_ms`` after the oldest queued event, or until an append finds
+        the batch should go (:meth:`_may_grow` false)."""
+        assert self._loop is not None
+        self.lingered += 1
+        self._lingering = True
+        timer = self._loop.call_at(self._loop.time() + self._linger, self._wake.set)
+        try:
+            await self._wake.wait()
+        finally:
+            timer.cancel()
+            self._lingering = False
+            self._wake.clear()
 
     def _encode(self, batch: list[Pending]) -> bytes:
         out: list[bytes] = []
@@ -176,6 +256,7 @@ class Appender:
         if not batch:
             return
         payload = self._encode(batch)
+        self.flushes += 1
         results: list[bytes | Exception] = []
         sent = False
         try:

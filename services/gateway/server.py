@@ -20,12 +20,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
 
 from services.gateway.app import create_app
+from services.gateway.appender import Connections
 from services.gateway.http import MAX_LINE, error_response
+from services.gateway.state import CONNECTIONS
 from shared.codes import Code
 from shared.config import Settings
 from shared.errors import ApiError
@@ -66,8 +69,25 @@ def _describe(exc: BaseException | None, message: str | None) -> str:
 
 
 class GatewayServer(web.Server):
+    """aiohttp's server speaking :class:`GatewayProtocol`, counting its open connections
+    for the appender's linger (:class:`services.gateway.appender.Connections`)."""
+
+    def __init__(self, *args: Any, connections: Connections, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.counted = connections
+
     def __call__(self) -> web.RequestHandler:
         return GatewayProtocol(self, loop=self._loop, **self._kwargs)
+
+    def connection_made(self, handler: web.RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        self.counted.open += 1
+
+    def connection_lost(
+        self, handler: web.RequestHandler, exc: BaseException | None = None
+    ) -> None:
+        super().connection_lost(handler, exc)
+        self.counted.open -= 1
 
 
 class GatewayRunner(web.AppRunner):
@@ -80,6 +100,7 @@ class GatewayRunner(web.AppRunner):
             request_factory=plain.request_factory,
             handler_cancellation=plain.handler_cancellation,
             loop=asyncio.get_running_loop(),
+            connections=self.app[CONNECTIONS],
             **plain._kwargs,
         )
 

@@ -6,7 +6,7 @@ import asyncpg
 from aiohttp import web
 from redis.asyncio import Redis
 
-from services.gateway.appender import Appender
+from services.gateway.appender import Appender, Connections
 from services.gateway.group_read import GroupRead
 from shared.config import Settings
 from shared.pg.feed import FeedStore
@@ -26,6 +26,8 @@ REGISTRY = web.AppKey("registry", RegistryCache)
 REGISTRY_STORE = web.AppKey("registry_store", RegistryStore)
 RESOURCES = web.AppKey("resources", ResourceStore)
 APPENDER = web.AppKey("appender", Appender)
+#: counted by services.gateway.server's HTTP server; 0 under any other runner
+CONNECTIONS = web.AppKey("connections", Connections)
 SESSIONS = web.AppKey("sessions", SessionStore)
 SOURCES = web.AppKey("sources", SourceStore)  # its box is None without INGESTD_SECRET_KEY
 CURSOR_KEY = web.AppKey("cursor_key", bytes)  # signs page cursors (shared/cursors.py)

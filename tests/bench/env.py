@@ -147,7 +147,7 @@ def start_servers(data_dir: Path, redis_url: str | None = None) -> Servers:
     return Servers(dsn, redis_url, embedded, f"{pg_desc}; {rd_desc}")
 
 
-TUNABLES = ("INGESTD_READ_LINGER_MS",)  # taken from the bench's environment when set
+TUNABLES = ("INGESTD_READ_LINGER_MS", "INGESTD_APPEND_LINGER_MS")  # from the environment
 
 
 def bench_settings(servers: Servers) -> Settings:

@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 
 from services.gateway.ingest import MAX_DELETE_IDS, MAX_ID_LENGTH
 from services.gateway.server import GatewayRunner, start
+from services.gateway.state import CONNECTIONS
 from shared.config import Settings
 from shared.embedded import free_port
 from shared.redis import keyspace as ks
@@ -338,3 +339,22 @@ async def test_a_delete_with_ids_in_a_json_body_deletes_them(
     got = await receipt(client, seeded, eid)
     assert got["status"] == "applied" and got["deleted"] == 2, got
     assert len(got["ignored"]) == 2998
+
+
+async def test_the_server_counts_its_open_connections_for_the_appender(running: Running) -> None:
+    counted = running.runner.app[CONNECTIONS]
+    before = counted.open
+    opened = [await running.raw() for _ in range(3)]
+    for reader, writer in opened:  # an answer on each: the server has them all
+        writer.write(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+    assert counted.open == before + 3
+    for _, writer in opened:
+        writer.close()
+        await writer.wait_closed()
+
+    async def closed() -> bool:
+        return counted.open == before
+
+    await poll("the closed connections uncounted", closed, 5, every=0.01)
