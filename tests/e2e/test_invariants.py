@@ -69,7 +69,11 @@ async def test_order_per_scope_with_two_workers(
         async def both_draining() -> bool:
             return set((await _readers(redis, settings)).values()) == workers
 
-        await poll("both workers to drain partitions", both_draining, 20)
+        try:  # (a loaded machine starts a worker process slowly)
+            await poll("both workers to drain partitions", both_draining, 45)
+        except AssertionError as e:
+            readers_now = await _readers(redis, settings)
+            raise AssertionError(f"{e}\nreaders: {readers_now}\n{logs(s)}") from None
         async with gateway_client(s["gateway"][0]) as c:
             key = await create_table(c)
             sent = Sent()
