@@ -2,8 +2,8 @@
 
 :func:`build_rows` turns a batch of change entries and the previous state of the
 resources they touch into the history rows, receipts (``ingest_events``), sync issues,
-deletes and final upserts :class:`~shared.pg.resources.Projection` writes. Each row
-tuple is in the column order :mod:`shared.pg.resources` names for its table. A bulk
+deletes and final upserts :class:`~shared.pg.projection.Projection` writes. Each row
+tuple is in the column order :mod:`shared.pg.projection` names for its table. A bulk
 snapshot with many effects arrives as consecutive entries of which only the last
 (``Change.last``) yields the receipt and sync issues.
 

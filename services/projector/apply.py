@@ -5,7 +5,7 @@ projector that died between its commit and XACK) and are skipped; so are changes
 events whose receipt is stored already (Redis lost the tail of its writes and the
 worker decided them again under new stream ids). The rest are decoded, turned into
 rows by :func:`shared.projection.build_rows` (pure) and written by
-:class:`shared.pg.resources.Projection` in the same transaction that records the new
+:class:`shared.pg.projection.Projection` in the same transaction that records the new
 position. A receipt reads ``applied`` only once every slice of a bulk snapshot before
 it is applied (stream order, and slices are committed by the worker all at once or
 not at all).
@@ -25,7 +25,8 @@ from datetime import UTC, datetime
 import asyncpg
 
 from shared.events import Change
-from shared.pg.resources import Projection, ResourceStore
+from shared.pg.projection import Projection
+from shared.pg.resources import ResourceStore
 from shared.projection import Key, build_rows, keys_of, refusal
 from shared.redis import idempotency
 from shared.redis import keyspace as ks

@@ -8,8 +8,10 @@
   generation) and :class:`~shared.pg.registry.RegistryCache`, the polling cache.
 - :mod:`shared.pg.resources`: :class:`~shared.pg.resources.ResourceStore`, every
   statement on ``resources``, ``resource_changes``, ``ingest_events``, ``sync_issues``
-  and ``projector_positions``: the projector's batch transaction, the read API's
-  queries, receipts and the worker's write-model rebuild.
+  and ``projector_positions`` but the projector's batch: the read API's queries,
+  receipts and the worker's write-model rebuild.
+- :mod:`shared.pg.projection`: the projector's batch transaction
+  (:class:`~shared.pg.projection.Projection`) and every statement it runs.
 
 Stores take a pool (or one connection) and return frozen dataclasses or values, never
 driver records; driver errors a caller can act on are translated into

@@ -15,7 +15,7 @@ the comparison is row by row on the state columns (timestamps are not compared: 
 written before migration 0011 took theirs from the database clock). A verify runs in one
 repeatable-read snapshot and rolls back. A rebuild takes ``projector_positions`` in
 EXCLUSIVE mode first: every projector transaction begins by writing its partition's row
-there (:data:`shared.pg.resources.POSITION_ROWS_SQL`), so projection waits (it loses nothing:
+there (:data:`shared.pg.projection.POSITION_ROWS_SQL`), so projection waits (it loses nothing:
 its changes stay in the stream until it commits), and the rebuild waits for batches in
 flight to commit before it reads history. Readers are not blocked.
 """

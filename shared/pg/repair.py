@@ -2,7 +2,7 @@
 ``ingest_events`` (its ``replay_of`` / ``replay_item``).
 
 The projector writes ``rejected_bodies`` (in its batch transaction, with the receipt:
-:class:`shared.pg.resources.Projection`); this store reads them for a replay and purges
+:class:`shared.pg.projection.Projection`); this store reads them for a replay and purges
 them after the retention period, in bounded batches.
 """
 

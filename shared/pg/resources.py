@@ -2,10 +2,7 @@
 ``ingest_events``, ``sync_issues`` and ``projector_positions``.
 
 - The projector writes through :meth:`ResourceStore.projection`: ONE transaction per
-  batch that locks the partition's position row, reads the previous state of the
-  resources the batch touches, writes (delete, upsert, three binary COPYs) and records
-  the new position, all or nothing. That recorded position is what makes the effect
-  exactly-once.
+  batch, all or nothing, whose statements live in :mod:`shared.pg.projection`.
 - The read API lists (keyset pagination on the resource id), gets, reads history and
   sync issues; the ingest API reads receipts.
 - The worker rebuilds its write model of a scope from one repeatable-read snapshot
@@ -15,94 +12,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 
-from shared.pg.feed import NOTIFY_SQL
 from shared.pg.pool import Db, connection
-from shared.projection import BatchRows, Key
-
-# ---- the projector's batch ----------------------------------------------------------
-
-#: each partition's transaction-level advisory lock, taken (in ascending partition order,
-#: so two batches never wait on each other in a cycle) before the transaction has an
-#: xid, then their position rows: one round trip (the simple protocol; every value is an
-#: int). The lock orders the xids of one partition's batches by commit (shared.pg.feed,
-#: step 3).
-POSITION_LOCK_STEP_SQL = "SELECT pg_advisory_xact_lock({lock_class}, {p});"
-#: first in the same script: every statement of the projector's transaction reaches rows
-#: by key, so the planner is told not to scan (statistics lag a table that grows fast)
-POSITION_PLANNER_SQL = "SET LOCAL enable_seqscan = off;"
-POSITION_ROWS_SQL = (
-    "INSERT INTO projector_positions (partition, stream_ms, stream_seq) VALUES {rows}"
-    " ON CONFLICT (partition) DO NOTHING"
-)
-#: the advisory lock class of projector partitions (the migrations' lock is one number)
-PARTITION_LOCK_CLASS = 0x1D6E
-POSITION_LOCK_SQL = (
-    "SELECT partition, stream_ms, stream_seq FROM projector_positions"
-    " WHERE partition = ANY($1::int[]) ORDER BY partition FOR UPDATE"
-)
-POSITION_UPDATE_SQL = """
-UPDATE projector_positions AS pp SET stream_ms = u.ms, stream_seq = u.seq, updated_at = now()
-FROM unnest($1::int[], $2::bigint[], $3::bigint[]) AS u(p, ms, seq)
-WHERE pp.partition = u.p
-"""
-#: the previous state of the batch's keys: one primary-key probe per key, whatever the
-#: statistics say (LATERAL fixes the keys as the outer side, OFFSET 0 keeps the probe a
-#: parameterized subquery, and :data:`POSITION_PLANNER_SQL` leaves it the index). A plan
-#: made while a fresh table's statistics said it was empty seq-scanned all of it on every
-#: batch, for as long as the plan stayed cached.
-PREV_SQL = """
-SELECT r.resource_type, r.group_key, r.resource_id, r.data
-FROM unnest($1::text[], $2::text[], $3::text[]) AS k(rt, gk, rid)
-CROSS JOIN LATERAL (
-  SELECT r.resource_type, r.group_key, r.resource_id, r.data FROM resources r
-  WHERE r.resource_type = k.rt AND r.group_key = k.gk AND r.resource_id = k.rid
-  OFFSET 0
-) r
-"""
-DELETE_SQL = """
-DELETE FROM resources r
-USING unnest($1::text[], $2::text[], $3::text[]) AS k(rt, gk, rid)
-WHERE r.resource_type = k.rt AND r.group_key = k.gk AND r.resource_id = k.rid
-"""
-UPSERT_SQL = """
-INSERT INTO resources (resource_type, group_key, resource_id, name, important_fields, data,
-                       content_hash, version, created_at, updated_at, last_event_id)
-SELECT rt, gk, rid, nm, imp, dat, h, v, $10::timestamptz, $10::timestamptz, ev
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[],
-            $7::text[], $8::int[], $9::text[]) AS x(rt, gk, rid, nm, imp, dat, h, v, ev)
-ON CONFLICT (resource_type, group_key, resource_id) DO UPDATE SET
-  name = EXCLUDED.name, important_fields = EXCLUDED.important_fields, data = EXCLUDED.data,
-  content_hash = EXCLUDED.content_hash, version = EXCLUDED.version,
-  updated_at = EXCLUDED.updated_at, last_event_id = EXCLUDED.last_event_id
-"""
-#: the column order of BatchRows.history, .events and .issues (shared.projection)
-CHANGE_COLS = (
-    "resource_type group_key resource_id version op event actor patch after event_id"
-    " received_at applied_at name important_fields content_hash"
-).split()
-EVENT_COLS = (
-    "event_id integration_id table_name resource_type group_key kind status event actor"
-    " created updated deleted unchanged rejected skipped ignored_ids issues issues_total"
-    " received_at processed_at idempotency_key request_fingerprint items items_total"
-    " replay_of replay_item"
-).split()
-REJECTED_COLS = (
-    "event_id item_index integration_id table_name resource_type group_key resource_id"
-    " body created_at"
-).split()
-ISSUE_COLS = (
-    "event_id integration_id table_name resource_type group_key resource_id item_index"
-    " code message pointer created_at"
-).split()
+from shared.pg.projection import APPLIED_EVENTS_SQL, Projection, projection
 
 # ---- reads --------------------------------------------------------------------------
 
@@ -137,7 +57,6 @@ IDEMPOTENCY_SQL = """
 SELECT event_id, request_fingerprint FROM ingest_events
 WHERE integration_id = $1 AND idempotency_key = $2
 """
-APPLIED_EVENTS_SQL = "SELECT event_id FROM ingest_events WHERE event_id = ANY($1::text[])"
 POSITION_READ_SQL = "SELECT stream_ms, stream_seq FROM projector_positions WHERE partition = $1"
 SCOPE_LIVE_SQL = (
     "SELECT resource_id, content_hash, version FROM resources"
@@ -319,99 +238,6 @@ def _receipt(r: asyncpg.Record) -> Receipt:
     )
 
 
-def _cols(keys: list[Key]) -> tuple[list[str], list[str], list[str]]:
-    return [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
-
-
-def position_lock_sql(partitions: list[int]) -> str:
-    """The advisory locks and position rows of ``partitions`` (ascending), one script."""
-    ps = sorted({int(p) for p in partitions})
-    steps = [POSITION_LOCK_STEP_SQL.format(lock_class=PARTITION_LOCK_CLASS, p=p) for p in ps]
-    rows = ", ".join(f"({p}, 0, 0)" for p in ps)
-    return "\n".join([POSITION_PLANNER_SQL, *steps, POSITION_ROWS_SQL.format(rows=rows)])
-
-
-class Projection:
-    """One projector transaction over one or more partitions, open for the ``async with``
-    block of :meth:`ResourceStore.projection`; ``positions`` maps each partition to the
-    last stream id of it applied (``position``: that of the only one)."""
-
-    def __init__(self, conn: asyncpg.Connection, positions: dict[int, tuple[int, int]]) -> None:
-        self._conn = conn
-        self.positions = positions
-        self._wrote_history = False
-
-    @property
-    def position(self) -> tuple[int, int]:
-        (only,) = self.positions.values()
-        return only
-
-    async def previous(self, keys: list[Key]) -> dict[Key, Any]:
-        """The current data of those of ``keys`` that exist."""
-        prev: dict[Key, Any] = {}
-        if keys:
-            for r in await self._conn.fetch(PREV_SQL, *_cols(keys)):
-                prev[(r["resource_type"], r["group_key"], r["resource_id"])] = r["data"]
-        return prev
-
-    async def applied_events(self, event_ids: list[str]) -> set[str]:
-        """Those of ``event_ids`` whose receipt is stored already: their effect is here."""
-        if not event_ids:
-            return set()
-        return {r["event_id"] for r in await self._conn.fetch(APPLIED_EVENTS_SQL, event_ids)}
-
-    def savepoint(self) -> Any:
-        """A nested transaction: a statement that fails inside it undoes only its block."""
-        return self._conn.transaction()
-
-    async def write(self, rows: BatchRows, upto: tuple[int, int] | dict[int, Any]) -> None:
-        """Write the batch's rows and record the partitions' new positions (``upto``: a
-        stream id of the only partition, or one per partition)."""
-        await self.write_rows(rows)
-        await self.record(upto)
-
-    async def record(self, upto: tuple[int, int] | dict[int, Any]) -> None:
-        """Record the last stream id applied of each partition (a bare stream id: of the
-        only one); when the batch wrote history, notify the change feed's listeners
-        (delivered at commit)."""
-        if not isinstance(upto, dict):
-            (p,) = self.positions
-            upto = {p: upto}
-        ps = sorted(upto)
-        await self._conn.execute(
-            POSITION_UPDATE_SQL, ps, [upto[p][0] for p in ps], [upto[p][1] for p in ps]
-        )
-        if self._wrote_history:
-            await self._conn.execute(NOTIFY_SQL)
-
-    async def write_rows(self, rows: BatchRows) -> None:
-        conn = self._conn
-        if rows.deletes:
-            await conn.execute(DELETE_SQL, *_cols(list(rows.deletes)))
-        ups = [(k, v) for k, v in rows.final.items() if v is not None]
-        if ups:
-            cols: list[list[Any]] = [[] for _ in range(9)]
-            for (rt, gk, rid), (name, imp, data, h, v, ev) in ups:
-                for i, val in enumerate((rt, gk, rid, name, imp, data, h, v, ev)):
-                    cols[i].append(val)
-            await conn.execute(UPSERT_SQL, *cols, rows.now or datetime.now(UTC))
-        if rows.history:
-            self._wrote_history = True
-            await conn.copy_records_to_table(
-                "resource_changes", records=rows.history, columns=CHANGE_COLS
-            )
-        if rows.events:
-            await conn.copy_records_to_table(
-                "ingest_events", records=rows.events, columns=EVENT_COLS
-            )
-        if rows.issues:
-            await conn.copy_records_to_table("sync_issues", records=rows.issues, columns=ISSUE_COLS)
-        if rows.rejected:
-            await conn.copy_records_to_table(
-                "rejected_bodies", records=rows.rejected, columns=REJECTED_COLS
-            )
-
-
 class ResourceStore:
     """Every statement on resource state, history, receipts, sync issues and positions."""
 
@@ -420,17 +246,11 @@ class ResourceStore:
 
     # ---- the projector ---------------------------------------------------------------
 
-    @asynccontextmanager
-    async def projection(self, p: int | list[int]) -> AsyncIterator[Projection]:
+    def projection(self, p: int | list[int]) -> AbstractAsyncContextManager[Projection]:
         """One transaction holding the position rows of partition ``p`` (or of each of a
-        list) locked: committed when the block ends, rolled back when it raises."""
-        ps = sorted({int(x) for x in ([p] if isinstance(p, int) else p)})
-        async with connection(self._db) as conn, conn.transaction():
-            await conn.execute(position_lock_sql(ps))
-            rows = await conn.fetch(POSITION_LOCK_SQL, ps)
-            positions = {r["partition"]: (r["stream_ms"], r["stream_seq"]) for r in rows}
-            assert len(positions) == len(ps)
-            yield Projection(conn, positions)
+        list) locked: committed when the block ends, rolled back when it raises
+        (:func:`shared.pg.projection.projection`)."""
+        return projection(self._db, p)
 
     async def applied_events(self, event_ids: list[str]) -> set[str]:
         """Those of ``event_ids`` whose receipt is stored: their effect is in PostgreSQL."""

@@ -11,7 +11,8 @@ import asyncpg
 import pytest
 
 from services.projector.group import GroupCommit
-from shared.pg.resources import PARTITION_LOCK_CLASS, ResourceStore
+from shared.pg.projection import PARTITION_LOCK_CLASS
+from shared.pg.resources import ResourceStore
 from tests.helpers import poll
 from tests.integration.test_pg_stores import RT, change
 

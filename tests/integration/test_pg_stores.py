@@ -309,6 +309,25 @@ async def test_a_failed_projection_writes_nothing(resource_store: ResourceStore)
     assert len(await resource_store.history(RT, "", "a")) == 1
 
 
+async def test_a_projection_whose_commit_script_fails_writes_nothing(
+    resource_store: ResourceStore,
+) -> None:
+    # the positions and the COMMIT go in one script at the end of the block: a statement
+    # of it that fails skips the COMMIT, and the next projection starts clean
+    await apply(resource_store, 3, [change([("created", "a", 1)])], (1, 0))
+    with pytest.raises(asyncpg.DataError):
+        async with resource_store.projection(3) as tx:
+            rows = build_rows([change([("updated", "a", 2)])], {}, datetime.now(UTC))
+            await tx.write(rows, (9, 9))
+            tx.ending += "SELECT 1 / 0;"  # refused after the position update ran
+    assert await resource_store.position(3) == (1, 0)
+    a = await resource_store.get_resource(RT, "", "a")
+    assert a is not None and a.version == 1
+    await apply(resource_store, 3, [change([("updated", "a", 2)])], (2, 0))
+    assert await resource_store.position(3) == (2, 0)
+    assert [h.version for h in await resource_store.history(RT, "", "a")] == [1, 2]
+
+
 async def test_receipts_and_sync_issues(resource_store: ResourceStore) -> None:
     issue = {
         "code": "unknown_field",

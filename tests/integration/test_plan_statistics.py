@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncpg
 
 from shared.pg import statistics
-from shared.pg.resources import DELETE_SQL, PREV_SQL, ResourceStore
+from shared.pg.projection import DELETE_SQL, PREV_SQL
+from shared.pg.resources import ResourceStore
 
 FILL_SQL = """
 INSERT INTO resources (resource_type, group_key, resource_id, name, important_fields, data,

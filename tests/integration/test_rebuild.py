@@ -17,8 +17,9 @@ from services.rebuild import rebuild
 from shared.config import Settings
 from shared.events import Change, Effect, RawMeta
 from shared.pg.migrate import RECORD_SQL, migrate, migration_files
+from shared.pg.projection import CHANGE_COLS
 from shared.pg.rebuild import RebuildStore
-from shared.pg.resources import CHANGE_COLS, ResourceStore
+from shared.pg.resources import ResourceStore
 from tests.conftest import InlinePipeline, Seeded
 from tests.helpers import delete, emp, post, post_bulk
 
