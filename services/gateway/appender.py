@@ -141,7 +141,7 @@ class Appender:
         self._linger = linger_ms / 1000 if connections is not None else 0.0
         self._connections = connections or Connections()
         self._lingering = False
-        self._waiting = 0  # events queued or in the batch in flight
+        self._sending = 0  # events of the batch in flight
         self._last_append = 0.0
         self._gap = 1.0  # running average of the gaps between appends, s (each capped at 1)
         self.lingered = 0  # batches held for more events (counters for tests and ops)
@@ -184,7 +184,6 @@ class Appender:
         now = loop.time()
         deadline = now + self._timeout
         self._queue.append(Pending(partition, fields, receipt_key, receipt, fut, deadline, claim))
-        self._waiting += 1
         if self._linger:
             self._gap += GAP_WEIGHT * (min(now - self._last_append, 1.0) - self._gap)
             self._last_append = now
@@ -200,7 +199,7 @@ class Appender:
         return (
             len(self._queue) < LINGER_BELOW
             and self._gap < self._linger
-            and self._waiting * WAITING_SHARE < senders
+            and (len(self._queue) + self._sending) * WAITING_SHARE < senders
         )
 
     async def _run(self) -> None:
@@ -218,14 +217,15 @@ class Appender:
                 await self._hold()
             while self._queue:
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                self._sending = len(batch)
                 try:
                     await self._flush(batch)
                 finally:
-                    self._waiting -= len(batch)
+                    self._sending = 0
 
     async def _hold(self) -> None:
-        """Wait until ``linger_ms`` after the oldest queued event, or until an append finds
-        the batch should go (:meth:`_may_grow` false)."""
+        """Wait ``linger_ms`` (the hold starts as the first queued event wakes the task), or
+        until an append finds the batch should go (:meth:`_may_grow` false)."""
         assert self._loop is not None
         self.lingered += 1
         self._lingering = True

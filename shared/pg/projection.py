@@ -59,9 +59,10 @@ POSITION_UPDATE_SQL = (
 BEGIN_SQL = "BEGIN;"
 END_SQL = "COMMIT;"
 ROLLBACK_SQL = "ROLLBACK;"
-SAVEPOINT_SQL = "SAVEPOINT projection_{n};"
-RELEASE_SQL = "RELEASE SAVEPOINT projection_{n};"
-ROLLBACK_TO_SQL = "ROLLBACK TO SAVEPOINT projection_{n};"
+#: one name serves every savepoint: PostgreSQL releases or rolls back to the newest of it
+SAVEPOINT_SQL = "SAVEPOINT projection;"
+RELEASE_SQL = "RELEASE SAVEPOINT projection;"
+ROLLBACK_TO_SQL = "ROLLBACK TO SAVEPOINT projection;"
 #: the previous state of the batch's keys: one primary-key probe per key, whatever the
 #: statistics say (LATERAL fixes the keys as the outer side, OFFSET 0 keeps the probe a
 #: parameterized subquery, and :data:`POSITION_PLANNER_SQL` leaves it the index). A plan
@@ -140,15 +141,14 @@ class _Savepoint:
     """A nested transaction by hand (the projection's own is not asyncpg's, so asyncpg's
     ``Connection.transaction()`` refuses to nest in it)."""
 
-    def __init__(self, conn: asyncpg.Connection, n: int) -> None:
-        self._conn, self._n = conn, n
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
 
     async def __aenter__(self) -> None:
-        await self._conn.execute(SAVEPOINT_SQL.format(n=self._n))
+        await self._conn.execute(SAVEPOINT_SQL)
 
     async def __aexit__(self, et: type[BaseException] | None, *_: object) -> None:
-        sql = RELEASE_SQL if et is None else ROLLBACK_TO_SQL
-        await self._conn.execute(sql.format(n=self._n))
+        await self._conn.execute(RELEASE_SQL if et is None else ROLLBACK_TO_SQL)
 
 
 class Projection:
@@ -160,7 +160,6 @@ class Projection:
         self._conn = conn
         self.positions = positions
         self._wrote_history = False
-        self._savepoints = 0
         #: what :meth:`record` decided, sent with the COMMIT when the block ends
         self.ending = ""
 
@@ -185,8 +184,7 @@ class Projection:
 
     def savepoint(self) -> _Savepoint:
         """A nested transaction: a statement that fails inside it undoes only its block."""
-        self._savepoints += 1
-        return _Savepoint(self._conn, self._savepoints)
+        return _Savepoint(self._conn)
 
     async def write(self, rows: BatchRows, upto: tuple[int, int] | dict[int, Any]) -> None:
         """Write the batch's rows and record the partitions' new positions (``upto``: a
@@ -239,8 +237,8 @@ async def projection(db: Db, p: int | list[int]) -> AsyncIterator[Projection]:
     list) locked: committed when the block ends, rolled back when it raises."""
     ps = sorted({int(x) for x in ([p] if isinstance(p, int) else p)})
     async with connection(db) as conn:
-        await conn.execute(BEGIN_SQL + position_lock_sql(ps))
         try:
+            await conn.execute(BEGIN_SQL + position_lock_sql(ps))
             rows = await conn.fetch(POSITION_LOCK_SQL, ps)
             positions = {r["partition"]: (r["stream_ms"], r["stream_seq"]) for r in rows}
             assert len(positions) == len(ps)
