@@ -50,8 +50,10 @@ class BatchRows:
     """``history``, ``events``, ``issues``: rows of ``resource_changes``, ``ingest_events``
     and ``sync_issues``; ``deletes``: resources gone; ``final``: each touched resource's
     last state, (name, important fields, data, content hash, version, event id) or None
-    when it ends deleted; ``rejected``: rows of ``rejected_bodies``; ``now``: the batch's
-    time (history's ``applied_at``, and the ``resources`` timestamps it sets)."""
+    when it ends deleted; ``new``: those of ``final``'s keys no row held before the batch
+    (inserted without a conflict check); ``rejected``: rows of ``rejected_bodies``;
+    ``now``: the batch's time (history's ``applied_at``, and the ``resources`` timestamps
+    it sets)."""
 
     history: list[tuple[Any, ...]] = field(default_factory=list)
     events: list[tuple[Any, ...]] = field(default_factory=list)
@@ -60,6 +62,7 @@ class BatchRows:
     now: datetime | None = None
     deletes: set[Key] = field(default_factory=set)
     final: dict[Key, tuple[Any, ...] | None] = field(default_factory=dict)
+    new: set[Key] = field(default_factory=set)
 
 
 def keys_of(changes: list[Change]) -> set[Key]:
@@ -70,7 +73,9 @@ def keys_of(changes: list[Change]) -> set[Key]:
 
 
 def build_rows(changes: list[Change], prev: dict[Key, Any], now: datetime) -> BatchRows:
-    """Pure: the rows one batch writes, with patches computed against the previous state."""
+    """Pure: the rows one batch writes, with patches computed against the previous state.
+    ``prev`` holds the stored data of EVERY key of the batch that a row holds: a key
+    absent from it is inserted without a conflict check (``BatchRows.new``)."""
     out = BatchRows(now=now)
     current = dict(prev)
     for ch in changes:
@@ -108,6 +113,8 @@ def build_rows(changes: list[Change], prev: dict[Key, Any], now: datetime) -> Ba
                 out.final[key] = None
             else:
                 out.final[key] = (e.name, e.important or {}, after, e.content_hash, e.version, m.id)
+                if key not in prev:
+                    out.new.add(key)
         if ch.last:
             _receipt_rows(out, ch, received, now)
         elif ch.status == "rejected":  # a refused slice: its issue, without a receipt

@@ -163,6 +163,7 @@ async def _one_by_one(
     current = dict(prev)
     for ch in changes:
         rows = build_rows([ch], current, now)
+        rows.new.clear()  # the fenced path upserts: a conflict here must not refuse the change
         try:
             async with tx.savepoint():
                 await tx.write_rows(rows)

@@ -93,6 +93,13 @@ ON CONFLICT (resource_type, group_key, resource_id) DO UPDATE SET
   content_hash = EXCLUDED.content_hash, version = EXCLUDED.version,
   updated_at = EXCLUDED.updated_at, last_event_id = EXCLUDED.last_event_id
 """
+#: the columns a batch's new resources are COPied with (keys no row held before the batch:
+#: the partitions' locks keep any other writer of them out, so no conflict check is due;
+#: at 1,000 new keys a batch, PostgreSQL's CPU per row 11-12 -> 7-9 us against the upsert)
+RESOURCE_COLS = (
+    "resource_type group_key resource_id name important_fields data content_hash version"
+    " created_at updated_at last_event_id"
+).split()
 #: those of a batch's events whose receipt is stored already (also the store's, for the
 #: worker's recheck)
 APPLIED_EVENTS_SQL = "SELECT event_id FROM ingest_events WHERE event_id = ANY($1::text[])"
@@ -207,13 +214,22 @@ class Projection:
         conn = self._conn
         if rows.deletes:
             await conn.execute(DELETE_SQL, *_cols(list(rows.deletes)))
-        ups = [(k, v) for k, v in rows.final.items() if v is not None]
+        now = rows.now or datetime.now(UTC)
+        new: list[tuple[Key, tuple[Any, ...]]] = []
+        ups: list[tuple[Key, tuple[Any, ...]]] = []
+        for key, v in rows.final.items():
+            if v is not None:
+                (new if key in rows.new else ups).append((key, v))
         if ups:
             cols: list[list[Any]] = [[] for _ in range(9)]
             for (rt, gk, rid), (name, imp, data, h, v, ev) in ups:
                 for i, val in enumerate((rt, gk, rid, name, imp, data, h, v, ev)):
                     cols[i].append(val)
-            await conn.execute(UPSERT_SQL, *cols, rows.now or datetime.now(UTC))
+            await conn.execute(UPSERT_SQL, *cols, now)
+        if new:
+            records = [(*key, name, imp, data, h, v, now, now, ev)
+                       for key, (name, imp, data, h, v, ev) in new]  # fmt: skip
+            await conn.copy_records_to_table("resources", records=records, columns=RESOURCE_COLS)
         if rows.history:
             self._wrote_history = True
             await conn.copy_records_to_table(

@@ -296,11 +296,43 @@ async def test_projection_writes_and_records_the_position(resource_store: Resour
     assert sorted(op["path"] for op in gone[1].patch) == ["/employeeId", "/v"]
 
 
+async def test_a_batch_inserts_new_keys_and_upserts_known_ones(
+    resource_store: ResourceStore,
+) -> None:
+    """New keys are COPied, known ones upserted: a key created, deleted and created again
+    in one batch, one created and updated in it, and one known before it all end right."""
+    await apply(resource_store, 3, [change([("created", "known", 1)])], (1, 0))
+    batch = change(
+        [
+            ("created", "again", 1),
+            ("deleted", "again", 2),
+            ("created", "again", 3),
+            ("created", "twice", 1),
+            ("updated", "twice", 2),
+            ("updated", "known", 2),
+            ("created", "gone", 1),
+            ("deleted", "gone", 2),
+        ]
+    )
+    await apply(resource_store, 3, [batch], (2, 0))
+    for rid, v in (("again", 3), ("twice", 2), ("known", 2)):
+        r = await resource_store.get_resource(RT, "", rid)
+        assert r is not None and (r.version, r.data, r.last_event_id) == (
+            v,
+            {"employeeId": rid, "v": v},
+            batch.meta.id,
+        )
+    assert await resource_store.get_resource(RT, "", "gone") is None
+    h = await resource_store.history(RT, "", "again")
+    assert [(x.version, x.op) for x in h] == [(1, "created"), (2, "deleted"), (3, "created")]
+
+
 async def test_a_failed_projection_writes_nothing(resource_store: ResourceStore) -> None:
     await apply(resource_store, 2, [change([("created", "a", 1)])], (1, 0))
     with contextlib.suppress(RuntimeError):
         async with resource_store.projection(2) as tx:
-            rows = build_rows([change([("updated", "a", 2)])], {}, datetime.now(UTC))
+            prev = await tx.previous([(RT, "", "a")])
+            rows = build_rows([change([("updated", "a", 2)])], prev, datetime.now(UTC))
             await tx.write(rows, (9, 9))
             raise RuntimeError("the batch fails after its writes")
     assert await resource_store.position(2) == (1, 0)
@@ -317,7 +349,8 @@ async def test_a_projection_whose_commit_script_fails_writes_nothing(
     await apply(resource_store, 3, [change([("created", "a", 1)])], (1, 0))
     with pytest.raises(asyncpg.DataError):
         async with resource_store.projection(3) as tx:
-            rows = build_rows([change([("updated", "a", 2)])], {}, datetime.now(UTC))
+            prev = await tx.previous([(RT, "", "a")])
+            rows = build_rows([change([("updated", "a", 2)])], prev, datetime.now(UTC))
             await tx.write(rows, (9, 9))
             tx.ending += "SELECT 1 / 0;"  # refused after the position update ran
     assert await resource_store.position(3) == (1, 0)
