@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 from services.projector.apply import Part, apply_batch, apply_group
 from shared import tasks
+from shared.gcpause import gc_paused
 from shared.pg.resources import ResourceStore
 
 log = logging.getLogger("ingestd.projector")
@@ -145,7 +146,8 @@ class GroupCommit:
     async def _apply(self, group: list[_Waiting]) -> None:
         try:
             outs: list[list[str]] = [[] for _ in group]
-            counts = await apply_group(self.store, [w.part for w in group], outs)
+            with gc_paused():  # decoded entries and rows: no cycles (see shared.gcpause)
+                counts = await apply_group(self.store, [w.part for w in group], outs)
         except Exception as e:
             tasks.reraise_if_cancelled()
             if len(group) == 1:

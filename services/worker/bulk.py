@@ -48,7 +48,7 @@ import orjson
 
 from services.worker import slices
 from services.worker.partition import Entry, Partition
-from services.worker.slices import SCRATCH_TTL, Slicer, gc_paused, unframe
+from services.worker.slices import SCRATCH_TTL, Slicer, unframe
 from shared.bulk import (
     CHANGED,
     DUPLICATE,
@@ -63,6 +63,7 @@ from shared.bulk import (
 )
 from shared.codes import Code
 from shared.events import Change
+from shared.gcpause import gc_paused
 from shared.processing import apply_upsert
 from shared.redis import keyspace as ks
 from shared.redis import wire, writemodel

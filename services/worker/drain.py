@@ -26,6 +26,7 @@ from services.worker.bulk import BulkCommit
 from services.worker.partition import Entry, Partition
 from shared.codes import Code
 from shared.events import Change, RawMeta
+from shared.gcpause import gc_paused
 from shared.patching import decide_patch
 from shared.pg.registry import RegistryCache
 from shared.pg.resources import ResourceStore
@@ -184,7 +185,8 @@ class Drainer:
     async def _batch(self, e: Entry, gone: list[bytes]) -> None:
         """A batch event, alone and fenced like a snapshot (see :meth:`_bulk`)."""
         try:
-            await BatchCommit(self.ctx, e, gone).run()
+            with gc_paused():  # ends once the batch's objects are freed: see BatchCommit.run
+                await BatchCommit(self.ctx, e, gone).run()
         except RETRIED:
             raise
         except Exception as exc:

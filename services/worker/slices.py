@@ -9,10 +9,6 @@ transaction, so memory stays bounded however large the snapshot.
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import orjson
 from redis.asyncio import Redis
 
@@ -24,19 +20,6 @@ SLICE_EFFECTS = 10  # effects per change entry ...
 SLICE_BYTES = 16 << 10  # ... or this much resource data, whichever comes first
 STAGE_BATCH = 64  # staged slices per RPUSH / per LRANGE during the commit
 SCRATCH_TTL = 86_400
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """No cyclic GC while scanning: parsed JSON has no cycles (refcounting frees it) and
-    GC passes over a part's ~30k live objects cost ~40% of the scan."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def frame(change: bytes, state: dict[str, tuple[str, int]]) -> bytes:

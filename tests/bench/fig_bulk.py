@@ -35,7 +35,7 @@ import aiohttp
 import orjson
 from redis.asyncio import Redis
 
-from services.worker.slices import gc_paused
+from shared.gcpause import gc_paused
 from shared.schema_rules import CompiledSchema, content_hash, prepare_schema
 from tests.bench.core import Bench, Figure, employee
 from tests.bench.env import Seeded, fresh, procs
