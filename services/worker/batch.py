@@ -92,11 +92,11 @@ class BatchCommit:
         """The write model's values of ``ids`` (rebuilt from PostgreSQL when missing)."""
         if not ids:
             return
-        redis = self.ctx.redis
-        ((loaded, values, compacted),) = await writemodel.lookup(redis, [(self.state_key, ids)])
+        conn = self.ctx.conn
+        ((loaded, values, compacted),) = await writemodel.lookup(conn, [(self.state_key, ids)])
         if not loaded:
             await self.ctx.rebuild_scope(self.meta.resource_type, self.meta.group_key)
-            ((_, values, compacted),) = await writemodel.lookup(redis, [(self.state_key, ids)])
+            ((_, values, compacted),) = await writemodel.lookup(conn, [(self.state_key, ids)])
         for rid, v in zip(ids, values, strict=True):
             if v is not None:
                 self.state.known[rid] = v

@@ -282,13 +282,13 @@ class Drainer:
             wanted[(e.meta.resource_type, e.meta.group_key)].extend(self._ids(e))
         scopes = {scope: list(dict.fromkeys(ids)) for scope, ids in wanted.items()}
         keys = [(self.ctx.state_key(*scope), ids) for scope, ids in scopes.items()]
-        found = await writemodel.lookup(self.ctx.redis, keys)
+        found = await writemodel.lookup(self.ctx.conn, keys)
         states: dict[tuple[str, str], ScopeState] = {}
         for (scope, ids), (loaded, values, compacted) in zip(scopes.items(), found, strict=True):
             if not loaded:
                 await self.ctx.rebuild_scope(*scope)
                 ((_, values, compacted),) = await writemodel.lookup(
-                    self.ctx.redis, [(self.ctx.state_key(*scope), ids)]
+                    self.ctx.conn, [(self.ctx.state_key(*scope), ids)]
                 )
             st = ScopeState()
             for rid, v in zip(ids, values, strict=True):
